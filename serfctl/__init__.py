@@ -1,0 +1,1 @@
+"""serfctl: the command-line client for serfd (and any Serf agent's RPC)."""
