@@ -192,7 +192,7 @@ def _node_name(value: object) -> str:
 
 
 def _split_host_port(text: str) -> tuple[str, str | None]:
-    """'h:p' / 'h' / '[v6]:p' / '[v6]' / bare 'v6' -> (host, port text or None)."""
+    """'h:p' / 'h' / '[v6]:p' / '[v6]' -> (host, port text or None)."""
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -204,14 +204,10 @@ def _split_host_port(text: str) -> tuple[str, str | None]:
             raise ValueError(f"{_q(text)}: expected ':port' after ']'")
         return host, rest[1:]
     if text.count(":") > 1:
-        # Several colons without brackets: only a bare IPv6 address makes sense.
-        try:
-            ipaddress.IPv6Address(text)
-        except ValueError:
-            raise ValueError(
-                f'{_q(text)}: write an IPv6 address with a port as "[addr]:port"'
-            ) from None
-        return text, None
+        # Bare IPv6 is ambiguous ("::1:7946"); like Go's SplitHostPort, want brackets.
+        raise ValueError(
+            f'{_q(text)}: write an IPv6 address in brackets, as "[addr]" or "[addr]:port"'
+        )
     host, sep, port = text.partition(":")
     return host, (port if sep else None)
 
@@ -409,7 +405,7 @@ def _syntax_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> str:
 def _unknown(key: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
-    return f"{key}: unknown key{hint}"
+    return f"unknown key{hint}"
 
 
 def _read_file(path: Path, errors: list[str]) -> dict[str, Any] | None:
@@ -431,24 +427,22 @@ def _read_file(path: Path, errors: list[str]) -> dict[str, Any] | None:
         return None
 
 
-def _flatten(path: Path, doc: dict[str, Any], errors: list[str]) -> list[tuple[str, object]]:
-    """A parsed file as (dotted key, raw value) pairs; unknown keys become errors."""
-    out: list[tuple[str, object]] = []
+def _flatten(doc: dict[str, Any]) -> list[tuple[str, object, str | None]]:
+    """A parsed file as (dotted key, raw value, structural error or None), in file order."""
+    out: list[tuple[str, object, str | None]] = []
     for key, value in doc.items():
         if key in _TABLES:
             if not isinstance(value, dict):
-                errors.append(f"{path}: {key}: expected a table, got {_type_name(value)}")
+                out.append((key, value, f"expected a table, got {_type_name(value)}"))
                 continue
             for sub, subvalue in value.items():
                 dotted = f"{key}.{sub}"
-                if key == "rpc" and dotted not in _KEYS:
-                    errors.append(f"{path}: {_unknown(dotted, _SUGGESTIONS)}")
-                    continue
-                out.append((dotted, subvalue))
+                known = key == "tags" or dotted in _KEYS
+                out.append((dotted, subvalue, None if known else _unknown(dotted, _SUGGESTIONS)))
         elif key in _KEYS:
-            out.append((key, value))
+            out.append((key, value, None))
         else:
-            errors.append(f"{path}: {_unknown(key, _SUGGESTIONS)}")
+            out.append((key, value, _unknown(key, _SUGGESTIONS)))
     return out
 
 
@@ -481,7 +475,10 @@ def load_config(config_dir: Path) -> Config:
         doc = _read_file(path, errors)
         if doc is None:
             continue
-        for dotted, raw in _flatten(path, doc, errors):
+        for dotted, raw, problem in _flatten(doc):
+            if problem is not None:
+                errors.append(f"{path}: {dotted}: {problem}")
+                continue
             try:
                 if dotted.startswith("tags."):
                     tags[dotted[5:]] = _parse_tag(raw)
