@@ -1,0 +1,700 @@
+"""Serf's msgpack RPC ("IPC") server, wire-compatible with Serf 0.9.4's agent.
+
+Theory of operation
+-------------------
+A client opens a stream (our Unix socket, or the optional TCP listener) and writes
+msgpack objects back to back, with no length prefix (PROTOCOL.md section 4): a
+request header ``{Command, Seq}``, then one body for the commands that take one.
+For every request the server writes a response header ``{Error, Seq}`` (keys in
+Go's alphabetical field order, ``Error`` "" meaning OK) and, for the commands that
+define one, a body. Strings go out as msgpack str, Go ``[]byte`` as bin, and an
+empty ``[]byte`` as nil, exactly as Serf's ``MsgpackHandle{RawToString, WriteExt}``.
+
+Session rules, in the order Serf applies them to each request:
+
+1. Until a ``handshake {Version: 1}`` succeeds, any other command is answered
+   "Handshake required" and the connection is closed.
+2. On a listener with an auth key (TCP only: the Unix socket is guarded by its file
+   mode), every command but handshake/auth is answered "Authentication required"
+   (header only, no body) until ``auth {AuthKey}`` succeeds. Unlike Serf we consume
+   the refused request's body so the session stays in step.
+3. A command we do not serve is answered "Unsupported command" and the connection
+   is closed. A malformed body, a bad filter regex (like Serf: no answer at all) or
+   garbage closes the connection too.
+
+Each connection is served by its own task, one request at a time (as Serf does),
+so a slow agent call or a client that stops reading only stalls that connection.
+Garbage is split from misuse as STYLE.md asks: whatever a peer sends is counted in
+:attr:`RPCServer.counters`, logged at debug level and answered by closing that
+connection; it never raises out of the server.
+
+Commands are a table (:data:`REQUEST_SCHEMAS` for every Serf command's body,
+``RPCServer._handlers`` for the ones served); a later command is one schema entry
+and one handler method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import socket
+import stat
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+from serfd.member import Member
+
+__all__ = [
+    "IPC_VERSION",
+    "MAX_REQUEST_SIZE",
+    "REQUEST_SCHEMAS",
+    "AgentAPI",
+    "RPCError",
+    "RPCServer",
+    "encode_member",
+    "filter_members",
+]
+
+IPC_VERSION = 1  # Serf's MinIPCVersion == MaxIPCVersion == 1
+MAX_REQUEST_SIZE = 1 << 20  # our cap on one buffered request (Serf has none)
+WRITE_TIMEOUT = 10.0  # seconds a client may leave a response unread before we drop it
+REQUEST_TIMEOUT = 60.0  # seconds a started-but-unfinished request may stay incomplete
+
+# Error strings clients see, exactly as Serf's agent/ipc.go spells them.
+ERR_UNSUPPORTED_COMMAND = "Unsupported command"
+ERR_UNSUPPORTED_VERSION = "Unsupported IPC version"
+ERR_DUPLICATE_HANDSHAKE = "Handshake already performed"
+ERR_HANDSHAKE_REQUIRED = "Handshake required"
+ERR_AUTH_REQUIRED = "Authentication required"
+ERR_INVALID_AUTH = "Invalid authentication token"
+
+_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+_LOG = logging.getLogger("serfd.rpc")
+
+# Keys of RPCServer.counters, all present from the start so a dashboard sees zeros.
+COUNTER_KEYS = (
+    "connections",  # accepted connections
+    "requests",  # request headers decoded
+    "malformed_msgpack",  # bytes that are not msgpack (or invalid UTF-8 in a str)
+    "bad_field_type",  # msgpack of the wrong shape: header/body not a map, wrong field type
+    "oversized_request",  # one request over MAX_REQUEST_SIZE
+    "truncated_request",  # peer closed in the middle of a request
+    "request_timeout",  # a request left incomplete for REQUEST_TIMEOUT
+    "slow_client",  # a client that did not read its responses within WRITE_TIMEOUT
+    "handshake_required",  # command before handshake (connection closed)
+    "unsupported_command",  # unknown or not-yet-served command (connection closed)
+    "bad_regex",  # members-filtered with a regex that does not compile (closed)
+    "auth_required",  # command refused before auth
+    "auth_failed",  # auth with a wrong token
+    "agent_errors",  # agent calls that raised something other than RPCError
+)
+
+
+class RPCError(Exception):
+    """An error string to put in the response header."""
+
+
+class AgentAPI(Protocol):
+    """What the RPC server needs from the agent."""
+
+    def members(self) -> list[Member]:
+        """All known members, including left and failed ones."""
+        ...
+
+    async def join(self, addrs: list[str], replay: bool) -> int:
+        """Join via addrs; the number contacted. RPCError(multierror text) if none."""
+        ...
+
+    async def leave(self) -> None:
+        """Graceful leave; the agent shuts down after the reply is flushed."""
+        ...
+
+    async def force_leave(self, node: str, prune: bool) -> None:
+        """Force a failed member into the left state (prune: forget it at once)."""
+        ...
+
+    async def set_tags(self, tags: dict[str, str], delete: list[str]) -> None:
+        """New tags = current - delete + tags."""
+        ...
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """Serf's stats map (agent, runtime, serf, tags, event_handlers, ...)."""
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Request bodies: field converters that accept what Go's decoder accepts.
+
+
+class _Garbage(Exception):
+    """The peer sent something we refuse; closes the connection, bumps counters[key]."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(detail)
+        self.key = key
+
+
+def _bad(field: str, value: Any) -> _Garbage:
+    return _Garbage("bad_field_type", f"field {field}: unexpected {type(value).__name__}")
+
+
+def _to_str(field: str, v: Any) -> str:
+    # A Go string field takes str or nil; bin is a decode error (PROTOCOL.md 1.1).
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    raise _bad(field, v)
+
+
+def _to_bytes(field: str, v: Any) -> bytes:
+    # A Go []byte field takes bin, str (serfclient sends str payloads) or nil.
+    if v is None:
+        return b""
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode()
+    raise _bad(field, v)
+
+
+def _to_bool(field: str, v: Any) -> bool:
+    if v is None:
+        return False
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise _bad(field, v)
+
+
+def _int_field(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def conv(field: str, v: Any) -> int:
+        if v is None:
+            return 0
+        if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
+            return v
+        raise _bad(field, v)
+
+    return conv
+
+
+def _to_str_list(field: str, v: Any) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, list):
+        return [_to_str(field, x) for x in v]
+    raise _bad(field, v)
+
+
+def _to_str_map(field: str, v: Any) -> dict[str, str]:
+    if v is None:
+        return {}
+    if isinstance(v, dict):
+        return {_to_str(field, k): _to_str(field, x) for k, x in v.items()}
+    raise _bad(field, v)
+
+
+_to_i32 = _int_field(-(1 << 31), (1 << 31) - 1)
+_to_u8 = _int_field(0, 0xFF)
+_to_u64 = _int_field(0, _U64_MAX)
+_to_i64 = _int_field(-(1 << 63), (1 << 63) - 1)
+
+Schema = dict[str, Callable[[str, Any], Any]]
+
+# Every Serf 0.9.4 command and its request body (None: the command has no body).
+# Kept complete so "Authentication required" can consume the body of any of them.
+REQUEST_SCHEMAS: dict[str, Schema | None] = {
+    "handshake": {"Version": _to_i32},
+    "auth": {"AuthKey": _to_str},
+    "event": {"Name": _to_str, "Payload": _to_bytes, "Coalesce": _to_bool},
+    "force-leave": {"Node": _to_str, "Prune": _to_bool},
+    "join": {"Existing": _to_str_list, "Replay": _to_bool},
+    "members": None,
+    "members-filtered": {"Tags": _to_str_map, "Status": _to_str, "Name": _to_str},
+    "tags": {"Tags": _to_str_map, "DeleteTags": _to_str_list},
+    "stream": {"Type": _to_str},
+    "monitor": {"LogLevel": _to_str},
+    "stop": {"Stop": _to_u64},
+    "leave": None,
+    "query": {
+        "FilterNodes": _to_str_list,
+        "FilterTags": _to_str_map,
+        "RequestAck": _to_bool,
+        "RelayFactor": _to_u8,
+        "Timeout": _to_i64,  # time.Duration, nanoseconds
+        "Name": _to_str,
+        "Payload": _to_bytes,
+    },
+    "respond": {"ID": _to_u64, "Payload": _to_bytes},
+    "install-key": {"Key": _to_str},
+    "use-key": {"Key": _to_str},
+    "remove-key": {"Key": _to_str},
+    "list-keys": None,
+    "stats": None,
+    "get-coordinate": {"Node": _to_str},
+}
+
+
+def decode_body(schema: Schema, obj: Any) -> dict[str, Any]:
+    """A request body as Go decodes it: unknown keys ignored, missing ones zero."""
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise _Garbage("bad_field_type", f"body is a {type(obj).__name__}, not a map")
+    return {name: conv(name, obj.get(name)) for name, conv in schema.items()}
+
+
+def _decode_header(obj: Any) -> tuple[str, int]:
+    if not isinstance(obj, dict):
+        raise _Garbage("bad_field_type", f"header is a {type(obj).__name__}, not a map")
+    return _to_str("Command", obj.get("Command")), _to_u64("Seq", obj.get("Seq"))
+
+
+# ---------------------------------------------------------------------------
+# Response bodies.
+
+
+def _ip_bytes(addr: str) -> bytes | None:
+    # Go net.IP: 4 bytes for IPv4, 16 for IPv6; a nil IP (empty []byte) encodes as nil.
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.packed
+
+
+def encode_member(m: Member) -> dict[str, Any]:
+    """A member as Serf's RPC ``Member`` struct (keys in Go's alphabetical order)."""
+    return {
+        "Addr": _ip_bytes(m.addr),
+        "DelegateCur": m.delegate_cur,
+        "DelegateMax": m.delegate_max,
+        "DelegateMin": m.delegate_min,
+        "Name": m.name,
+        "Port": m.port,
+        "ProtocolCur": m.protocol_cur,
+        "ProtocolMax": m.protocol_max,
+        "ProtocolMin": m.protocol_min,
+        "Status": m.status.label,
+        "Tags": dict(m.tags),
+    }
+
+
+def _anchored(expr: str) -> re.Pattern[str]:
+    # Serf compiles "^" + expr + "$" with Go's regexp, where "$" is end of text only;
+    # Python's "\Z" is that. (Go's RE2 and Python's re differ in rare syntax.)
+    return re.compile(f"^{expr}\\Z")
+
+
+def filter_members(
+    members: list[Member], tags: dict[str, str], status: str, name: str
+) -> list[Member]:
+    """Serf's members-filtered: anchored regexes, "" = no filter; re.error if one is bad."""
+    tag_res = {k: _anchored(v) for k, v in tags.items()}
+    status_re = _anchored(status)
+    name_re = _anchored(name)
+    out = []
+    for m in members:
+        # A missing tag matches as "" (Go's map lookup zero value).
+        if not all(r.search(m.tags.get(k, "")) for k, r in tag_res.items()):
+            continue
+        if status and not status_re.search(m.status.label):
+            continue
+        if name and not name_re.search(m.name):
+            continue
+        out.append(m)
+    return out
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _pack_header(seq: int, error: str) -> bytes:
+    return _pack({"Error": error, "Seq": seq})
+
+
+_NO_BODY = object()
+
+
+@dataclass(slots=True)
+class _Reply:
+    error: str = ""
+    body: Any = _NO_BODY
+    send: bool = True  # False: close without answering (Serf's handler error)
+    close: bool = False  # close the connection after the answer
+    after: Callable[[], Awaitable[None]] | None = None  # run once the answer is flushed
+
+
+class _Closed(Exception):
+    """The peer went away (cleanly or not); nothing to answer."""
+
+
+# ---------------------------------------------------------------------------
+# One connection.
+
+
+class _Conn:
+    def __init__(
+        self,
+        server: RPCServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        unix: bool,
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=server.max_request_size)
+        self.fed = 0  # bytes fed to the unpacker; unpacker.tell() = bytes consumed
+        self.version = 0
+        self.unix = unix
+        self.authed = unix or server.auth_key is None
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+
+    def _pending(self) -> bool:
+        consumed: int = self.unpacker.tell()
+        return self.fed > consumed
+
+    async def read_object(self, in_request: bool = False) -> Any:
+        """The next msgpack object; in_request: a header was read, its body is due."""
+        while True:
+            try:
+                return next(self.unpacker)
+            except StopIteration:
+                pass
+            except ValueError as e:  # FormatError, StackError, UnicodeDecodeError, ...
+                raise _Garbage("malformed_msgpack", str(e) or type(e).__name__) from None
+            started = in_request or self._pending()
+            try:
+                async with asyncio.timeout(self.server.request_timeout if started else None):
+                    data = await self.reader.read(65536)
+            except TimeoutError:
+                raise _Garbage("request_timeout", "request left incomplete") from None
+            except OSError:
+                data = b""
+            if not data:
+                if started:
+                    self.server.counters["truncated_request"] += 1
+                raise _Closed
+            try:
+                self.unpacker.feed(data)
+            except msgpack.BufferFull:
+                raise _Garbage("oversized_request", "request over the size cap") from None
+            self.fed += len(data)
+
+    async def send(self, seq: int, reply: _Reply) -> None:
+        data = _pack_header(seq, reply.error)
+        if reply.body is not _NO_BODY:
+            data += _pack(reply.body)
+        self.writer.write(data)
+        try:
+            async with asyncio.timeout(self.server.write_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise _Garbage("slow_client", "client is not reading its responses") from None
+        except OSError:
+            raise _Closed from None
+
+
+# ---------------------------------------------------------------------------
+# The server.
+
+
+class RPCServer:
+    """Serf's RPC protocol over a Unix socket and an optional TCP listener."""
+
+    def __init__(
+        self,
+        agent: AgentAPI,
+        *,
+        auth_key: str | None = None,
+        log: logging.Logger = _LOG,
+        max_request_size: int = MAX_REQUEST_SIZE,
+        write_timeout: float = WRITE_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.agent = agent
+        self.auth_key = auth_key or None
+        self.log = log
+        self.max_request_size = max_request_size
+        self.write_timeout = write_timeout
+        self.request_timeout = request_timeout
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_KEYS, 0)
+        self._servers: list[asyncio.Server] = []
+        self._conns: dict[asyncio.Task[Any], _Conn] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._unix_path: str | None = None
+        self._unix_ino: int | None = None
+        self._tcp_addr: tuple[str, int] | None = None
+        # The commands served; REQUEST_SCHEMAS gives each one's body.
+        self._handlers: dict[str, Callable[[_Conn, dict[str, Any]], Awaitable[_Reply]]] = {
+            "handshake": self._handshake,
+            "auth": self._auth,
+            "members": self._members,
+            "members-filtered": self._members_filtered,
+            "join": self._join,
+            "leave": self._leave,
+            "force-leave": self._force_leave,
+            "tags": self._tags,
+            "stats": self._stats,
+            "stop": self._stop,
+        }
+
+    # -- listeners ---------------------------------------------------------
+
+    async def start_unix(self, path: str, mode: int = 0o660) -> None:
+        """Listen on a Unix socket created with mode (a stale socket file is replaced)."""
+        _remove_stale_socket(path)
+        sock = _bind_unix(path, mode)
+        st = os.stat(path)
+        self._unix_path, self._unix_ino = path, st.st_ino
+        server = await asyncio.start_unix_server(
+            lambda r, w: self._accept(r, w, unix=True), sock=sock
+        )
+        self._servers.append(server)
+        self.log.info("RPC listening on unix:%s (mode %o)", path, mode)
+
+    async def start_tcp(self, host: str, port: int) -> None:
+        """Listen on TCP host:port (port 0: any free port, see tcp_address)."""
+        server = await asyncio.start_server(lambda r, w: self._accept(r, w, unix=False), host, port)
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()
+        self._tcp_addr = (bound[0], bound[1])
+        self.log.info("RPC listening on tcp:%s:%d", bound[0], bound[1])
+
+    @property
+    def tcp_address(self) -> tuple[str, int] | None:
+        """The bound TCP (host, port), once start_tcp ran."""
+        return self._tcp_addr
+
+    async def close(self) -> None:
+        """Stop listening, drop every connection, remove our socket file."""
+        for server in self._servers:
+            server.close()
+        me = asyncio.current_task()
+        tasks = [t for t in self._conns if t is not me]
+        for task in tasks:
+            conn = self._conns.get(task)
+            if conn is not None:
+                conn.writer.transport.abort()
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(self._unix_path).st_ino == self._unix_ino:
+                    os.unlink(self._unix_path)
+            self._unix_path = None
+
+    # -- connections -------------------------------------------------------
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, unix: bool
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conn = _Conn(self, reader, writer, unix)
+        self._conns[task] = conn
+        self.counters["connections"] += 1
+        self.log.debug("accepted client %s", conn.peer)
+        try:
+            await self._serve(conn)
+        except _Garbage as g:
+            self.counters[g.key] += 1
+            self.log.debug("dropping client %s: %s", conn.peer, g)
+        except _Closed:
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            self.log.exception("RPC client %s: internal error", conn.peer)
+        finally:
+            self._conns.pop(task, None)
+            writer.transport.abort()
+
+    async def _serve(self, conn: _Conn) -> None:
+        while True:
+            command, seq = _decode_header(await conn.read_object())
+            self.counters["requests"] += 1
+            reply = await self._request(conn, command, seq)
+            if reply.send:
+                await conn.send(seq, reply)
+            if reply.after is not None:
+                self._spawn(reply.after())
+            if reply.close:
+                return
+
+    async def _request(self, conn: _Conn, command: str, seq: int) -> _Reply:
+        if command != "handshake" and conn.version == 0:
+            self.counters["handshake_required"] += 1
+            self.log.debug("client %s: %r before handshake", conn.peer, command)
+            return _Reply(ERR_HANDSHAKE_REQUIRED, close=True)
+        schema = REQUEST_SCHEMAS.get(command)
+        if not conn.authed and command not in ("handshake", "auth"):
+            self.counters["auth_required"] += 1
+            self.log.warning("client %s sending commands before auth", conn.peer)
+            if schema is not None:  # keep the session in step (Serf leaves it unread)
+                decode_body(schema, await conn.read_object(in_request=True))
+            return _Reply(ERR_AUTH_REQUIRED)
+        handler = self._handlers.get(command)
+        if handler is None:
+            self.counters["unsupported_command"] += 1
+            self.log.debug("client %s: unsupported command %r", conn.peer, command)
+            return _Reply(ERR_UNSUPPORTED_COMMAND, close=True)
+        body: dict[str, Any] = {}
+        if schema is not None:
+            body = decode_body(schema, await conn.read_object(in_request=True))
+        return await handler(conn, body)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                self.log.exception("RPC background call failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _call_agent(self, what: str, call: Awaitable[Any]) -> tuple[Any, str]:
+        """Await an agent call: (result, "") or (None, error text)."""
+        try:
+            return await call, ""
+        except RPCError as e:
+            return None, str(e)
+        except Exception as e:  # an agent bug must not take the RPC server down
+            self.counters["agent_errors"] += 1
+            self.log.exception("agent %s failed", what)
+            return None, str(e) or type(e).__name__
+
+    # -- command handlers --------------------------------------------------
+
+    async def _handshake(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        if req["Version"] != IPC_VERSION:
+            return _Reply(ERR_UNSUPPORTED_VERSION)
+        if conn.version != 0:
+            return _Reply(ERR_DUPLICATE_HANDSHAKE)
+        conn.version = req["Version"]
+        return _Reply()
+
+    async def _auth(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        if conn.unix:  # guarded by the socket's file mode: any token will do
+            return _Reply()
+        if req["AuthKey"] == (self.auth_key or ""):  # Serf compares with its key, "" if none
+            conn.authed = True
+            return _Reply()
+        self.counters["auth_failed"] += 1
+        return _Reply(ERR_INVALID_AUTH)
+
+    async def _members(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        return _Reply(body={"Members": [encode_member(m) for m in self.agent.members()]})
+
+    async def _members_filtered(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        try:
+            members = filter_members(self.agent.members(), req["Tags"], req["Status"], req["Name"])
+        except re.error as e:
+            # Serf's handler returns an error before writing: no answer, connection dropped.
+            self.counters["bad_regex"] += 1
+            self.log.info("client %s: failed to compile regex: %s", conn.peer, e)
+            return _Reply(send=False, close=True)
+        return _Reply(body={"Members": [encode_member(m) for m in members]})
+
+    async def _join(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        num, err = await self._call_agent("join", self.agent.join(req["Existing"], req["Replay"]))
+        return _Reply(err, body={"Num": int(num or 0) if not err else 0})
+
+    async def _leave(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        # Reply first, then leave: the agent shuts down (and closes us) when it is done.
+        self.log.info("graceful leave triggered by RPC client %s", conn.peer)
+        return _Reply(after=self.agent.leave)
+
+    async def _force_leave(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        _, err = await self._call_agent(
+            "force-leave", self.agent.force_leave(req["Node"], req["Prune"])
+        )
+        return _Reply(err)
+
+    async def _tags(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        _, err = await self._call_agent(
+            "set_tags", self.agent.set_tags(req["Tags"], req["DeleteTags"])
+        )
+        return _Reply(err)
+
+    async def _stats(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        return _Reply(body=self.agent.stats())
+
+    async def _stop(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        # No streams or monitors are served yet; Serf always answers "".
+        return _Reply()
+
+
+# ---------------------------------------------------------------------------
+# Unix socket file handling.
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a leftover socket file; refuse to touch a live socket or a non-socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listening: stale
+    else:
+        raise OSError(f"{path} is in use by a running server")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _bind_unix(path: str, mode: int) -> socket.socket:
+    """A listening Unix socket at path whose file never exists with a wider mode.
+
+    Bind inside a private 0700 directory, chmod there, then rename into place.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        tmpdir = tempfile.mkdtemp(prefix=".rpc", dir=os.path.dirname(path) or ".")
+        tmp = os.path.join(tmpdir, "s")
+        try:
+            sock.bind(tmp)
+            os.chmod(tmp, mode)
+            os.rename(tmp, path)
+        except OSError:
+            # e.g. the temporary path is too long for sun_path: bind in place.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            sock.close()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            os.chmod(path, mode)
+        finally:
+            os.rmdir(tmpdir)
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
