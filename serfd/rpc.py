@@ -357,27 +357,28 @@ class _Conn:
         self.reader = reader
         self.writer = writer
         self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=server.max_request_size)
-        self.fed = 0  # bytes fed to the unpacker; unpacker.tell() = bytes consumed
+        self.fed = 0  # bytes fed to the unpacker
+        self.done = 0  # bytes of the objects returned so far (tell() counts partial ones too)
         self.version = 0
         self.unix = unix
         self.authed = unix or server.auth_key is None
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
 
-    def _pending(self) -> bool:
-        consumed: int = self.unpacker.tell()
-        return self.fed > consumed
-
     async def read_object(self, in_request: bool = False) -> Any:
         """The next msgpack object; in_request: a header was read, its body is due."""
         while True:
             try:
-                return next(self.unpacker)
+                obj = next(self.unpacker)
+                self.done = self.unpacker.tell()
+                return obj
             except StopIteration:
                 pass
             except ValueError as e:  # FormatError, StackError, UnicodeDecodeError, ...
-                raise _Garbage("malformed_msgpack", str(e) or type(e).__name__) from None
-            started = in_request or self._pending()
+                # msgpack refuses a container/str header over its limits at once.
+                key = "oversized_request" if "exceeds max_" in str(e) else "malformed_msgpack"
+                raise _Garbage(key, str(e) or type(e).__name__) from None
+            started = in_request or self.fed > self.done
             try:
                 async with asyncio.timeout(self.server.request_timeout if started else None):
                     data = await self.reader.read(65536)
