@@ -282,12 +282,12 @@ def _leave(c: RPCClient, args: argparse.Namespace) -> str:
     return "Graceful leave complete"
 
 
-def _force_leave(c: RPCClient, args: argparse.Namespace) -> str:
+def _force_leave(c: RPCClient, args: argparse.Namespace) -> str | None:
     try:
         c.force_leave(args.node, args.prune)
     except ClientError as e:
         raise ClientError(f"Error force leaving: {e}") from None
-    return ""
+    return None  # serf prints nothing here
 
 
 def _tags(c: RPCClient, args: argparse.Namespace) -> str:
@@ -306,7 +306,8 @@ def _info(c: RPCClient, args: argparse.Namespace) -> str:
     return go_json(stats) if args.format == "json" else info_text(stats)
 
 
-_COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str]] = {
+# Each returns its output (printed with a newline, even when empty, as serf does) or None.
+_COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str | None]] = {
     "members": _members,
     "join": _join,
     "leave": _leave,
@@ -332,9 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"serfctl: error: {e}", file=sys.stderr)
         return 2
     except ClientError as e:
-        print(e, file=sys.stderr)
+        # One line, even for Serf's multi-line join errors ("2 error(s) occurred: ...").
+        print(
+            " ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr
+        )
         return 1
-    if out:
+    if out is not None:
         print(out)
     return 0
 
