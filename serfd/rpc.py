@@ -533,10 +533,12 @@ class RPCServer:
             command, seq = _decode_header(await conn.read_object())
             self.counters["requests"] += 1
             reply = await self._request(conn, command, seq)
-            if reply.send:
-                await conn.send(seq, reply)
-            if reply.after is not None:
-                self._spawn(reply.after())
+            try:
+                if reply.send:
+                    await conn.send(seq, reply)
+            finally:
+                if reply.after is not None:  # the request was whole: act on it anyway
+                    self._spawn(reply.after())
             if reply.close:
                 return
 
@@ -658,6 +660,7 @@ def _remove_stale_socket(path: str) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise FileExistsError(f"{path} exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)  # a live server with a full backlog counts as in use
     try:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):

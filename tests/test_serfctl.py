@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -455,8 +456,6 @@ def serf_pair(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
 
 
 def wait_ctl(capsys: pytest.CaptureFixture[str], pred: Any, *args: str, timeout: float = 10) -> str:
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         code, out, err = ctl(capsys, *args)
@@ -464,6 +463,18 @@ def wait_ctl(capsys: pytest.CaptureFixture[str], pred: Any, *args: str, timeout:
             return out
         if time.monotonic() > deadline:
             raise AssertionError(f"serfctl {args} never satisfied the condition: {out!r} {err!r}")
+        time.sleep(0.05)
+
+
+def wait_serf(pred: Any, *args: str, timeout: float = 10) -> str:
+    """Run `serf ARGS` until it succeeds with stdout satisfying pred; its stdout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = serf(*args)
+        if r.returncode == 0 and pred(r.stdout):
+            return r.stdout
+        if time.monotonic() > deadline:
+            raise AssertionError(f"serf {args} never satisfied the condition: {r}")
         time.sleep(0.05)
 
 
@@ -512,16 +523,12 @@ def test_serfctl_against_real_serf_agent(
     )
     assert (code, out) == (0, "Successfully updated agent tags\n")
     for target in (a, b):  # locally at once, and gossiped to the peer
-        r = None
-        import time
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            r = serf("members", f"-rpc-addr={target.rpc_addr}", "-name=ctl1")
-            if r.returncode == 0 and "zone=z1" in r.stdout and "role=" not in r.stdout:
-                break
-            time.sleep(0.05)
-        assert r is not None and "zone=z1" in r.stdout and "role=" not in r.stdout, r
+        wait_serf(
+            lambda out: "zone=z1" in out and "role=" not in out,
+            "members",
+            f"-rpc-addr={target.rpc_addr}",
+            "-name=ctl1",
+        )
 
     # info: same sections and keys as `serf info`.
     r = serf("info", f"-rpc-addr={a.rpc_addr}", "-format=json")
