@@ -53,6 +53,8 @@ import msgpack
 from serfd.member import Member
 
 __all__ = [
+    "ACTIVITY_KEYS",
+    "COUNTER_KEYS",
     "IPC_VERSION",
     "MAX_REQUEST_SIZE",
     "REQUEST_SCHEMAS",
@@ -79,10 +81,9 @@ ERR_INVALID_AUTH = "Invalid authentication token"
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _LOG = logging.getLogger("serfd.rpc")
 
-# Keys of RPCServer.counters, all present from the start so a dashboard sees zeros.
+# Keys of RPCServer.counters: what peers sent that we refused or dropped. All present
+# from the start so a dashboard sees zeros; the agent merges them into its stats.
 COUNTER_KEYS = (
-    "connections",  # accepted connections
-    "requests",  # request headers decoded
     "malformed_msgpack",  # bytes that are not msgpack (or invalid UTF-8 in a str)
     "bad_field_type",  # msgpack of the wrong shape: header/body not a map, wrong field type
     "oversized_request",  # one request over MAX_REQUEST_SIZE
@@ -94,8 +95,9 @@ COUNTER_KEYS = (
     "bad_regex",  # members-filtered with a regex that does not compile (closed)
     "auth_required",  # command refused before auth
     "auth_failed",  # auth with a wrong token
-    "agent_errors",  # agent calls that raised something other than RPCError
 )
+# Keys of RPCServer.activity: plain usage, and agent calls that raised (our bugs).
+ACTIVITY_KEYS = ("connections", "requests", "agent_errors")
 
 
 class RPCError(Exception):
@@ -434,6 +436,7 @@ class RPCServer:
         self.write_timeout = write_timeout
         self.request_timeout = request_timeout
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_KEYS, 0)
+        self.activity: dict[str, int] = dict.fromkeys(ACTIVITY_KEYS, 0)
         self._servers: list[asyncio.Server] = []
         self._conns: dict[asyncio.Task[Any], _Conn] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -511,7 +514,7 @@ class RPCServer:
         assert task is not None
         conn = _Conn(self, reader, writer, unix)
         self._conns[task] = conn
-        self.counters["connections"] += 1
+        self.activity["connections"] += 1
         self.log.debug("accepted client %s", conn.peer)
         try:
             await self._serve(conn)
@@ -531,7 +534,7 @@ class RPCServer:
     async def _serve(self, conn: _Conn) -> None:
         while True:
             command, seq = _decode_header(await conn.read_object())
-            self.counters["requests"] += 1
+            self.activity["requests"] += 1
             reply = await self._request(conn, command, seq)
             try:
                 if reply.send:
@@ -582,7 +585,7 @@ class RPCServer:
         except RPCError as e:
             return None, str(e)
         except Exception as e:  # an agent bug must not take the RPC server down
-            self.counters["agent_errors"] += 1
+            self.activity["agent_errors"] += 1
             self.log.exception("agent %s failed", what)
             return None, str(e) or type(e).__name__
 

@@ -466,7 +466,7 @@ def test_force_leave_and_tags(srv: ServerThread) -> None:
     assert c.read()["Error"] == "node not found"
     c.request("force-leave", {"Node": "boom"})
     assert c.read()["Error"] == "agent bug"  # an agent exception becomes an error string
-    assert srv.server.counters["agent_errors"] == 1
+    assert srv.server.activity["agent_errors"] == 1
     c.send_bytes(  # trace J: tags set dc=lab delete idx, Seq 13
         H(
             "82a7436f6d6d616e64a474616773a35365710d82a45461677381a26463a36c6162"
@@ -853,3 +853,14 @@ def _get(d: Any, key: str) -> Any:
 
 def _members_of(body: Any) -> list[Any]:
     return list(_get(body, "Members"))
+
+
+def test_counters_start_at_zero_and_activity_is_separate(srv: ServerThread) -> None:
+    from serfd.rpc import ACTIVITY_KEYS, COUNTER_KEYS
+
+    assert srv.server.counters == dict.fromkeys(COUNTER_KEYS, 0)
+    healthy(srv)
+    assert srv.server.counters == dict.fromkeys(COUNTER_KEYS, 0)  # no garbage counted
+    assert set(srv.server.activity) == set(ACTIVITY_KEYS)
+    wait_for(lambda: srv.server.activity["connections"] == 2)
+    assert srv.server.activity["requests"] == 4
