@@ -45,6 +45,7 @@ __all__ = [
     "COMPOUND_HEADER_OVERHEAD",
     "COMPOUND_OVERHEAD",
     "CRC_OVERHEAD",
+    "GO_SAFE_COMPOUND_PARTS",
     "MAX_COMPOUND_PARTS",
     "MAX_NESTING",
     "PACKET_MAX_DECOMPRESSED",
@@ -67,6 +68,7 @@ CRC_OVERHEAD = 5  # [12] + u32
 # the length table size as uint8(count*2), so a Go peer misreads compounds of 128
 # or more parts (and can panic on them). Keep real traffic far below that.
 MAX_COMPOUND_PARTS = 255
+GO_SAFE_COMPOUND_PARTS = 127
 # compress(compound(compress(part))) is the deepest Go ever produces; allow some slack.
 MAX_NESTING = 8
 # A datagram is at most 64 KiB; its decompressed content has no business being
@@ -120,7 +122,8 @@ def make_compound(parts: list[bytes]) -> bytes:
     out = bytearray((MsgType.COMPOUND, len(parts)))
     for p in parts:
         if not p:
-            # Go's handleCommand indexes buf[0] unchecked: an empty part would crash a Go peer.
+            # Go's handleCommand indexes buf[0] unchecked: an empty part crashes a Go peer
+            # (verified: serf 0.9.4 panics on the datagram 07 01 00 00).
             raise ValueError("empty compound part")
         if len(p) > 0xFFFF:
             raise ValueError(f"compound part of {len(p)} bytes does not fit a u16 length")
@@ -147,8 +150,9 @@ def encode_packet(
     parts: list[bytes], *, compress: bool, crc: bool, keyring: Keyring | None = None
 ) -> bytes:
     """Wrap plain messages into one datagram: compound, compress if shorter, CRC, encrypt."""
-    if not parts:
-        raise ValueError("no messages to send")
+    if not parts or not all(parts):
+        # An empty message makes memberlist 0.2.2 index buf[0] of nothing: the Go agent panics.
+        raise ValueError("no messages to send, or an empty one")
     msg = parts[0] if len(parts) == 1 else make_compound(parts)
     if compress:
         packed = compress_message(msg)

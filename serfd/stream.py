@@ -76,6 +76,9 @@ def encode_stream(plain: bytes, *, compress: bool, keyring: Keyring | None = Non
     it comes from ``keyring.encrypted_length(n)`` if the keyring has that method,
     else the version 1 layout (``n + 29``) is assumed.
     """
+    if not plain:
+        # memberlist's readStream indexes the (decompressed/decrypted) message unchecked.
+        raise ValueError("empty stream message")
     buf = compress_message(plain) if compress else plain
     if keyring is None:
         return buf

@@ -81,6 +81,14 @@ def test_compound_limits() -> None:
     assert len(make_compound([b"\x01"] * 255)) == 2 + 255 * 3
 
 
+def test_never_sends_empty_messages() -> None:
+    # serf 0.9.4 panics on an empty compound part (07 01 00 00): never produce one.
+    for parts in ([], [b""], [PING, b""]):
+        with pytest.raises(ValueError):
+            encode_packet(parts, compress=True, crc=False)
+    assert decode_packet(b"\x07\x02\x00\x00\x00\x01\x02") == [b"\x02"]  # we drop it
+
+
 def test_gossip_datagram_shape_matches_go() -> None:
     # PROTOCOL.md section 6: 0c <crc32> 07 02 004c 0045 <alive goA> <alive py1>
     # (py1's alive there carried a 10-byte meta, 69 bytes in all.)

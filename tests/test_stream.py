@@ -220,6 +220,11 @@ def test_decode_push_pull_errors() -> None:
         decode_push_pull(bad_node)
 
 
+def test_empty_stream_message_refused() -> None:
+    with pytest.raises(ValueError):
+        encode_stream(b"", compress=True)
+
+
 def test_user_stream() -> None:
     assert decode_user_stream(USER) == b"\x03serf-bytes"
     with pytest.raises(DecodeError):
