@@ -1,0 +1,50 @@
+"""``serfd``: run the agent, or check the configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from serfd import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="serfd",
+        description="Serf-compatible gossip membership agent. Reads DIR/*.toml in lexical order.",
+    )
+    parser.add_argument("--config-dir", default="/etc/serfd.d", metavar="DIR",
+                        help="directory of TOML drop-ins (default: /etc/serfd.d)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate, print the merged effective config as TOML, and exit")
+    parser.add_argument("--version", action="version", version=f"serfd {__version__}")
+    args = parser.parse_args(argv)
+
+    from serfd.config import ConfigError, config_to_toml, load_config
+
+    try:
+        config = load_config(Path(args.config_dir))
+    except ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return 2
+    if args.check_config:
+        sys.stdout.write(config_to_toml(config))
+        return 0
+
+    from serfd.agent import Agent
+    from serfd.logsetup import setup_logging
+
+    setup_logging(config.log_level)
+    agent = Agent(config)
+    try:
+        return asyncio.run(agent.run())
+    except OSError as e:
+        print(f"serfd: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,570 @@
+"""The serfd agent: one asyncio driver around the pure Serf/memberlist core.
+
+Theory of operation
+-------------------
+The agent owns every socket and the single timer; the core owns every decision.
+Each input (a datagram, an inbound TCP message, the outcome of an outbound stream,
+the timer, an RPC command) is handed to the core with ``now = loop.time()``, then
+``_pump()`` drains what the core produced:
+
+1. datagrams to send go out on the UDP socket;
+2. streams to open (push/pull, TCP fallback pings) and reconnect joins become tasks;
+3. Serf events are logged (handlers come with a later issue);
+4. the one timer is re-armed for ``serf.get_timer()``.
+
+Slow things never run on the loop itself: DNS goes through ``getaddrinfo`` (the
+loop's executor), TCP I/O is asynchronous with deadlines. A peer that sends
+garbage costs a counter increment (``serfctl info`` shows them all), never the
+process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import platform
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from serfd import __version__
+from serfd.codec import DecodeError
+from serfd.config import Config
+from serfd.member import Member, MemberStatus
+from serfd.rpc import RPCError, RPCServer
+from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
+from serfd.stream import StreamReader, encode_stream
+from serfd.swim import MemberlistConfig, StreamRequest
+
+log = logging.getLogger("serfd.agent")
+
+STREAM_MAX_SIZE = 20 * 1024 * 1024  # memberlist refuses larger stream messages
+MAX_INBOUND_STREAMS = 128  # memberlist drops push/pulls beyond this many at once
+
+
+def _private_ipv4() -> str | None:
+    """The first non-loopback IPv4 address of this host's interfaces (no traffic sent)."""
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                req = struct.pack("256s", name.encode()[:15])
+                res = fcntl.ioctl(s.fileno(), siocgifaddr, req)
+            except OSError:
+                continue
+            ip = socket.inet_ntoa(res[20:24])
+            if not ipaddress.IPv4Address(ip).is_loopback:
+                return ip
+    return None
+
+
+def parse_join_addr(text: str, default_port: int) -> tuple[str | None, str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or ``name/host:port`` → (name, host, port)."""
+    name: str | None = None
+    if "/" in text:
+        name, text = text.split("/", 1)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+        return name, host, port
+    if text.count(":") == 1:
+        host, _, p = text.partition(":")
+        return name, host, int(p)
+    return name, text, default_port
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.agent.on_datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+
+class Agent:
+    """Runs one serfd node until told to leave or stop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.counters: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.base_events.Server | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._inbound_streams = 0
+        self._stop = asyncio.Event()
+        self._exit_code = 0
+        self._left = asyncio.Event()
+        self.serf: Serf
+        self.rpc: RPCServer
+        self.listeners: list[Callable[[MemberEvent | UserEvent], None]] = []
+        self.last_join: str = "none yet"
+
+    # ------------------------------------------------------------------ setup
+
+    def _advertise(self) -> tuple[str, int]:
+        cfg = self.config
+        if cfg.advertise is not None:
+            return cfg.advertise
+        host, port = cfg.bind
+        if host in ("0.0.0.0", "::"):
+            ip = _private_ipv4()
+            if ip is None:
+                raise SystemExit("serfd: no private IPv4 address found to advertise; set `advertise`")
+            return ip, port
+        return host, port
+
+    def _make_serf(self, now: float) -> Serf:
+        cfg = self.config
+        adv_host, adv_port = self._advertise()
+        mlc = MemberlistConfig.from_profile(
+            cfg.profile,
+            name=cfg.node_name,
+            bind_port=cfg.bind[1],
+            advertise_addr=adv_host,
+            advertise_port=adv_port,
+            enable_compression=cfg.enable_compression,
+            # memberlist 1..5 speaking 2 (Serf pins it); Serf's delegate 2..5 at `protocol`.
+            vsn=bytes([1, 5, 2, 2, 5, cfg.protocol]),
+        )
+        sc = SerfConfig(
+            node_name=cfg.node_name,
+            memberlist=mlc,
+            tags=dict(cfg.tags),
+            protocol=cfg.protocol,
+            broadcast_timeout=cfg.broadcast_timeout,
+            reconnect_interval=cfg.reconnect_interval,
+            reconnect_timeout=cfg.reconnect_timeout,
+            tombstone_timeout=cfg.tombstone_timeout,
+        )
+        return Serf(sc, random.Random(), now)
+
+    async def start(self) -> None:
+        """Bind every socket (gossip UDP+TCP, RPC); after this the agent is 'ready'."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        host, port = self.config.bind
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * 1024 * 1024)
+        sock.bind((host, port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=sock)
+        self._udp = transport
+        self._tcp_server = await asyncio.start_server(
+            self._on_stream, host=host, port=port, reuse_address=True, limit=65536
+        )
+        self.serf = self._make_serf(loop.time())
+        self.rpc = RPCServer(self, auth_key=self.config.rpc_auth_key)
+        sock_path = self.config.rpc_socket
+        sock_path.parent.mkdir(parents=True, exist_ok=True)
+        await self.rpc.start_unix(str(sock_path), self.config.rpc_socket_mode)
+        if self.config.rpc_tcp is not None:
+            await self.rpc.start_tcp(*self.config.rpc_tcp)
+        adv = self._advertise()
+        log.info("serfd %s: node %s bound to %s:%d, advertising %s:%d", __version__,
+                 self.config.node_name, host, port, adv[0], adv[1])
+        self._pump()
+
+    async def run(self) -> int:
+        """Start, join, serve until a signal or RPC leave; returns the exit code."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        if self.config.join:
+            self._spawn(self._retry_join())
+        await self._stop.wait()
+        await self._shutdown()
+        return self._exit_code
+
+    def _on_signal(self, sig: int) -> None:
+        if self.serf.state != SerfState.ALIVE:
+            log.warning("second signal: exiting without waiting for the leave")
+            self._exit_code = 1
+            self._stop.set()
+            return
+        name = signal.Signals(sig).name
+        if sig == signal.SIGTERM and not self.config.leave_on_terminate:
+            log.info("caught %s: stopping without leaving (leave_on_terminate = false)", name)
+            self._stop.set()
+            return
+        log.info("caught %s: leaving the cluster gracefully", name)
+        self._spawn(self._leave_then_stop())
+
+    async def _leave_then_stop(self) -> None:
+        try:
+            await self.leave_cluster()
+        finally:
+            self._stop.set()
+
+    async def _shutdown(self) -> None:
+        self.serf.shutdown()
+        if self._timer is not None:
+            self._timer.cancel()
+        with contextlib.suppress(Exception):
+            await self.rpc.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        log.info("serfd stopped")
+
+    # ------------------------------------------------------------------ the pump
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _count(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal task failed: %r", task.exception(), exc_info=task.exception())
+
+    def _pump(self) -> None:
+        """Drain the core's output and re-arm the timer. Called after every input."""
+        serf = self.serf
+        ml = serf.memberlist
+        if serf._leave_phase:
+            serf.poll(self._now())
+        if self._udp is not None:
+            for data, addr in ml.datagrams_to_send():
+                try:
+                    self._udp.sendto(data, addr)
+                except OSError as e:
+                    log.debug("udp send to %s failed: %s", addr, e)
+        for req in ml.streams_to_open():
+            self._spawn(self._outbound_stream(req))
+        for name, ip, port in serf.joins_to_attempt():
+            self._spawn(self._reconnect(name, ip, port))
+        while (ev := serf.next_event()) is not None:
+            self._dispatch(ev)
+        if serf.state == SerfState.LEFT:
+            self._left.set()
+        due = serf.get_timer()
+        if due != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = due
+            self._timer = None if due is None else self._loop.call_at(due, self._on_timer)  # type: ignore[union-attr]
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.serf.handle_timer(self._now())
+        except Exception:  # a bug in the core must not stop the loop
+            log.exception("core timer handling failed")
+            self._count("core_errors")
+        self._pump()
+
+    def _dispatch(self, ev: MemberEvent | UserEvent) -> None:
+        for cb in list(self.listeners):
+            try:
+                cb(ev)
+            except Exception:
+                log.exception("event listener failed")
+
+    # ------------------------------------------------------------------ UDP
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.serf.memberlist.receive_datagram(data, addr, self._now())
+        except Exception:
+            log.exception("core failed on a datagram from %s", addr)
+            self._count("core_errors")
+        self._pump()
+
+    # ------------------------------------------------------------------ TCP
+
+    async def _read_message(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
+        sr = StreamReader(max_size=STREAM_MAX_SIZE)
+        while True:
+            msg = sr.message()
+            if msg is not None:
+                return msg
+            timeout = deadline - self._now()
+            if timeout <= 0:
+                raise TimeoutError("stream read timed out")
+            chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            if not chunk:
+                raise ConnectionError("connection closed mid-message")
+            sr.feed(chunk)
+
+    async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        if self._inbound_streams >= MAX_INBOUND_STREAMS:
+            self._count("tcp_too_many")
+            writer.close()
+            return
+        self._inbound_streams += 1
+        try:
+            deadline = self._now() + self.serf.config.memberlist.tcp_timeout
+            try:
+                plain = await self._read_message(reader, deadline)
+            except DecodeError as e:
+                log.debug("bad stream from %s: %s", peer, e)
+                self._count("tcp_bad_message")
+                return
+            except (TimeoutError, ConnectionError, OSError) as e:
+                log.debug("stream from %s failed: %s", peer, e)
+                self._count("tcp_incomplete")
+                return
+            try:
+                reply = self.serf.memberlist.receive_stream(plain, (peer[0], peer[1]), self._now())
+            except Exception:
+                log.exception("core failed on a stream from %s", peer)
+                self._count("core_errors")
+                reply = None
+            self._pump()
+            if reply is not None:
+                writer.write(encode_stream(reply, compress=self.config.enable_compression))
+                await asyncio.wait_for(writer.drain(), max(0.1, deadline - self._now()))
+        except (TimeoutError, ConnectionError, OSError) as e:
+            log.debug("stream with %s: %s", peer, e)
+        finally:
+            self._inbound_streams -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _exchange(self, host: str, port: int, plain: bytes, expect_reply: bool,
+                        timeout: float) -> bytes | None:
+        deadline = self._now() + timeout
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        try:
+            writer.write(encode_stream(plain, compress=self.config.enable_compression))
+            await asyncio.wait_for(writer.drain(), max(0.05, deadline - self._now()))
+            if not expect_reply:
+                return None
+            return await self._read_message(reader, deadline)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _outbound_stream(self, req: StreamRequest) -> None:
+        reply: bytes | None = None
+        try:
+            reply = await self._exchange(req.addr[0], req.addr[1], req.plain, req.expect_reply,
+                                         self.serf.config.memberlist.tcp_timeout)
+        except (DecodeError, TimeoutError, ConnectionError, OSError) as e:
+            log.debug("stream to %s:%d failed: %s", req.addr[0], req.addr[1], e)
+        try:
+            self.serf.memberlist.stream_reply(req.token, reply, self._now())
+        except Exception:
+            log.exception("core failed on a stream reply")
+            self._count("core_errors")
+        self._pump()
+
+    async def _push_pull_join(self, host: str, port: int) -> None:
+        """One memberlist join: push/pull with Join=true, then merge the reply."""
+        ml = self.serf.memberlist
+        payload = ml.push_pull_payload(join=True)
+        reply = await self._exchange(host, port, payload, True, ml.config.tcp_timeout)
+        assert reply is not None
+        try:
+            ml.merge_push_pull(reply, True, self._now())
+        finally:
+            self._pump()
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            pass
+        assert self._loop is not None
+        infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        ips: list[str] = []
+        for family, _, _, _, sa in infos:
+            if family in (socket.AF_INET, socket.AF_INET6) and sa[0] not in ips:
+                ips.append(str(sa[0]))
+        return ips
+
+    async def memberlist_join(self, addrs: list[str]) -> tuple[int, list[str]]:
+        """memberlist.Join: push/pull with every address; (successes, error lines)."""
+        default_port = self.config.bind[1]
+        ok = 0
+        errors: list[str] = []
+        for text in addrs:
+            try:
+                _, host, port = parse_join_addr(text, default_port)
+            except ValueError:
+                errors.append(f"Failed to join {text}: bad address")
+                continue
+            try:
+                ips = await self._resolve(host, port)
+            except OSError as e:
+                errors.append(f"Failed to resolve {host}: {e}")
+                continue
+            for ip in ips:
+                try:
+                    await self._push_pull_join(ip, port)
+                    ok += 1
+                except Exception as e:  # noqa: BLE001 - every failure becomes a join error line
+                    errors.append(f"Failed to join {ip}: {self._describe(e, ip, port)}")
+        return ok, errors
+
+    @staticmethod
+    def _describe(e: BaseException, ip: str, port: int) -> str:
+        if isinstance(e, ConnectionRefusedError):
+            return f"dial tcp {ip}:{port}: connect: connection refused"
+        if isinstance(e, TimeoutError | asyncio.TimeoutError):
+            return f"dial tcp {ip}:{port}: i/o timeout"
+        if isinstance(e, OSError) and e.errno is not None:
+            return f"dial tcp {ip}:{port}: {os.strerror(e.errno).lower()}"
+        return str(e) or e.__class__.__name__
+
+    async def _reconnect(self, name: str, ip: str, port: int) -> None:
+        with contextlib.suppress(Exception):
+            await self._push_pull_join(ip, port)
+            log.info("reconnected to %s (%s:%d)", name, ip, port)
+
+    async def _retry_join(self) -> None:
+        attempts = 0
+        delay = min(1.0, self.config.retry_interval)
+        while self.serf.state == SerfState.ALIVE:
+            attempts += 1
+            try:
+                n = await self.join(list(self.config.join), replay=False)
+                log.info("joined %d of the configured nodes", n)
+                return
+            except RPCError as e:
+                log.warning("join attempt %d failed: %s", attempts, str(e).strip().replace("\n", " "))
+            if self.config.retry_max_attempts and attempts >= self.config.retry_max_attempts:
+                log.error("giving up joining after %d attempts", attempts)
+                self._exit_code = 1
+                self._stop.set()
+                return
+            await asyncio.sleep(delay)
+            # Back off from 1 s up to retry_interval so a cluster that starts together
+            # finds itself fast, without hammering an absent seed.
+            delay = min(delay * 2, self.config.retry_interval)
+
+    # ------------------------------------------------------------------ AgentAPI (RPC)
+
+    def members(self) -> list[Member]:
+        return self.serf.members()
+
+    async def join(self, addrs: list[str], replay: bool) -> int:
+        if self.serf.state != SerfState.ALIVE:
+            raise RPCError("Serf can't Join after Leave or Shutdown")
+        self.serf.begin_join(ignore_old=not replay)
+        n = 0
+        try:
+            n, errors = await self.memberlist_join(addrs)
+        finally:
+            self.serf.end_join(n, self._now())
+            self._pump()
+        if n > 0:
+            self.last_join = f"joined {n}"
+            return n
+        self.last_join = "failed"
+        if not errors:
+            errors = ["no addresses to join"]
+        plural = "s" if len(errors) != 1 else ""
+        points = "\n\t".join(f"* {e}" for e in errors)
+        raise RPCError(f"{len(errors)} error{plural} occurred:\n\t{points}\n\n")
+
+    async def leave_cluster(self) -> None:
+        """Graceful leave: intent, memberlist dead, propagation delay (Serf.Leave)."""
+        try:
+            self.serf.leave(self._now())
+        except SerfError as e:
+            log.warning("leave: %s", e)
+            return
+        self._pump()
+        cfg = self.serf.config
+        limit = 2 * cfg.broadcast_timeout + cfg.leave_propagate_delay + 1.0
+        try:
+            await asyncio.wait_for(self._left.wait(), limit)
+        except TimeoutError:
+            log.warning("leave did not complete in %.1fs", limit)
+        if self.serf.leave_error:
+            log.warning("leave: %s", self.serf.leave_error)
+        log.info("left the cluster")
+
+    async def leave(self) -> None:
+        await self.leave_cluster()
+        self._stop.set()
+
+    async def force_leave(self, node: str, prune: bool) -> None:
+        queued = self.serf.force_leave(node, prune, self._now())
+        self._pump()
+        if not queued:
+            return
+        deadline = self._now() + self.serf.config.broadcast_timeout
+        while not self.serf.intent_queue_empty():
+            if self._now() >= deadline:
+                raise RPCError("timed out broadcasting node removal")
+            await asyncio.sleep(0.05)
+
+    async def set_tags(self, tags: dict[str, str], delete: list[str]) -> None:
+        new = dict(self.serf.tags)
+        for k in delete:
+            new.pop(k, None)
+        new.update(tags)
+        try:
+            self.serf.set_tags(new, self._now())
+        except SerfError as e:
+            raise RPCError(str(e)) from None
+        self._pump()
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        drops: dict[str, int] = {}
+        for src in (self.counters, self.serf.counters, self.serf.memberlist.counters,
+                    self.rpc.counters):
+            for k, v in src.items():
+                drops[k] = drops.get(k, 0) + v
+        return {
+            "agent": {"name": self.config.node_name},
+            "runtime": {
+                "os": sys.platform,
+                "arch": platform.machine(),
+                "version": f"python{platform.python_version()}",
+                "max_procs": str(os.cpu_count() or 1),
+                "goroutines": str(threading.active_count() + len(self._tasks)),
+                "cpu_count": str(os.cpu_count() or 1),
+            },
+            "serf": self.serf.stats(),
+            "tags": dict(self.serf.tags),
+            "serfd": {"version": __version__, **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
+        }
+
+    def status_line(self) -> str:
+        """A one-line summary (for systemd STATUS= and logs)."""
+        counts: dict[str, int] = {}
+        for m in self.serf.members():
+            counts[m.status.label] = counts.get(m.status.label, 0) + 1
+        parts = [f"{counts.get(s.label, 0)} {s.label}" for s in
+                 (MemberStatus.ALIVE, MemberStatus.FAILED, MemberStatus.LEFT)]
+        return f"members: {', '.join(parts)}; last join: {self.last_join}"
+
+
+__all__ = ["Agent", "parse_join_addr"]

@@ -1,0 +1,731 @@
+"""The Serf layer: members, intents, Lamport clocks and events on top of memberlist.
+
+Theory of operation
+-------------------
+``Serf`` owns a :class:`~serfd.swim.Memberlist` and is its delegate. memberlist
+decides *whether* a node is reachable; Serf decides what that *means* for a member:
+
+* memberlist ``notify_join`` → the member is ``alive`` (or ``leaving`` when a leave
+  intent for it arrived first and is still buffered);
+* memberlist ``notify_leave`` → ``leaving`` becomes ``left`` (a graceful leave), ``alive``
+  becomes ``failed``;
+* memberlist ``notify_update`` → new tags (``member-update``).
+
+Intents are Serf messages stamped with the *member* Lamport clock: a join intent
+(sent after a successful join, or to refute a stale leave about ourselves) and a
+leave intent (graceful leave, ``force-leave``). An intent is applied only when its
+LTime is newer than the member's ``status_ltime``; intents for names we do not know
+yet wait in a small buffer for ``recent_intent_timeout``. Accepted intents are
+re-gossiped byte for byte.
+
+Push/pull carries Serf's own state (``MessagePushPull``): the three clocks, every
+member's status LTime, the left members and the recent user events. Merging it
+replays the intents and events it implies, so two clusters converge on one view.
+
+Time is always passed in (``now``, seconds). Everything that takes time in Go
+(graceful leave, pruning, reaping, reconnecting) is a phase with a deadline that
+``handle_timer`` advances. Output for the driver: member events via
+``next_event()``, join attempts via ``joins_to_attempt()`` and whatever the
+memberlist core wants sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from serfd.broadcast import TransmitLimitedQueue
+from serfd.codec import ANY, BYTES, STR, UINT16, DecodeError, Field, obj_to_struct
+from serfd.lamport import LamportClock
+from serfd.member import Member, MemberStatus
+from serfd.messages import META_MAX_SIZE, bytes_to_ip
+from serfd.serf_messages import (
+    QUERY_FLAG_NO_BROADCAST,
+    MessageJoin,
+    MessageLeave,
+    MessagePushPull,
+    MessageQuery,
+    MessageQueryResponse,
+    MessageUserEvent,
+    SerfMsgType,
+    UserEventRecord,
+    UserEvents,
+    decode_serf_message,
+    decode_tags,
+    encode_tags,
+)
+from serfd.swim import Memberlist, MemberlistConfig, Node
+
+log = logging.getLogger("serfd.serf")
+
+
+class SerfState(enum.Enum):
+    """The lifecycle of the local Serf instance (serf.go SerfState)."""
+
+    ALIVE = "alive"
+    LEAVING = "leaving"
+    LEFT = "left"
+    SHUTDOWN = "shutdown"
+
+
+class SerfError(Exception):
+    """The caller asked for something Serf refuses (the message is Serf's own text)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SerfConfig:
+    """Serf library settings (serf/config.go DefaultConfig, with the agent's overrides)."""
+
+    node_name: str
+    memberlist: MemberlistConfig
+    tags: dict[str, str] = field(default_factory=dict)
+    protocol: int = 5  # agent default delegate protocol version
+    broadcast_timeout: float = 5.0  # BroadcastTimeout
+    leave_propagate_delay: float = 1.0  # LeavePropagateDelay
+    reap_interval: float = 15.0  # ReapInterval
+    reconnect_interval: float = 30.0  # ReconnectInterval
+    reconnect_timeout: float = 24 * 3600.0  # ReconnectTimeout
+    tombstone_timeout: float = 24 * 3600.0  # TombstoneTimeout
+    recent_intent_timeout: float = 300.0  # RecentIntentTimeout
+    event_buffer: int = 512  # EventBuffer
+    query_buffer: int = 512  # QueryBuffer
+    user_event_size_limit: int = 512  # UserEventSizeLimit (agent default)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """member-join / member-leave / member-failed / member-update / member-reap."""
+
+    type: str
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    """A user event delivered to this node (handlers arrive with a later issue)."""
+
+    ltime: int
+    name: str
+    payload: bytes
+    coalesce: bool
+
+
+SerfEvent = MemberEvent | UserEvent
+
+
+@dataclass(slots=True)
+class _MemberState:
+    name: str
+    addr: str
+    port: int
+    tags: dict[str, str]
+    status: MemberStatus
+    status_ltime: int = 0
+    leave_time: float = 0.0
+    versions: tuple[int, int, int, int, int, int] = (1, 5, 2, 2, 5, 5)
+
+    def snapshot(self) -> Member:
+        pmin, pmax, pcur, dmin, dmax, dcur = self.versions
+        return Member(
+            name=self.name,
+            addr=self.addr,
+            port=self.port,
+            tags=dict(self.tags),
+            status=self.status,
+            protocol_min=pmin,
+            protocol_max=pmax,
+            protocol_cur=pcur,
+            delegate_min=dmin,
+            delegate_max=dmax,
+            delegate_cur=dcur,
+        )
+
+
+@dataclass(slots=True)
+class _Intent:
+    type: int  # SerfMsgType.JOIN or LEAVE
+    ltime: int
+    wall: float
+
+
+# relayHeader (messages.go): where a relayed message goes.
+_RELAY_HEADER = (Field("dest_addr", "DestAddr", ANY), Field("dest_name", "DestName", STR))
+_UDP_ADDR = (Field("ip", "IP", BYTES), Field("port", "Port", UINT16))
+
+
+def _node_addr(node: Node) -> str:
+    addr: Any = node.addr
+    if isinstance(addr, (bytes, bytearray)):
+        return bytes_to_ip(bytes(addr))
+    return str(addr)
+
+
+def _node_versions(node: Node) -> tuple[int, int, int, int, int, int]:
+    vsn = node.vsn or b""
+    if len(vsn) >= 6:
+        return (vsn[0], vsn[1], vsn[2], vsn[3], vsn[4], vsn[5])
+    return (1, 5, 2, 2, 5, 5)
+
+
+class Serf:
+    """Serf membership over a memberlist core (pure: time and randomness passed in)."""
+
+    def __init__(
+        self,
+        config: SerfConfig,
+        rng: random.Random,
+        now: float,
+        memberlist_factory: Callable[..., Memberlist] = Memberlist,
+    ) -> None:
+        self.config = config
+        self.tags: dict[str, str] = dict(config.tags)
+        self.state = SerfState.ALIVE
+        self._rng = rng
+        self.clock = LamportClock(1)
+        self.event_clock = LamportClock(1)
+        self.query_clock = LamportClock(1)
+        self._members: dict[str, _MemberState] = {}
+        self._failed: list[_MemberState] = []
+        self._left: list[_MemberState] = []
+        self._intents: dict[str, _Intent] = {}
+        self._events: deque[SerfEvent] = deque()
+        self._join_requests: list[tuple[str, str, int]] = []
+        # Event dedup ring (EventBuffer slots keyed by LTime % size).
+        self._event_buffer: list[UserEvents | None] = [None] * config.event_buffer
+        self._event_min_time = 0
+        self._event_join_ignore = False
+        self._query_buffer: list[tuple[int, set[int]] | None] = [None] * config.query_buffer
+        self._query_min_time = 0
+        self.counters: dict[str, int] = {}
+        # Three broadcast queues as Serf has them; their size estimate is our member count.
+        self._intent_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
+        self._event_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
+        self._query_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
+        # Timed work.
+        self._next_reap = now + config.reap_interval
+        self._next_reconnect = now + config.reconnect_interval
+        self._prunes: list[tuple[float, str]] = []
+        self._leave_phase = ""
+        self._leave_deadline = 0.0
+        self._leave_intent_sent = False
+        self.leave_error: str | None = None
+        self.memberlist = memberlist_factory(config.memberlist, self, rng, now)
+
+    # ------------------------------------------------------------------ inspection
+
+    def _num_nodes(self) -> int:
+        return len(self._members)
+
+    def members(self) -> list[Member]:
+        """Every known member, including failed and left ones, as snapshots."""
+        return [m.snapshot() for m in self._members.values()]
+
+    def local_member(self) -> Member:
+        return self._members[self.config.node_name].snapshot()
+
+    def next_event(self) -> SerfEvent | None:
+        """The next member or user event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def joins_to_attempt(self) -> list[tuple[str, str, int]]:
+        """Drain memberlist-level joins Serf wants (reconnects): (name, ip, port)."""
+        out, self._join_requests = self._join_requests, []
+        return out
+
+    def stats(self) -> dict[str, str]:
+        """Serf's stats section (serf.go Stats), values as strings."""
+        return {
+            "members": str(len(self._members)),
+            "failed": str(len(self._failed)),
+            "left": str(len(self._left)),
+            "health_score": str(self.memberlist.health_score()),
+            "member_time": str(self.clock.time()),
+            "event_time": str(self.event_clock.time()),
+            "query_time": str(self.query_clock.time()),
+            "intent_queue": str(len(self._intent_q)),
+            "event_queue": str(len(self._event_q)),
+            "query_queue": str(len(self._query_q)),
+            "encrypted": "false",
+            "coordinate_resets": "0",
+        }
+
+    def _count(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    # ------------------------------------------------------------------ operations
+
+    def begin_join(self, ignore_old: bool) -> None:
+        """Call before an explicit join's push/pulls (Serf.Join's eventJoinIgnore)."""
+        self._event_join_ignore = ignore_old
+
+    def end_join(self, num_joined: int, now: float) -> None:
+        """Call after an explicit join: on success, broadcast our join intent."""
+        self._event_join_ignore = False
+        if num_joined > 0 and self.state == SerfState.ALIVE:
+            self._broadcast_join(self.clock.time(), now)
+
+    def _broadcast_join(self, ltime: int, now: float) -> None:
+        msg = MessageJoin(ltime=ltime, node=self.config.node_name)
+        self.clock.witness(ltime)
+        self._handle_join_intent(msg, now)
+        self._intent_q.queue(msg.encode())
+
+    def set_tags(self, tags: dict[str, str], now: float) -> None:
+        """Replace our tags and gossip them (memberlist alive with a new incarnation)."""
+        if len(encode_tags(tags)) > META_MAX_SIZE:
+            raise SerfError(f"Encoded length of tags exceeds limit of {META_MAX_SIZE} bytes")
+        self.tags = dict(tags)
+        self.memberlist.update_meta(now)
+
+    def leave(self, now: float) -> None:
+        """Start a graceful leave; ``state`` becomes LEFT when it is done (see handle_timer)."""
+        if self.state == SerfState.LEFT:
+            return
+        if self.state == SerfState.LEAVING:
+            raise SerfError("Leave already in progress")
+        if self.state == SerfState.SHUTDOWN:
+            raise SerfError("Leave called after Shutdown")
+        self.state = SerfState.LEAVING
+        msg = MessageLeave(ltime=self.clock.time(), node=self.config.node_name)
+        self.clock.increment()
+        self._handle_leave_intent(msg, now)
+        if self._has_alive_members():
+            self._leave_intent_sent = False
+
+            def sent() -> None:
+                self._leave_intent_sent = True
+
+            self._intent_q.queue(msg.encode(), on_finished=sent)
+            self._leave_phase = "intent"
+            self._leave_deadline = now + self.config.broadcast_timeout
+        else:
+            self._start_memberlist_leave(now)
+
+    def _start_memberlist_leave(self, now: float) -> None:
+        self.memberlist.leave(now)
+        self._leave_phase = "memberlist"
+        self._leave_deadline = now + self.config.broadcast_timeout
+
+    def _advance_leave(self, now: float) -> None:
+        phase = self._leave_phase
+        if phase == "intent":
+            if self._leave_intent_sent:
+                self._start_memberlist_leave(now)
+            elif now >= self._leave_deadline:
+                # Serf gives up here with an error; we still tell memberlist so peers
+                # see a graceful dead{From=self} rather than a failure.
+                self.leave_error = "timeout while waiting for graceful leave"
+                self._start_memberlist_leave(now)
+        if self._leave_phase == "memberlist" and (
+            self.memberlist.leave_broadcast_done() or now >= self._leave_deadline
+        ):
+            if not self.memberlist.leave_broadcast_done():
+                self.leave_error = "timeout waiting for leave broadcast"
+            self._leave_phase = "propagate"
+            self._leave_deadline = now + self.config.leave_propagate_delay
+        if self._leave_phase == "propagate" and now >= self._leave_deadline:
+            self._leave_phase = ""
+            self.state = SerfState.LEFT
+
+    def force_leave(self, node: str, prune: bool, now: float) -> bool:
+        """Force a member into ``left`` cluster-wide. Returns True if a broadcast was queued."""
+        msg = MessageLeave(ltime=self.clock.time(), node=node, prune=prune)
+        self.clock.increment()
+        self._handle_leave_intent(msg, now)
+        if not self._has_alive_members():
+            return False
+        self._intent_q.queue(msg.encode())
+        return True
+
+    def intent_queue_empty(self) -> bool:
+        return len(self._intent_q) == 0
+
+    def shutdown(self) -> None:
+        self.state = SerfState.SHUTDOWN
+
+    def _has_alive_members(self) -> bool:
+        me = self.config.node_name
+        return any(m.status == MemberStatus.ALIVE for n, m in self._members.items() if n != me)
+
+    # ------------------------------------------------------------------ timers
+
+    def get_timer(self) -> float | None:
+        """The next absolute time Serf or memberlist has work to do."""
+        times = [self._next_reap, self._next_reconnect]
+        ml = self.memberlist.get_timer()
+        if ml is not None:
+            times.append(ml)
+        if self._leave_phase:
+            times.append(self._leave_deadline)
+        times.extend(t for t, _ in self._prunes)
+        return min(times)
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything due at ``now``."""
+        self.memberlist.handle_timer(now)
+        if now >= self._next_reap:
+            self._next_reap = now + self.config.reap_interval
+            self._reap(now)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval
+            self._reconnect()
+        if self._prunes:
+            due = [name for t, name in self._prunes if t <= now]
+            self._prunes = [(t, n) for t, n in self._prunes if t > now]
+            for name in due:
+                m = self._members.get(name)
+                if m is not None:
+                    self._erase(m)
+        if self._leave_phase:
+            self._advance_leave(now)
+
+    def poll(self, now: float) -> None:
+        """Advance things that wait on queue progress rather than time (leave phases)."""
+        if self._leave_phase:
+            self._advance_leave(now)
+
+    def _reap(self, now: float) -> None:
+        for lst, timeout in ((self._failed, self.config.reconnect_timeout),
+                             (self._left, self.config.tombstone_timeout)):
+            for m in [m for m in lst if now - m.leave_time > timeout]:
+                lst.remove(m)
+                log.info("EventMemberReap: %s", m.name)
+                self._erase(m)
+        for name in [n for n, i in self._intents.items()
+                     if now - i.wall > self.config.recent_intent_timeout]:
+            del self._intents[name]
+
+    def _reconnect(self) -> None:
+        if not self._failed:
+            return
+        alive = len(self._members) - len(self._failed) - len(self._left)
+        prob = len(self._failed) / max(1, alive)
+        if self._rng.random() > prob:
+            return
+        m = self._rng.choice(self._failed)
+        log.info("attempting reconnect to %s %s:%d", m.name, m.addr, m.port)
+        self._join_requests.append((m.name, m.addr, m.port))
+
+    def _erase(self, m: _MemberState) -> None:
+        if self._members.get(m.name) is m:
+            del self._members[m.name]
+        if m in self._failed:
+            self._failed.remove(m)
+        if m in self._left:
+            self._left.remove(m)
+        self._events.append(MemberEvent("member-reap", (m.snapshot(),)))
+
+    # ------------------------------------------------------------------ memberlist delegate
+
+    def node_meta(self, limit: int) -> bytes:
+        meta = encode_tags(self.tags)
+        if len(meta) > limit:
+            raise SerfError(f"Encoded length of tags exceeds limit of {limit} bytes")
+        return meta
+
+    def ack_payload(self) -> bytes | None:
+        return None
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        msgs = self._intent_q.get_broadcasts(overhead, limit)
+        used = sum(len(m) + overhead for m in msgs)
+        for q in (self._query_q, self._event_q):
+            more = q.get_broadcasts(overhead, limit - used)
+            used += sum(len(m) + overhead for m in more)
+            msgs.extend(more)
+        return msgs
+
+    def notify_join(self, node: Node, now: float) -> None:
+        name = node.name
+        m = self._members.get(name)
+        if m is None:
+            m = _MemberState(name, _node_addr(node), node.port, self._tags_of(node),
+                             MemberStatus.ALIVE)
+            intent = self._intents.get(name)
+            if intent is not None and intent.type == SerfMsgType.JOIN:
+                m.status_ltime = intent.ltime
+            if intent is not None and intent.type == SerfMsgType.LEAVE:
+                m.status = MemberStatus.LEAVING
+                m.status_ltime = intent.ltime
+            self._members[name] = m
+            old = MemberStatus.NONE
+        else:
+            old = m.status
+            m.status = MemberStatus.ALIVE
+            m.leave_time = 0.0
+            m.addr = _node_addr(node)
+            m.port = node.port
+            m.tags = self._tags_of(node)
+        m.versions = _node_versions(node)
+        if old in (MemberStatus.FAILED, MemberStatus.LEFT):
+            if m in self._failed:
+                self._failed.remove(m)
+            if m in self._left:
+                self._left.remove(m)
+        log.info("EventMemberJoin: %s %s", m.name, m.addr)
+        self._events.append(MemberEvent("member-join", (m.snapshot(),)))
+
+    def notify_leave(self, node: Node, now: float) -> None:
+        m = self._members.get(node.name)
+        if m is None:
+            return
+        if m.status == MemberStatus.LEAVING:
+            m.status = MemberStatus.LEFT
+            m.leave_time = now
+            self._left.append(m)
+            kind = "member-leave"
+        elif m.status == MemberStatus.ALIVE:
+            m.status = MemberStatus.FAILED
+            m.leave_time = now
+            self._failed.append(m)
+            kind = "member-failed"
+        else:
+            log.warning("bad state when leave: %s %s", m.name, m.status.label)
+            return
+        log.info("Event%s: %s %s", "MemberLeave" if kind == "member-leave" else "MemberFailed",
+                 m.name, m.addr)
+        self._events.append(MemberEvent(kind, (m.snapshot(),)))
+
+    def notify_update(self, node: Node, now: float) -> None:
+        m = self._members.get(node.name)
+        if m is None:
+            return
+        m.addr = _node_addr(node)
+        m.port = node.port
+        m.tags = self._tags_of(node)
+        m.versions = _node_versions(node)
+        log.info("EventMemberUpdate: %s", m.name)
+        self._events.append(MemberEvent("member-update", (m.snapshot(),)))
+
+    def notify_conflict(self, existing: Node, other: Node) -> None:
+        if existing.name == self.config.node_name:
+            log.error("name conflict: another node claims our name %s from %s:%d",
+                      other.name, _node_addr(other), other.port)
+        else:
+            log.warning("name conflict for %s: %s:%d and %s:%d", existing.name,
+                        _node_addr(existing), existing.port, _node_addr(other), other.port)
+
+    def _tags_of(self, node: Node) -> dict[str, str]:
+        try:
+            return decode_tags(node.meta)
+        except DecodeError:
+            self._count("bad_tags")
+            return {}
+
+    def local_state(self, join: bool) -> bytes:
+        return MessagePushPull(
+            ltime=self.clock.time(),
+            status_ltimes={n: m.status_ltime for n, m in self._members.items()},
+            left_members=tuple(m.name for m in self._left),
+            event_ltime=self.event_clock.time(),
+            events=tuple(self._event_buffer),
+            query_ltime=self.query_clock.time(),
+        ).encode()
+
+    def merge_remote_state(self, data: bytes, join: bool, now: float) -> None:
+        if not data or data[0] != SerfMsgType.PUSH_PULL:
+            self._count("bad_remote_state")
+            return
+        try:
+            pp = MessagePushPull.from_body(data[1:])
+        except DecodeError as e:
+            log.debug("bad remote state: %s", e)
+            self._count("bad_remote_state")
+            return
+        if pp.ltime > 0:
+            self.clock.witness(pp.ltime - 1)
+        if pp.event_ltime > 0:
+            self.event_clock.witness(pp.event_ltime - 1)
+        if pp.query_ltime > 0:
+            self.query_clock.witness(pp.query_ltime - 1)
+        left = set(pp.left_members)
+        for name in pp.left_members:
+            ltime = pp.status_ltimes.get(name, 0) + 1
+            self._handle_leave_intent(MessageLeave(ltime=ltime, node=name), now)
+        for name, ltime in pp.status_ltimes.items():
+            if name not in left:
+                self._handle_join_intent(MessageJoin(ltime=ltime, node=name), now)
+        if join and self._event_join_ignore and pp.event_ltime > self._event_min_time:
+            self._event_min_time = pp.event_ltime
+        for slot in pp.events:
+            if slot is None:
+                continue
+            for rec in slot.events:
+                self._handle_user_event(
+                    MessageUserEvent(ltime=slot.ltime, name=rec.name, payload=rec.payload), now)
+
+    def notify_msg(self, data: bytes, now: float) -> None:
+        if not data:
+            return
+        t = data[0]
+        if t == SerfMsgType.RELAY:
+            self._handle_relay(data)
+            return
+        if t not in (SerfMsgType.LEAVE, SerfMsgType.JOIN, SerfMsgType.USER_EVENT,
+                     SerfMsgType.QUERY, SerfMsgType.QUERY_RESPONSE):
+            self._count("unknown_serf_message")
+            return
+        try:
+            msg = decode_serf_message(data)
+        except DecodeError as e:
+            log.debug("bad serf message type %d: %s", t, e)
+            self._count("bad_serf_message")
+            return
+        if isinstance(msg, MessageLeave):
+            if self._handle_leave_intent(msg, now):
+                self._intent_q.queue(bytes(data))
+        elif isinstance(msg, MessageJoin):
+            if self._handle_join_intent(msg, now):
+                self._intent_q.queue(bytes(data))
+        elif isinstance(msg, MessageUserEvent):
+            if self._handle_user_event(msg, now):
+                self._event_q.queue(bytes(data))
+        elif isinstance(msg, MessageQuery):
+            if self._handle_query(msg) and not msg.flags & QUERY_FLAG_NO_BROADCAST:
+                self._query_q.queue(bytes(data))
+        elif isinstance(msg, MessageQueryResponse):
+            self._count("query_response_unexpected")
+
+    def _handle_relay(self, data: bytes) -> None:
+        # [9][relayHeader][inner...]: forward the inner message unchanged over UDP.
+        unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=len(data))
+        unpacker.feed(data[1:])
+        try:
+            header = obj_to_struct(_RELAY_HEADER, unpacker.unpack())
+            dest = obj_to_struct(_UDP_ADDR, header["dest_addr"])
+            ip = bytes_to_ip(dest["ip"] or b"")
+        except (DecodeError, ValueError, msgpack.UnpackException) as e:
+            log.debug("bad relay message: %s", e)
+            self._count("bad_relay")
+            return
+        inner = data[1 + unpacker.tell():]
+        if not inner:
+            self._count("bad_relay")
+            return
+        self.memberlist.send_user_msg((ip, dest["port"]), inner)
+
+    # ------------------------------------------------------------------ intents
+
+    def _handle_leave_intent(self, msg: MessageLeave, now: float) -> bool:
+        self.clock.witness(msg.ltime)
+        m = self._members.get(msg.node)
+        if m is None:
+            return self._upsert_intent(msg.node, SerfMsgType.LEAVE, msg.ltime, now)
+        if msg.ltime <= m.status_ltime:
+            return False
+        if msg.node == self.config.node_name and self.state == SerfState.ALIVE:
+            log.debug("refuting an older leave intent")
+            self._broadcast_join(self.clock.time(), now)
+            return False
+        m.status_ltime = msg.ltime
+        if m.status == MemberStatus.ALIVE:
+            m.status = MemberStatus.LEAVING
+            if msg.prune:
+                self._prune(m, now)
+            return True
+        if m.status == MemberStatus.FAILED:
+            m.status = MemberStatus.LEFT
+            if m in self._failed:
+                self._failed.remove(m)
+            self._left.append(m)
+            log.info("EventMemberLeave (forced): %s %s", m.name, m.addr)
+            self._events.append(MemberEvent("member-leave", (m.snapshot(),)))
+            if msg.prune:
+                self._prune(m, now)
+            return True
+        if m.status in (MemberStatus.LEAVING, MemberStatus.LEFT):
+            if msg.prune:
+                self._prune(m, now)
+            return True
+        return False
+
+    def _prune(self, m: _MemberState, now: float) -> None:
+        if m.status == MemberStatus.LEAVING:
+            delay = self.config.broadcast_timeout + self.config.leave_propagate_delay
+            self._prunes.append((now + delay, m.name))
+            return
+        log.info("EventMemberReap (forced): %s %s", m.name, m.addr)
+        self._erase(m)
+
+    def _handle_join_intent(self, msg: MessageJoin, now: float) -> bool:
+        self.clock.witness(msg.ltime)
+        m = self._members.get(msg.node)
+        if m is None:
+            return self._upsert_intent(msg.node, SerfMsgType.JOIN, msg.ltime, now)
+        if msg.ltime <= m.status_ltime:
+            return False
+        m.status_ltime = msg.ltime
+        if m.status == MemberStatus.LEAVING:
+            m.status = MemberStatus.ALIVE
+        return True
+
+    def _upsert_intent(self, node: str, kind: int, ltime: int, now: float) -> bool:
+        cur = self._intents.get(node)
+        if cur is None or ltime > cur.ltime:
+            self._intents[node] = _Intent(kind, ltime, now)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ events and queries
+
+    def _handle_user_event(self, msg: MessageUserEvent, now: float) -> bool:
+        self.event_clock.witness(msg.ltime)
+        if msg.ltime < self._event_min_time:
+            return False
+        cur = self.event_clock.time()
+        size = len(self._event_buffer)
+        if cur > size and msg.ltime < cur - size:
+            log.warning("received old event %s from time %d (current: %d)", msg.name, msg.ltime, cur)
+            return False
+        idx = msg.ltime % size
+        slot = self._event_buffer[idx]
+        rec = UserEventRecord(msg.name, msg.payload)
+        if slot is not None and slot.ltime == msg.ltime:
+            for prev in slot.events:
+                if prev.name == rec.name and (prev.payload or b"") == (rec.payload or b""):
+                    return False
+            self._event_buffer[idx] = UserEvents(msg.ltime, slot.events + (rec,))
+        else:
+            self._event_buffer[idx] = UserEvents(msg.ltime, (rec,))
+        self._events.append(UserEvent(msg.ltime, msg.name, msg.payload or b"", msg.cc))
+        return True
+
+    def _handle_query(self, msg: MessageQuery) -> bool:
+        """Dedup and relay a query; answering queries arrives with the events issue."""
+        self.query_clock.witness(msg.ltime)
+        if msg.ltime < self._query_min_time:
+            return False
+        cur = self.query_clock.time()
+        size = len(self._query_buffer)
+        if cur > size and msg.ltime < cur - size:
+            return False
+        idx = msg.ltime % size
+        slot = self._query_buffer[idx]
+        if slot is not None and slot[0] == msg.ltime:
+            if msg.id in slot[1]:
+                return False
+            slot[1].add(msg.id)
+        else:
+            self._query_buffer[idx] = (msg.ltime, {msg.id})
+        return True
+
+    def drain_events(self) -> Iterable[SerfEvent]:
+        while self._events:
+            yield self._events.popleft()
+
+
+__all__ = [
+    "MemberEvent",
+    "Serf",
+    "SerfConfig",
+    "SerfError",
+    "SerfState",
+    "UserEvent",
+]
