@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -188,12 +189,12 @@ def encrypted_agent() -> Iterator[Agent]:
         yield a
 
 
-def _fake_node(a: Agent, name: str, port: int) -> PushNodeState:
+def _fake_node(a: Agent, name: str, port: int, **tags: str) -> PushNodeState:
     return PushNodeState(
         name=name,
         addr=socket.inet_aton(a.peer_ip),
         port=port,
-        meta=encode_tags({"role": "fake", "n": name}),
+        meta=encode_tags({"role": "fake", "n": name, **tags}),
         incarnation=1,
         state=NodeStateType.ALIVE,
         vsn=DEFAULT_VSN,
@@ -305,8 +306,33 @@ def test_push_pull_both_ways(agent: Agent, compress: bool) -> None:
     assert fake["tags"] == {"role": "fake", "n": name}
 
 
+def _lzw_clears(buf: bytes) -> int:
+    """How many clear codes a Go LZW stream holds (the leading one included)."""
+    width, hi, acc, nbits, clears = 9, 257, 0, 0, 0
+    for byte in buf:
+        acc |= byte << nbits
+        nbits += 8
+        while nbits >= width:
+            code = acc & ((1 << width) - 1)
+            acc >>= width
+            nbits -= width
+            if code == 256:
+                clears, width, hi = clears + 1, 9, 257
+            elif code == 257:
+                return clears
+            else:
+                hi += 1
+                if hi >= 1 << width:
+                    width, hi = (width, hi - 1) if width == 12 else (width + 1, hi)
+    raise AssertionError("no EOF")
+
+
 def test_big_compressed_push_pull(agent: Agent) -> None:
-    nodes = [_fake_node(agent, f"big-{i:03d}", 20000 + i) for i in range(300)]
+    # Random-looking tags keep the LZW busy enough to need mid-stream clears.
+    rng = random.Random(1)
+    nodes = [
+        _fake_node(agent, f"big-{i:03d}", 20000 + i, id=rng.randbytes(20).hex()) for i in range(300)
+    ]
     ours = encode_push_pull(False, nodes, _our_state(nodes))
     wire = encode_stream(ours, compress=True)
     assert len(ours) > 25_000 and len(wire) < len(ours) // 2
@@ -315,6 +341,7 @@ def test_big_compressed_push_pull(agent: Agent) -> None:
     lzw.compress(ours)
     assert time.perf_counter() - t0 < 0.1
 
+    assert _lzw_clears(Compress.from_body(wire[1:]).buf or b"") > 2
     raw = _exchange(agent, wire)
     _assert_lzw_identical(raw)
     header, _, _ = decode_push_pull(_read(raw))
@@ -330,6 +357,7 @@ def test_big_compressed_push_pull(agent: Agent) -> None:
     # A later push/pull reply lists them all, and its (large) LZW is byte-identical to ours.
     raw = _exchange(agent, encode_stream(encode_push_pull(False, [], b""), compress=True))
     _assert_lzw_identical(raw)
+    assert _lzw_clears(Compress.from_body(raw[1:]).buf or b"") > 2  # Go also cleared mid-stream
     _, nodes_back, _ = decode_push_pull(_read(raw))
     assert {f"big-{i:03d}" for i in range(300)} <= {n.name for n in nodes_back}
 
