@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Cluster benchmark: real HashiCorp `serf` vs `serfd` on loopback.
+
+For each N and implementation, every rep starts N agents on a fresh 127.A.B.0/24,
+star-joins them (nodes 1..N-1 RPC-join node0 at the same moment) and measures
+
+* join convergence: time until every agent lists all N members alive;
+* failure detection: SIGKILL one node, time until every other agent lists it ``failed``;
+* RSS per agent (VmRSS) at the end of an idle window;
+* idle CPU per agent: utime+stime over the idle window, as % of one core.
+
+Stimuli are preceded by a random 0.25-0.65 s pause so the harness cannot phase-lock
+onto the 200 ms gossip tick (SERF-BASELINE.md, "Phase-lock artifact").  Every process
+the benchmark starts is killed on the way out, whatever happens (and, through
+PR_SET_PDEATHSIG, even if the benchmark itself is SIGKILLed).
+
+    python bench/cluster_bench.py --n 3 10 20 [--impl serf serfd] [--reps R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import random
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+
+from harness import (
+    AddressAllocator,
+    Agent,
+    Cluster,
+    RPCClient,
+    proc_threads,
+)
+
+IMPLS = ("serf", "serfd")
+JOIN_TIMEOUT = 60.0  # a join that never converges counts as +inf
+FAIL_TIMEOUT = 60.0
+READY_TIMEOUT = 30.0  # N Python processes starting at once on 2 cores take a while
+
+
+@dataclass
+class RepResult:
+    impl: str
+    n: int
+    rep: int
+    join_s: float = math.nan
+    fail_s: float = math.nan
+    rss_mib: list[float] = field(default_factory=list)
+    cpu_pct: list[float] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)
+    error: str = ""
+
+
+def pause(rng: random.Random) -> None:
+    """Random inter-stimulus pause (anti phase-lock)."""
+    time.sleep(rng.uniform(0.25, 0.65))
+
+
+def poll_all(
+    agents: Sequence[Agent],
+    clients: dict[str, RPCClient],
+    done: Any,
+    t0: float,
+    timeout: float,
+    interval: float,
+) -> float:
+    """Poll members on each agent until ``done(members)``; time (from t0) the last one got there."""
+    pending = list(agents)
+    last = 0.0
+    deadline = t0 + timeout
+    while pending:
+        for a in list(pending):
+            try:
+                members = clients[a.name].members()
+            except Exception:  # noqa: BLE001 - reconnect next round
+                clients[a.name].close()
+                try:
+                    clients[a.name] = RPCClient(a.rpc_target, timeout=2.0)
+                except OSError:
+                    pass
+                continue
+            if done(members):
+                last = time.monotonic() - t0
+                pending.remove(a)
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            return math.inf
+        time.sleep(interval)
+    return last
+
+
+def run_rep(
+    impl: str,
+    n: int,
+    rep: int,
+    alloc: AddressAllocator,
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> RepResult:
+    res = RepResult(impl, n, rep)
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{impl}-n{n}-"))
+    clients: dict[str, RPCClient] = {}
+    with Cluster(alloc, tmp) as cl:
+        try:
+            for i in range(n):
+                tags = {"role": "bench", "idx": str(i)}
+                if impl == "serf":
+                    cl.serf(f"node{i}", tags=tags)
+                else:
+                    cl.serfd(f"node{i}", tags=tags, log_level="info")
+            cl.wait_ready(READY_TIMEOUT)
+            agents = cl.agents
+            names = {a.name for a in agents}
+            for a in agents:
+                clients[a.name] = RPCClient(a.rpc_target, timeout=5.0)
+
+            # -- join convergence: nodes 1..N-1 join node0 at once
+            seed = agents[0].bind_addr
+            barrier = threading.Barrier(len(agents))  # joiners + this thread
+            join_errors: list[str] = []
+
+            def joiner(a: Agent) -> None:
+                c = clients[a.name]
+                barrier.wait(10)
+                try:
+                    c.join([seed])
+                except Exception as exc:  # noqa: BLE001
+                    join_errors.append(f"{a.name}: {exc!r}")
+
+            # Separate clients for the joins so the poller's clients are never shared.
+            poll_clients = {a.name: RPCClient(a.rpc_target, timeout=5.0) for a in agents}
+            threads = [threading.Thread(target=joiner, args=(a,)) for a in agents[1:]]
+            for t in threads:
+                t.start()
+            pause(rng)
+            t0 = time.monotonic()
+            barrier.wait(10)
+
+            def all_alive(ms: Any) -> bool:
+                return {m.name for m in ms if m.status == "alive"} >= names
+
+            res.join_s = poll_all(agents, poll_clients, all_alive, t0, JOIN_TIMEOUT, 0.01)
+            for t in threads:
+                t.join(30)
+            if join_errors:
+                res.error += "join errors: " + "; ".join(join_errors) + " "
+
+            # -- idle resources: settle, close every RPC client, measure
+            time.sleep(args.settle)
+            for c in [*clients.values(), *poll_clients.values()]:
+                c.close()
+            clients.clear()
+            poll_clients.clear()
+            cpu0 = {a.name: a.cpu_seconds() for a in agents}
+            w0 = time.monotonic()
+            time.sleep(args.idle)
+            window = time.monotonic() - w0
+            for a in agents:
+                res.cpu_pct.append(100.0 * (a.cpu_seconds() - cpu0[a.name]) / window)
+                res.rss_mib.append(a.rss_kib() / 1024.0)
+                res.threads.append(proc_threads(a.pid or 0))
+
+            # -- failure detection: SIGKILL one non-seed node
+            victim = agents[rng.randrange(1, n)]
+            others = [a for a in agents if a is not victim]
+            poll_clients = {a.name: RPCClient(a.rpc_target, timeout=5.0) for a in others}
+            pause(rng)
+            t0 = time.monotonic()
+            victim.kill()
+
+            def victim_failed(ms: Any) -> bool:
+                return any(m.name == victim.name and m.status == "failed" for m in ms)
+
+            res.fail_s = poll_all(others, poll_clients, victim_failed, t0, FAIL_TIMEOUT, 0.02)
+            for c in poll_clients.values():
+                c.close()
+        except Exception as exc:  # noqa: BLE001 - one bad rep must not lose the others
+            res.error += f"{type(exc).__name__}: {exc}"
+        finally:
+            for c in clients.values():
+                c.close()
+    if res.error or args.keep_logs:
+        res.error += f" (logs in {tmp})" if res.error else ""
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def probe_serfd(alloc: AddressAllocator) -> str:
+    """'' if `python -m serfd` starts and answers RPC, else the reason it does not."""
+    if importlib.util.find_spec("serfd") is None:
+        return "package serfd is not importable"
+    if importlib.util.find_spec("serfd.__main__") is None:
+        return "serfd has no __main__ (python -m serfd fails)"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-probe-"))
+    with Cluster(alloc, tmp) as cl:
+        a = cl.serfd("probe", log_level="info")
+        try:
+            a.wait_ready(15)
+        except Exception as exc:  # noqa: BLE001
+            first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            tail = a.log_tail(5).replace("\n", " | ")
+            return f"python -m serfd did not come up: {first} [log: {tail}]"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return ""
+
+
+def med(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.median(xs) if xs else math.nan
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}f}"
+
+
+def fmt_range(xs: Sequence[float], digits: int) -> str:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return fmt(xs[0], digits)
+    return f"{fmt(med(xs), digits)} [{fmt(min(xs), digits)}-{fmt(max(xs), digits)}]"
+
+
+def ratio(a: float, b: float) -> str:
+    if math.isnan(a) or math.isnan(b) or b == 0 or math.isinf(b):
+        return "n/a"
+    return "inf" if math.isinf(a) else f"{a / b:.2f}x"
+
+
+def report(n: int, results: list[RepResult], impls: Sequence[str], notes: dict[str, str]) -> str:
+    by = {i: [r for r in results if r.impl == i and r.n == n] for i in IMPLS}
+    metrics = [
+        ("join convergence (s)", lambda rs: [r.join_s for r in rs], 3),
+        ("SIGKILL -> all see failed (s)", lambda rs: [r.fail_s for r in rs], 2),
+        ("RSS per agent (MiB)", lambda rs: [x for r in rs for x in r.rss_mib], 1),
+        ("idle CPU per agent (% core)", lambda rs: [x for r in rs for x in r.cpu_pct], 2),
+        ("threads per agent", lambda rs: [float(x) for r in rs for x in r.threads], 0),
+    ]
+    reps = {i: len(by[i]) for i in IMPLS}
+    head = f"== N={n}  (reps: serf {reps['serf'] or '-'}, serfd {reps['serfd'] or '-'}; "
+    lines = [head + "median [min-max])"]
+    w = [31, 24, 24, 11]
+    lines.append(f"{'metric':<{w[0]}} {'serf':<{w[1]}} {'serfd':<{w[2]}} {'serfd/serf':<{w[3]}}")
+    for label, get, digits in metrics:
+        sv, dv = get(by["serf"]), get(by["serfd"])
+        lines.append(
+            f"{label:<{w[0]}} {fmt_range(sv, digits):<{w[1]}} {fmt_range(dv, digits):<{w[2]}} "
+            f"{ratio(med(dv), med(sv)):<{w[3]}}"
+        )
+    for i in IMPLS:
+        if i not in impls:
+            lines.append(f"  note: {i} {notes.get(i, 'not requested')}")
+        for r in by[i]:
+            if r.error:
+                lines.append(f"  {i} rep {r.rep}: {r.error.strip()}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[3, 10, 20])
+    ap.add_argument("--impl", nargs="+", choices=IMPLS, default=list(IMPLS))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--idle", type=float, default=20.0, help="idle window for CPU (s)")
+    ap.add_argument("--settle", type=float, default=5.0, help="settling before idle window (s)")
+    ap.add_argument("--seed", type=int, default=None, help="seed for pauses and victims")
+    ap.add_argument("--keep-logs", action="store_true", help="keep agent logs of good reps")
+    ap.add_argument("--json", type=Path, default=None, help="write raw results here")
+    args = ap.parse_args(argv)
+
+    # SIGTERM/SIGHUP unwind like Ctrl-C so every `with Cluster` kills its agents.
+    def _raise(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+    signal.signal(signal.SIGHUP, _raise)
+
+    rng = random.Random(args.seed)
+    alloc = AddressAllocator(range(200, 240))
+    impls = list(dict.fromkeys(args.impl))
+    notes: dict[str, str] = {}
+    if "serfd" in impls:
+        why = probe_serfd(alloc)
+        if why:
+            impls.remove("serfd")
+            notes["serfd"] = f"NOT RUNNABLE YET, serf figures only: {why}"
+            print(f"NOTE: serfd {notes['serfd']}", flush=True)
+    results: list[RepResult] = []
+    try:
+        for n in args.n:
+            for rep in range(args.reps):
+                for impl in impls:  # interleave implementations so drift hits both
+                    r = run_rep(impl, n, rep, alloc, args, rng)
+                    results.append(r)
+                    print(
+                        f"# {impl} N={n} rep {rep}: join {fmt(r.join_s)} s, fail "
+                        f"{fmt(r.fail_s, 2)} s, RSS {fmt(med(r.rss_mib), 1)} MiB, CPU "
+                        f"{fmt(med(r.cpu_pct), 2)} %"
+                        + (f"  [{r.error.strip()}]" if r.error else ""),
+                        flush=True,
+                    )
+            print(report(n, results, impls, notes) + "\n", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; all started agents were killed", file=sys.stderr)
+        return 130
+    finally:
+        alloc.release_all()
+        if args.json:
+            args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    print("== summary")
+    for n in args.n:
+        print(report(n, results, impls, notes) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
