@@ -1,0 +1,84 @@
+"""`serfd` as a command: broken configs exit 2 before binding anything; --check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+
+def run_serfd(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serfd", "--config-dir", str(config_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def base_config(tmp_path: Path) -> str:
+    return (
+        'node_name = "cli1"\n'
+        'bind = "127.0.0.1:1"\n'  # never bound: every case below must fail before that
+        f'state_dir = "{tmp_path}/state"\n'
+        "[rpc]\n"
+        f'socket = "{tmp_path}/serfd.sock"\n'
+    )
+
+
+BROKEN = {
+    "bad_toml": ("bind = \n", r"99-broken.toml:1: "),
+    "unknown_key": ('bnid = "127.0.0.1:7946"\n', "99-broken.toml: bnid: unknown key"),
+    "bad_address": ('bind = "300.1.2.3:7946"\n', "99-broken.toml: bind: "),
+    "wrong_type": ("join = \"127.0.0.1\"\n", "99-broken.toml: join: "),
+    "bad_duration": ('retry_interval = "5 parsecs"\n', "99-broken.toml: retry_interval: "),
+    "bad_rpc_tcp": ('[rpc]\ntcp = "127.0.0.1"\n', "99-broken.toml: rpc.tcp: "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_config_exits_2_before_binding(tmp_path: Path, case: str) -> None:
+    text, expected = BROKEN[case]
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    (d / "10-base.toml").write_text(base_config(tmp_path))
+    (d / "99-broken.toml").write_text(text)
+    r = run_serfd(d)
+    assert r.returncode == 2, r.stderr
+    assert expected in r.stderr
+    assert str(d / "99-broken.toml") in r.stderr
+    # Nothing was bound or created: no RPC socket, no log line about listening.
+    assert not (tmp_path / "serfd.sock").exists()
+    assert "listening" not in r.stderr.lower()
+
+
+def test_several_errors_reported_at_once(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    (d / "10-a.toml").write_text('profile = "fast"\nlog_level = "loud"\n')
+    r = run_serfd(d)
+    assert r.returncode == 2
+    assert "profile" in r.stderr and "log_level" in r.stderr
+
+
+def test_check_config_prints_merged_toml(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    (d / "10-base.toml").write_text(base_config(tmp_path) + '[tags]\nrole = "web"\n')
+    (d / "20-override.toml").write_text('[tags]\ndc = "east"\n')
+    r = run_serfd(d, "--check-config")
+    assert r.returncode == 0, r.stderr
+    merged = tomllib.loads(r.stdout)
+    assert merged["node_name"] == "cli1"
+    assert merged["tags"] == {"role": "web", "dc": "east"}
+    # The printed config is itself a valid drop-in that gives the same result.
+    d2 = tmp_path / "again"
+    d2.mkdir()
+    (d2 / "serfd.toml").write_text(r.stdout)
+    r2 = run_serfd(d2, "--check-config")
+    assert r2.returncode == 0, r2.stderr
+    assert tomllib.loads(r2.stdout) == merged
