@@ -1,0 +1,125 @@
+"""Whole-cluster behaviour in the deterministic simulation (tests/sim.py)."""
+
+from __future__ import annotations
+
+import time
+
+from serfd.messages import NodeStateType
+from sim import Event, Sim
+
+ALIVE = NodeStateType.ALIVE
+DEAD = NodeStateType.DEAD
+LEFT = NodeStateType.LEFT
+
+
+def _build(sim: Sim, n: int, spacing: float = 0.05, random_seed: bool = False) -> None:
+    """Start ``n`` nodes ``spacing`` apart, each joining n0 (``serf join seed``) or, with
+    ``random_seed``, a random earlier node."""
+    sim.add_node("n0")
+    for i in range(1, n):
+        sim.run_until(sim.now + spacing)
+        sim.add_node(f"n{i}")
+        sim.join(f"n{i}", f"n{sim.rng.randrange(i)}" if random_seed else "n0")
+
+
+def _false_deaths(sim: Sim, allowed: set[str]) -> list[Event]:
+    return [e for e in sim.events if e.kind == "leave" and e.node not in allowed]
+
+
+def test_hundred_nodes_with_loss_converge_and_detect_a_crash() -> None:
+    """The issue's acceptance test: 100 cores, 5 % loss, joins converge, a crash is seen
+    dead by everyone, and no live node is ever declared dead by anybody."""
+    started = time.monotonic()
+    sim = Sim(seed=7, loss=0.05)
+    crashed: set[str] = set()
+    _build(sim, 100)
+    assert sim.run_until(120.0, sim.converged, every=0.5), "cluster did not converge"
+    converged_at = sim.now
+    assert all(n.core.num_alive() == 100 for n in sim.live())
+
+    sim.crash("n42")
+    crashed.add("n42")
+    crash_at = sim.now
+
+    def everyone_sees_dead() -> bool:
+        return all(n.core.get_node("n42").state == DEAD for n in sim.live())  # type: ignore[union-attr]
+
+    assert sim.run_until(crash_at + 60.0, everyone_sees_dead, every=0.5), "crash not detected"
+    detected_after = sim.now - crash_at
+    sim.run_until(sim.now + 10.0)
+
+    # Every transition to dead/left anyone reported concerned the crashed node only,
+    # and every live node still sees all other live nodes alive.
+    assert _false_deaths(sim, crashed) == []
+    assert sim.converged()
+    wall = time.monotonic() - started
+    print(
+        f"\n100 nodes, 5% loss: converged at {converged_at:.1f}s simulated, crash detected "
+        f"by all after {detected_after:.1f}s, {sim.now:.0f}s simulated in {wall:.1f}s wall, "
+        f"{sim.stats.datagrams} datagrams ({sim.stats.dropped} dropped)"
+    )
+    assert wall < 60.0
+
+
+def test_simulation_is_deterministic() -> None:
+    def run() -> list[tuple[float, str, str, str]]:
+        sim = Sim(seed=11, loss=0.1)
+        _build(sim, 12)
+        sim.run_until(15.0)
+        sim.crash("n3")
+        sim.run_until(45.0)
+        return [(e.at, e.observer, e.kind, e.node) for e in sim.events]
+
+    assert run() == run()
+
+
+def test_no_false_deaths_without_tcp_fallback_under_heavy_loss() -> None:
+    """Without TCP pings, 10 % loss causes false suspicions; refutation must win them all."""
+    sim = Sim(seed=5, loss=0.10, config={"disable_tcp_pings": True})
+    _build(sim, 30)
+    sim.run_until(120.0)
+    assert _false_deaths(sim, set()) == []
+    assert sim.converged()
+    refuted = max(n.core.get_node(n.name).incarnation for n in sim.live())  # type: ignore[union-attr]
+    assert refuted > 1, "expected at least one refuted suspicion at this loss rate"
+
+
+def test_partition_then_rejoin_heals_by_refutation() -> None:
+    """Each half declares the other dead. After the heal, one explicit join (what Serf's
+    reconnector does) carries the verdicts across and everyone accused refutes them."""
+    sim = Sim(seed=3)
+    _build(sim, 10)
+    assert sim.run_until(20.0, sim.converged)
+    a = [f"n{i}" for i in range(5)]
+    b = [f"n{i}" for i in range(5, 10)]
+    sim.partition(a, b)
+
+    def split() -> bool:
+        return all(sim.view(x, y) in (DEAD, None) for x in a for y in b) and all(
+            sim.view(y, x) in (DEAD, None) for x in a for y in b
+        )
+
+    assert sim.run_until(sim.now + 60.0, split)
+    assert sim.view("n0", "n1") == ALIVE
+    sim.heal()
+    sim.join("n0", "n9")
+    assert sim.run_until(sim.now + 20.0, sim.converged)
+    assert sim.nodes["n9"].core.local_node().incarnation > 1
+    assert any(e.kind == "leave" and e.state == DEAD for e in sim.events)
+
+
+def test_graceful_leave_shows_as_left_everywhere() -> None:
+    sim = Sim(seed=9, loss=0.05)
+    _build(sim, 20)
+    assert sim.run_until(90.0, sim.converged, every=0.5)
+    leaver = sim.nodes["n7"]
+    leaver.core.leave(sim.now)
+    sim.run_until(sim.now + 0.01)
+    assert not leaver.core.leave_broadcast_done()
+    assert sim.run_until(sim.now + 10.0, leaver.core.leave_broadcast_done)
+    sim.run_until(sim.now + 5.0)
+    sim.crash("n7")
+    for n in sim.live():
+        assert sim.view(n.name, "n7") == LEFT
+    leaves = [e for e in sim.events if e.kind == "leave" and e.node == "n7"]
+    assert {e.state for e in leaves} == {LEFT}
