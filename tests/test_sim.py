@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from serfd.messages import NodeStateType
 from sim import Event, Sim
+
+from serfd.messages import NodeStateType
 
 ALIVE = NodeStateType.ALIVE
 DEAD = NodeStateType.DEAD
@@ -123,3 +124,36 @@ def test_graceful_leave_shows_as_left_everywhere() -> None:
         assert sim.view(n.name, "n7") == LEFT
     leaves = [e for e in sim.events if e.kind == "leave" and e.node == "n7"]
     assert {e.state for e in leaves} == {LEFT}
+
+
+def test_restarted_node_refutes_its_death_with_a_higher_incarnation() -> None:
+    """A node that comes back with the same name starts at incarnation 1; peers ignore
+    that (they know it dead at 1), but their push/pull tells it so and it refutes."""
+    sim = Sim(seed=21, loss=0.05)
+    _build(sim, 8)
+    assert sim.run_until(90.0, sim.converged, every=0.5)
+    old = sim.nodes["n5"]
+    sim.crash("n5")
+    assert sim.run_until(
+        sim.now + 60.0, lambda: all(sim.view(n.name, "n5") == DEAD for n in sim.live()), every=0.5
+    )
+    sim.start_core("n5", old.addr)
+    assert sim.nodes["n5"].core.local_node().incarnation == 1
+    sim.join("n5", "n0")
+    assert sim.run_until(sim.now + 20.0, sim.converged, every=0.5)
+    incs = {n.core.get_node("n5").incarnation for n in sim.live()}  # type: ignore[union-attr]
+    assert len(incs) == 1 and incs.pop() > 1
+    joins = [e for e in sim.events if e.kind == "join" and e.node == "n5" and e.observer == "n0"]
+    assert len(joins) == 2  # first start, then the return
+
+
+def test_push_pull_repairs_what_gossip_missed() -> None:
+    """All datagrams lost: gossip carries nothing, TCP fallback pings keep everyone from
+    being suspected, and periodic push/pull alone spreads the membership."""
+    sim = Sim(seed=2, loss=1.0)
+    _build(sim, 5)
+    sim.run_until(1.0)
+    assert not sim.converged()  # n1 cannot know the later joiners yet
+    assert sim.run_until(200.0, sim.converged, every=1.0)
+    assert _false_deaths(sim, set()) == []
+    assert all(n.core.counters.get("probe_tcp_only", 0) > 0 for n in sim.live())
