@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from serfctl.client import (
+    AgentError,
     ClientError,
     ConnectError,
     RPCClient,
@@ -223,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", parents=[common], help="show the agent's stats")
     p.add_argument("--format", choices=("text", "json"), default="text")
+
+    sub.add_parser(
+        "reload",
+        parents=[common],
+        help="make serfd re-read its config; waits until it is applied or refused",
+    )
     return parser
 
 
@@ -306,6 +313,24 @@ def _info(c: RPCClient, args: argparse.Namespace) -> str:
     return go_json(stats) if args.format == "json" else info_text(stats)
 
 
+def _reload(c: RPCClient, args: argparse.Namespace) -> str:
+    try:
+        c.reload()
+    except AgentError as e:
+        if str(e) == "Unsupported command":
+            raise ClientError("Error reloading: this agent has no reload command "
+                              "(a Serf agent? send it SIGHUP)") from None
+        # Each config error on its own line, as serfd --check-config prints them.
+        print("Error reloading: the new configuration is invalid; serfd keeps running "
+              "the previous one:", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ClientError as e:
+        raise ClientError(f"Error reloading: {e}") from None
+    return "Configuration reloaded"
+
+
 # Each returns its output (printed with a newline, even when empty, as serf does) or None.
 _COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str | None]] = {
     "members": _members,
@@ -314,6 +339,7 @@ _COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str | None]] = {
     "force-leave": _force_leave,
     "tags": _tags,
     "info": _info,
+    "reload": _reload,
 }
 
 

@@ -287,3 +287,7 @@ class RPCClient:
         """The agent's stats map."""
         resp = self.call("stats", expect_body=True)
         return resp if isinstance(resp, dict) else {}
+
+    def reload(self) -> None:
+        """serfd only: re-read the config; returns once applied (AgentError: the errors)."""
+        self.call("reload")

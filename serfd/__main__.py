@@ -19,8 +19,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory of TOML drop-ins (default: /etc/serfd.d)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate, print the merged effective config as TOML, and exit")
+    parser.add_argument("--daemonize", action="store_true",
+                        help="run in the background as a classic daemon (hosts without "
+                        "systemd); returns once serfd is ready. Default: foreground")
+    parser.add_argument("--pidfile", metavar="PATH",
+                        help="with --daemonize: write the daemon's PID to PATH")
+    parser.add_argument("--log-file", metavar="PATH", default="/var/log/serfd.log",
+                        help="with --daemonize: append logs to PATH (default: /var/log/serfd.log)")
     parser.add_argument("--version", action="version", version=f"serfd {__version__}")
     args = parser.parse_args(argv)
+    if args.pidfile and not args.daemonize:
+        parser.error("--pidfile needs --daemonize (under systemd, the unit tracks the PID)")
 
     from serfd.config import ConfigError, config_to_toml, load_config
 
@@ -34,11 +43,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(config_to_toml(config))
         return 0
 
+    if args.daemonize:
+        from serfd.daemonize import run_daemonized
+
+        pidfile = Path(args.pidfile).absolute() if args.pidfile else None
+        return run_daemonized(config, Path(args.config_dir).absolute(), pidfile,
+                              Path(args.log_file).absolute())
+
     from serfd.agent import Agent
     from serfd.logsetup import setup_logging
+    from serfd.systemd import Notifier
 
     setup_logging(config.log_level)
-    agent = Agent(config)
+    agent = Agent(config, config_dir=Path(args.config_dir).absolute(),
+                  notifier=Notifier.from_env())
     try:
         return asyncio.run(agent.run())
     except OSError as e:

@@ -34,16 +34,20 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from serfd import __version__
 from serfd.codec import DecodeError
-from serfd.config import Config
+from serfd.config import Config, ConfigError, load_config
+from serfd.logsetup import set_level
 from serfd.member import Member, MemberStatus
 from serfd.rpc import RPCError, RPCServer
 from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
 from serfd.stream import StreamReader, encode_stream
 from serfd.swim import MemberlistConfig, StreamRequest
+from serfd.reload import plan_reload
+from serfd.systemd import Notifier
 
 log = logging.getLogger("serfd.agent")
 
@@ -96,8 +100,17 @@ class _UDP(asyncio.DatagramProtocol):
 class Agent:
     """Runs one serfd node until told to leave or stop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, config_dir: Path | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
+        self.config_dir = config_dir  # where reload() re-reads the drop-ins
+        self.notifier = notifier if notifier is not None else Notifier()
+        # Called as hook(old, new) after a reload applied the built-in keys; a hook may
+        # raise ConfigError to report errors (the reload then answers with them).
+        self.reload_hooks: list[Callable[[Config, Config], None]] = []
+        self.restart_needed: tuple[str, ...] = ()  # keys changed on disk, not yet in effect
+        self.last_reload_error: str = ""
+        self._reload_lock = asyncio.Lock()
         self.counters: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -187,6 +200,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        # Ready once every socket is bound; a join may never succeed (it shows in STATUS).
+        self.notifier.ready(self.status_line())
+        self._spawn(self.notifier.keepalive(self.status_line))
         if self.config.join:
             self._spawn(self._retry_join())
         await self._stop.wait()
@@ -200,6 +217,7 @@ class Agent:
             self._stop.set()
             return
         name = signal.Signals(sig).name
+        self.notifier.stopping()
         if sig == signal.SIGTERM and not self.config.leave_on_terminate:
             log.info("caught %s: stopping without leaving (leave_on_terminate = false)", name)
             self._stop.set()
@@ -511,6 +529,7 @@ class Agent:
         log.info("left the cluster")
 
     async def leave(self) -> None:
+        self.notifier.stopping()
         await self.leave_cluster()
         self._stop.set()
 
@@ -564,7 +583,88 @@ class Agent:
             counts[m.status.label] = counts.get(m.status.label, 0) + 1
         parts = [f"{counts.get(s.label, 0)} {s.label}" for s in
                  (MemberStatus.ALIVE, MemberStatus.FAILED, MemberStatus.LEFT)]
-        return f"members: {', '.join(parts)}; last join: {self.last_join}"
+        line = f"members: {', '.join(parts)}; last join: {self.last_join}"
+        if self.last_reload_error:
+            line += f"; {self.last_reload_error}"
+        if self.restart_needed:
+            line += f"; restart needed for: {', '.join(self.restart_needed)}"
+        return line
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> list[str]:
+        """Re-read the drop-ins and apply what changed; the errors ([] = applied).
+
+        An invalid configuration leaves the running one untouched. Either way the
+        service manager sees RELOADING=1 ... READY=1.
+        """
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                return await self._reload()
+            finally:
+                self.notifier.ready(self.status_line())
+
+    async def _reload(self) -> list[str]:
+        if self.config_dir is None:
+            return ["no configuration directory to reload from"]
+        if self.serf.state != SerfState.ALIVE:
+            return ["cannot reload: the agent is leaving or has left"]
+        log.info("reloading the configuration from %s", self.config_dir)
+        assert self._loop is not None
+        try:
+            new = await self._loop.run_in_executor(None, load_config, self.config_dir)
+        except ConfigError as e:
+            for line in e.errors:
+                log.error("reload: %s", line)
+            n = len(e.errors)
+            log.error("reload refused: %d error%s; still running the previous configuration",
+                      n, "" if n == 1 else "s")
+            self.last_reload_error = f"last reload failed ({n} error{'' if n == 1 else 's'})"
+            return list(e.errors)
+        old = self.config
+        plan = plan_reload(old, new)
+        self.config = plan.applied
+        self.last_reload_error = ""
+        errors: list[str] = []
+        if new.log_level != old.log_level:
+            set_level(new.log_level)
+        if new.rpc_auth_key != old.rpc_auth_key:
+            self.rpc.auth_key = new.rpc_auth_key or None
+        if dict(new.tags) != dict(old.tags):
+            try:
+                self.serf.set_tags(dict(new.tags), self._now())
+            except SerfError as e:
+                errors.append(f"tags: {e}")
+            self._pump()
+        if new.join != old.join and new.join:
+            self._spawn(self._join_after_reload(list(new.join)))
+        for hook in list(self.reload_hooks):
+            try:
+                hook(old, self.config)
+            except ConfigError as e:
+                errors.extend(e.errors)
+            except Exception as e:  # noqa: BLE001 - a hook bug is reported, not fatal
+                log.exception("reload hook %r failed", hook)
+                errors.append(f"reload hook failed: {e}")
+        for line in errors:
+            log.error("reload: %s", line)
+        self.restart_needed = plan.restart_needed
+        if plan.restart_needed:
+            log.warning("reload: %s changed on disk but need%s a restart (systemctl restart serfd)",
+                        ", ".join(plan.restart_needed),
+                        "s" if len(plan.restart_needed) == 1 else "")
+        log.info("reload done: %s", "applied " + ", ".join(plan.changed) if plan.changed
+                 else "nothing to apply")
+        return errors
+
+    async def _join_after_reload(self, addrs: list[str]) -> None:
+        try:
+            n = await self.join(addrs, replay=False)
+            log.info("reload: joined %d node(s) of the new join list", n)
+        except RPCError as e:
+            log.warning("reload: joining the new join list failed: %s",
+                        " ".join(str(e).split()))
 
 
 __all__ = ["Agent", "parse_join_addr"]

@@ -28,10 +28,24 @@ class _JournalFormatter(logging.Formatter):
         return f"<{prio}>{record.name}: {super().format(record)}"
 
 
+def stderr_is_journal() -> bool:
+    """Whether stderr is connected to journald: $JOURNAL_STREAM names its "dev:inode".
+
+    Comparing the two (as systemd.exec(5) advises) keeps the timestamps when stderr
+    was redirected elsewhere, e.g. to a log file by ``--daemonize``.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return value == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(level: str) -> None:
     """Send every log line to stderr at ``level`` (trace, debug, info, warn, error)."""
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if stderr_is_journal():
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(

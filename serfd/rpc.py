@@ -131,6 +131,10 @@ class AgentAPI(Protocol):
         """Serf's stats map (agent, runtime, serf, tags, event_handlers, ...)."""
         ...
 
+    async def reload(self) -> list[str]:
+        """Re-read and apply the configuration; its errors ([] = applied)."""
+        ...
+
 
 # ---------------------------------------------------------------------------
 # Request bodies: field converters that accept what Go's decoder accepts.
@@ -243,6 +247,8 @@ REQUEST_SCHEMAS: dict[str, Schema | None] = {
     "list-keys": None,
     "stats": None,
     "get-coordinate": {"Node": _to_str},
+    # serfd's own: re-read the drop-ins; the reply's Error is "" or the config errors.
+    "reload": None,
 }
 
 
@@ -455,6 +461,7 @@ class RPCServer:
             "tags": self._tags,
             "stats": self._stats,
             "stop": self._stop,
+            "reload": self._reload,
         }
 
     # -- listeners ---------------------------------------------------------
@@ -644,6 +651,11 @@ class RPCServer:
 
     async def _stats(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
         return _Reply(body=self.agent.stats())
+
+    async def _reload(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        # Answers only once the reload is applied or refused (ExecReload waits on it).
+        errors, err = await self._call_agent("reload", self.agent.reload())
+        return _Reply(err or "\n".join(errors or []))
 
     async def _stop(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
         # No streams or monitors are served yet; Serf always answers "".

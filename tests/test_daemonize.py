@@ -1,0 +1,121 @@
+"""`serfd --daemonize [--pidfile PATH] [--log-file PATH]`: the classic daemon mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_systemd import free_port, write_base
+
+
+def serfd(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
+    return subprocess.run([sys.executable, "-m", "serfd", *args], capture_output=True,
+                          text=True, timeout=60, check=False, env=env)
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def wait_gone(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie whose parent (init) has not reaped it yet counts as gone.
+        if proc_status(pid).get("State", "").startswith("Z"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_daemonize_detaches_once_ready_and_cleans_up(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    port = free_port()
+    write_base(d, tmp_path, port)
+    pidfile, logfile = tmp_path / "serfd.pid", tmp_path / "serfd.log"
+    args = ("--config-dir", str(d), "--daemonize", "--pidfile", str(pidfile),
+            "--log-file", str(logfile))
+    r = serfd(*args)
+    assert r.returncode == 0, r.stderr
+    pid = int(pidfile.read_text())
+    try:
+        # Returned only once ready: the RPC socket is there already.
+        assert (tmp_path / "serfd.sock").exists()
+        st = proc_status(pid)
+        assert st["Umask"] == "0022"
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        # A new session it does not lead (the second fork): it can never regain a terminal.
+        assert os.getsid(pid) not in (os.getsid(0), pid)
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+        assert os.readlink(f"/proc/{pid}/fd/2") == str(logfile)
+        text = logfile.read_text()
+        assert "RPC listening on unix:" in text and text[:4].isdigit()  # timestamps
+
+        # A second one with the same PID file is refused before it forks.
+        r2 = serfd(*args)
+        assert r2.returncode == 1 and f"already running as PID {pid}" in r2.stderr
+
+        # SIGHUP reloads in daemon mode too.
+        (d / "20-tags.toml").write_text('[tags]\nrole = "daemon"\n')
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload done" not in logfile.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "reload done: applied tags" in logfile.read_text()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert wait_gone(pid)
+    assert not pidfile.exists()
+    assert "serfd stopped" in logfile.read_text()
+
+
+def test_daemonize_reports_a_startup_failure(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    write_base(d, tmp_path, free_port())
+    # The RPC socket's directory is a file: binding fails after the fork.
+    (tmp_path / "blocker").write_text("")
+    with (d / "10-base.toml").open("a") as f:
+        f.write(f'socket = "{tmp_path}/blocker/serfd.sock"\n')
+    (d / "10-base.toml").write_text(
+        (d / "10-base.toml").read_text().replace(f'socket = "{tmp_path}/serfd.sock"\n', "")
+    )
+    r = serfd("--config-dir", str(d), "--daemonize", "--log-file", str(tmp_path / "log"))
+    assert r.returncode == 1
+    assert r.stderr.startswith("serfd: ") and "blocker" in r.stderr
+
+
+def test_daemonize_refuses_an_unwritable_log_file_before_forking(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    write_base(d, tmp_path, free_port())
+    r = serfd("--config-dir", str(d), "--daemonize", "--log-file", str(tmp_path / "no/such/log"))
+    assert r.returncode == 1 and "cannot open log file" in r.stderr
+
+
+def test_pidfile_needs_daemonize(tmp_path: Path) -> None:
+    r = serfd("--config-dir", str(tmp_path), "--pidfile", str(tmp_path / "p"))
+    assert r.returncode == 2 and "--pidfile needs --daemonize" in r.stderr
+
+
+@pytest.mark.parametrize("content", ["", "junk\n", "999999999\n"])
+def test_stale_pidfile_is_replaced(tmp_path: Path, content: str) -> None:
+    from serfd.daemonize import claim_pidfile, release_pidfile
+
+    p = tmp_path / "serfd.pid"
+    p.write_text(content)
+    claim_pidfile(p)
+    assert p.read_text() == f"{os.getpid()}\n"
+    release_pidfile(p)
+    assert not p.exists()
