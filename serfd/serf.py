@@ -39,14 +39,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from serfd.broadcast import TransmitLimitedQueue
-from serfd.codec import ANY, BYTES, STR, UINT16, DecodeError, Field, obj_to_struct
+from serfd.codec import ANY, BYTES, STR, UINT16, DecodeError, Field, obj_to_struct, pack_gossip
 from serfd.lamport import LamportClock
 from serfd.member import Member, MemberStatus
-from serfd.messages import META_MAX_SIZE, bytes_to_ip
+from serfd.messages import META_MAX_SIZE, bytes_to_ip, ip_to_bytes
+from serfd.query import (
+    INTERNAL_PREFIX,
+    IncomingQuery,
+    PendingQuery,
+    QueryParam,
+    default_query_timeout,
+    encode_filters,
+    filters_match,
+)
 from serfd.serf_messages import (
+    QUERY_FLAG_ACK,
     QUERY_FLAG_NO_BROADCAST,
     MessageJoin,
     MessageLeave,
@@ -97,6 +107,13 @@ class SerfConfig:
     event_buffer: int = 512  # EventBuffer
     query_buffer: int = 512  # QueryBuffer
     user_event_size_limit: int = 512  # UserEventSizeLimit (agent default)
+    query_size_limit: int = 1024  # QuerySizeLimit
+    query_response_size_limit: int = 1024  # QueryResponseSizeLimit
+    enable_name_conflict_resolution: bool = True  # EnableNameConflictResolution
+    # Beyond Serf: a new event or query (ours, or one seen for the first time) is also
+    # sent at once to this many random members instead of waiting for the next gossip
+    # tick; gossip still carries it as usual. 0 = Serf's behaviour.
+    eager_fanout: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +134,20 @@ class UserEvent:
     coalesce: bool
 
 
-SerfEvent = MemberEvent | UserEvent
+SerfEvent = MemberEvent | UserEvent | IncomingQuery
+
+USER_EVENT_SANE_LIMIT = 9 * 1024  # Serf's UserEventSizeLimit constant: the hard maximum
+
+
+@dataclass(slots=True)
+class _Answering:
+    """Where and until when this node may answer one incoming query."""
+
+    addr: tuple[str, int]
+    source_node: str
+    relay_factor: int
+    deadline: float
+    responded: bool = False
 
 
 @dataclass(slots=True)
@@ -167,6 +197,29 @@ def _node_addr(node: Node) -> str:
     return str(addr)
 
 
+def _member_obj(m: _MemberState) -> dict[bytes, Any]:
+    # serf.Member in the gossip dialect (the _serf_conflict answer), fields sorted.
+    pmin, pmax, pcur, dmin, dmax, dcur = m.versions
+    try:
+        addr: bytes | None = ip_to_bytes(m.addr)
+    except ValueError:
+        addr = None
+    return {
+        b"Addr": addr,
+        b"DelegateCur": dcur,
+        b"DelegateMax": dmax,
+        b"DelegateMin": dmin,
+        b"Name": m.name.encode("utf-8", "surrogateescape"),
+        b"Port": m.port,
+        b"ProtocolCur": pcur,
+        b"ProtocolMax": pmax,
+        b"ProtocolMin": pmin,
+        b"Status": int(m.status),
+        b"Tags": {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape")
+                  for k, v in m.tags.items()},
+    }
+
+
 def _node_versions(node: Node) -> tuple[int, int, int, int, int, int]:
     vsn = node.vsn or b""
     if len(vsn) >= 6:
@@ -203,6 +256,11 @@ class Serf:
         self._event_join_ignore = False
         self._query_buffer: list[tuple[int, set[int]] | None] = [None] * config.query_buffer
         self._query_min_time = 0
+        self._asking: dict[int, PendingQuery] = {}  # our open queries by LTime
+        self._answering: dict[tuple[int, int], _Answering] = {}  # (LTime, ID) -> reply info
+        self._conflict_query: PendingQuery | None = None
+        self._conflict_wanted = False
+        self.conflict_lost = False  # we lost a name conflict vote: the agent must stop
         self.counters: dict[str, int] = {}
         # Three broadcast queues as Serf has them; their size estimate is our member count.
         self._intent_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
@@ -365,6 +423,8 @@ class Serf:
         if self._leave_phase:
             times.append(self._leave_deadline)
         times.extend(t for t, _ in self._prunes)
+        times.extend(pq.deadline for pq in self._asking.values())
+        times.extend(a.deadline for a in self._answering.values())
         return min(times)
 
     def handle_timer(self, now: float) -> None:
@@ -385,6 +445,9 @@ class Serf:
                     self._erase(m)
         if self._leave_phase:
             self._advance_leave(now)
+        self._expire_queries(now)
+        if self._conflict_wanted:
+            self._run_conflict_resolution(now)
 
     def poll(self, now: float) -> None:
         """Advance things that wait on queue progress rather than time (leave phases)."""
@@ -506,8 +569,11 @@ class Serf:
 
     def notify_conflict(self, existing: Node, other: Node) -> None:
         if existing.name == self.config.node_name:
-            log.error("name conflict: another node claims our name %s from %s:%d",
-                      other.name, _node_addr(other), other.port)
+            log.error("name conflict: another node claims our name %s from %s:%d "
+                      "(resolution enabled: %s)", other.name, _node_addr(other), other.port,
+                      self.config.enable_name_conflict_resolution)
+            if self.config.enable_name_conflict_resolution:
+                self._start_conflict_resolution()
         else:
             log.warning("name conflict for %s: %s:%d and %s:%d", existing.name,
                         _node_addr(existing), existing.port, _node_addr(other), other.port)
@@ -587,11 +653,13 @@ class Serf:
         elif isinstance(msg, MessageUserEvent):
             if self._handle_user_event(msg, now):
                 self._event_q.queue(bytes(data))
+                self._eager_push(bytes(data))
         elif isinstance(msg, MessageQuery):
-            if self._handle_query(msg) and not msg.flags & QUERY_FLAG_NO_BROADCAST:
+            if self._handle_query(msg, now):
                 self._query_q.queue(bytes(data))
+                self._eager_push(bytes(data))
         elif isinstance(msg, MessageQueryResponse):
-            self._count("query_response_unexpected")
+            self._handle_query_response(msg, now)
 
     def _handle_relay(self, data: bytes) -> None:
         # [9][relayHeader][inner...]: forward the inner message unchanged over UDP.
@@ -697,14 +765,140 @@ class Serf:
         self._events.append(UserEvent(msg.ltime, msg.name, msg.payload or b"", msg.cc))
         return True
 
-    def _handle_query(self, msg: MessageQuery) -> bool:
-        """Dedup and relay a query; answering queries arrives with the events issue."""
+    def user_event(self, name: str, payload: bytes, coalesce: bool, now: float) -> None:
+        """Send a user event (Serf.UserEvent); SerfError with Serf's text if over a limit."""
+        limit = self.config.user_event_size_limit
+        size = len(name.encode("utf-8", "surrogateescape")) + len(payload)
+        if size > limit:
+            raise SerfError(f"user event exceeds configured limit of {limit} bytes before encoding")
+        if size > USER_EVENT_SANE_LIMIT:
+            raise SerfError(
+                f"user event exceeds sane limit of {USER_EVENT_SANE_LIMIT} bytes before encoding")
+        msg = MessageUserEvent(ltime=self.event_clock.time(), name=name, payload=payload or None,
+                               cc=coalesce)
+        raw = msg.encode()
+        if len(raw) > limit:
+            raise SerfError(
+                f"encoded user event exceeds configured limit of {limit} bytes after encoding")
+        if len(raw) > USER_EVENT_SANE_LIMIT:
+            raise SerfError(
+                f"encoded user event exceeds sane limit of {USER_EVENT_SANE_LIMIT} bytes "
+                "before encoding")
+        self.event_clock.increment()
+        self._handle_user_event(msg, now)
+        self._event_q.queue(raw)
+        self._eager_push(raw)
+
+    def default_query_timeout(self) -> float:
+        """GossipInterval x QueryTimeoutMult x ceil(log10(N+1)), N = alive members."""
+        return default_query_timeout(self.config.memberlist.gossip_interval,
+                                     self.memberlist.num_alive())
+
+    def query(self, name: str, payload: bytes, param: QueryParam, now: float) -> PendingQuery:
+        """Start a query (Serf.Query); its records arrive in the returned PendingQuery."""
+        if self.config.protocol < 4:
+            raise SerfError("Feature not supported")
+        timeout = param.timeout or self.default_query_timeout()
+        filters = encode_filters(param)
+        me = self._members.get(self.config.node_name)
+        addr = self.config.memberlist.advertise_addr
+        port = self.config.memberlist.advertise_port
+        msg = MessageQuery(
+            ltime=self.query_clock.time(),
+            id=self._rng.getrandbits(31),
+            addr=ip_to_bytes(addr),
+            port=port,
+            source_node=self.config.node_name,
+            filters=filters,
+            flags=QUERY_FLAG_ACK if param.request_ack else 0,
+            relay_factor=param.relay_factor,
+            timeout=round(timeout * 1e9),
+            name=name,
+            payload=payload or None,
+        )
+        raw = msg.encode()
+        if len(raw) > self.config.query_size_limit:
+            raise SerfError(f"query exceeds limit of {self.config.query_size_limit} bytes")
+        expected = frozenset(
+            m.name for m in self._members.values()
+            if m.status == MemberStatus.ALIVE
+            and filters_match(filters, m.name, self.tags if m is me else m.tags)
+        )
+        pq = PendingQuery(ltime=msg.ltime, id=msg.id, name=name, deadline=now + timeout,
+                          request_ack=param.request_ack, expected=expected)
+        self._asking[msg.ltime] = pq
+        self._handle_query(msg, now)
+        self._query_q.queue(raw)
+        self._eager_push(raw)
+        return pq
+
+    def respond(self, q: IncomingQuery, payload: bytes, now: float) -> None:
+        """Answer a query delivered to us (Query.Respond), once, before its deadline."""
+        resp = MessageQueryResponse(ltime=q.ltime, id=q.id, from_=self.config.node_name,
+                                    flags=0, payload=payload or None)
+        raw = resp.encode()
+        limit = self.config.query_response_size_limit
+        if len(raw) > limit:
+            raise SerfError(f"response exceeds limit of {limit} bytes")
+        ans = self._answering.get((q.ltime, q.id))
+        if ans is None and now > q.deadline:
+            raise SerfError("response is past the deadline")
+        if ans is None or ans.responded:
+            raise SerfError("response already sent")
+        if now > ans.deadline:
+            raise SerfError("response is past the deadline")
+        ans.responded = True
+        self._send_response(ans, resp, raw, now)
+
+    def _send_response(self, ans: _Answering, resp: MessageQueryResponse, raw: bytes,
+                       now: float) -> None:
+        ml = self.config.memberlist
+        if ans.addr == (ml.advertise_addr, ml.advertise_port):
+            self._handle_query_response(resp, now)  # our own query: no trip through the socket
+        else:
+            self.memberlist.send_user_msg(ans.addr, raw)
+        self._relay_response(ans, resp)
+
+    def _relay_response(self, ans: _Answering, resp: MessageQueryResponse) -> None:
+        # Serf's relayResponse: a relay-wrapped copy via up to RelayFactor random members.
+        k = ans.relay_factor
+        if k == 0 or len(self._members) < k + 1:
+            return
+        header = pack_gossip({
+            b"DestAddr": {b"IP": ip_to_bytes(ans.addr[0]), b"Port": ans.addr[1], b"Zone": b""},
+            b"DestName": ans.source_node.encode("utf-8", "surrogateescape"),
+        })
+        raw = bytes((SerfMsgType.RELAY,)) + header + resp.encode()
+        if len(raw) > self.config.query_response_size_limit:
+            log.error("failed to relay response: relayed response exceeds limit of %d bytes",
+                      self.config.query_response_size_limit)
+            return
+        me = self.config.node_name
+        peers = [m for m in self._members.values()
+                 if m.status == MemberStatus.ALIVE and m.name != me and m.versions[1] >= 5]
+        for m in self._rng.sample(peers, min(k, len(peers))):
+            self.memberlist.send_user_msg((m.addr, m.port), raw)
+
+    def _eager_push(self, raw: bytes) -> None:
+        # Beyond Serf: send a new broadcast at once to a few members (see eager_fanout).
+        k = self.config.eager_fanout
+        if k <= 0 or self.state != SerfState.ALIVE:
+            return
+        me = self.config.node_name
+        peers = [m for m in self._members.values()
+                 if m.status == MemberStatus.ALIVE and m.name != me]
+        for m in self._rng.sample(peers, min(k, len(peers))):
+            self.memberlist.send_user_msg((m.addr, m.port), raw)
+
+    def _handle_query(self, msg: MessageQuery, now: float) -> bool:
+        """Dedup, filter, ack and deliver a query; True if it should be re-gossiped."""
         self.query_clock.witness(msg.ltime)
         if msg.ltime < self._query_min_time:
             return False
         cur = self.query_clock.time()
         size = len(self._query_buffer)
         if cur > size and msg.ltime < cur - size:
+            log.warning("received old query %s from time %d (current: %d)", msg.name, msg.ltime, cur)
             return False
         idx = msg.ltime % size
         slot = self._query_buffer[idx]
@@ -714,7 +908,121 @@ class Serf:
             slot[1].add(msg.id)
         else:
             self._query_buffer[idx] = (msg.ltime, {msg.id})
-        return True
+        rebroadcast = not msg.flags & QUERY_FLAG_NO_BROADCAST
+        if not filters_match(msg.filters, self.config.node_name, self.tags):
+            return rebroadcast
+        try:
+            addr = (bytes_to_ip(msg.addr or b""), msg.port)
+        except ValueError:
+            self._count("bad_query_addr")
+            return rebroadcast
+        deadline = now + max(0, msg.timeout) / 1e9
+        ans = _Answering(addr, msg.source_node, msg.relay_factor, deadline)
+        self._answering[(msg.ltime, msg.id)] = ans
+        if msg.flags & QUERY_FLAG_ACK:
+            ack = MessageQueryResponse(ltime=msg.ltime, id=msg.id, from_=self.config.node_name,
+                                       flags=QUERY_FLAG_ACK, payload=None)
+            self._send_response(ans, ack, ack.encode(), now)
+        q = IncomingQuery(msg.ltime, msg.id, msg.name, msg.payload or b"", msg.source_node,
+                          deadline)
+        if msg.name.startswith(INTERNAL_PREFIX):
+            self._internal_query(q, now)
+        else:
+            self._events.append(q)
+        return rebroadcast
+
+    def _internal_query(self, q: IncomingQuery, now: float) -> None:
+        kind = q.name[len(INTERNAL_PREFIX):]
+        if kind == "ping":
+            return  # the ack is the answer
+        if kind == "conflict":
+            node = q.payload.decode("utf-8", "surrogateescape")
+            if node == self.config.node_name:
+                return  # never answer about ourselves
+            log.debug("got conflict resolution query for '%s'", node)
+            m = self._members.get(node)
+            body = pack_gossip(None if m is None else _member_obj(m))
+            try:
+                self.respond(q, bytes((SerfMsgType.CONFLICT_RESPONSE,)) + body, now)
+            except SerfError as e:
+                log.error("failed to respond to conflict query: %s", e)
+            return
+        log.warning("unhandled internal query '%s'", kind)
+
+    def _handle_query_response(self, resp: MessageQueryResponse, now: float) -> None:
+        pq = self._asking.get(resp.ltime)
+        if pq is None:
+            log.warning("reply for non-running query (LTime: %d, ID: %d) From: %s",
+                        resp.ltime, resp.id, resp.from_)
+            self._count("query_response_unexpected")
+            return
+        if pq.id != resp.id:
+            log.warning("query reply ID mismatch (Local: %d, Response: %d)", pq.id, resp.id)
+            self._count("query_response_unexpected")
+            return
+        if now > pq.deadline:
+            return
+        pq.add(resp.from_, bool(resp.flags & QUERY_FLAG_ACK), resp.payload or b"")
+        if pq.complete():
+            self._close_query(pq)
+
+    def _close_query(self, pq: PendingQuery) -> None:
+        pq.finish()
+        self._asking.pop(pq.ltime, None)
+        if pq is self._conflict_query:
+            self._conflict_query = None
+            self._resolve_conflict(pq)
+
+    def _expire_queries(self, now: float) -> None:
+        for pq in [pq for pq in self._asking.values() if now >= pq.deadline]:
+            self._close_query(pq)
+        for key in [k for k, a in self._answering.items() if now >= a.deadline]:
+            del self._answering[key]
+
+    def pending_query_count(self) -> int:
+        return len(self._asking)
+
+    # ------------------------------------------------------------------ name conflicts
+
+    def _start_conflict_resolution(self) -> None:
+        # memberlist tells us without a time: the query starts at the next timer.
+        self._conflict_wanted = self._conflict_query is None
+
+    def _run_conflict_resolution(self, now: float) -> None:
+        self._conflict_wanted = False
+        try:
+            self._conflict_query = self.query(INTERNAL_PREFIX + "conflict",
+                                              self.config.node_name.encode(), QueryParam(), now)
+        except SerfError as e:
+            log.error("failed to start name resolution query: %s", e)
+
+    def _resolve_conflict(self, pq: PendingQuery) -> None:
+        ml = self.config.memberlist
+        responses = matching = 0
+        for rec in pq.drain():
+            if rec.type != "response":
+                continue
+            if not rec.payload or rec.payload[0] != SerfMsgType.CONFLICT_RESPONSE:
+                log.error("invalid conflict query response type: %r", rec.payload[:1])
+                continue
+            try:
+                obj = msgpack.unpackb(rec.payload[1:], raw=True, strict_map_key=False)
+                addr = bytes_to_ip(obj[b"Addr"]) if isinstance(obj, dict) else None
+                port = obj.get(b"Port") if isinstance(obj, dict) else None
+            except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+                log.error("failed to decode conflict query response: %s", e)
+                continue
+            responses += 1
+            if addr == ml.advertise_addr and port == ml.advertise_port:
+                matching += 1
+        majority = responses // 2 + 1
+        if matching >= majority:
+            log.info("majority in name conflict resolution [%d / %d]", matching, responses)
+            return
+        log.warning("minority in name conflict resolution, quitting [%d / %d]",
+                    matching, responses)
+        self.conflict_lost = True
+        self.state = SerfState.SHUTDOWN
 
     def drain_events(self) -> Iterable[SerfEvent]:
         while self._events:
@@ -722,6 +1030,7 @@ class Serf:
 
 
 __all__ = [
+    "IncomingQuery",
     "MemberEvent",
     "Serf",
     "SerfConfig",

@@ -1,0 +1,197 @@
+"""Serf queries as state: parameters, filters, the asker's pending query, the answerer's view.
+
+Theory of operation
+-------------------
+A query is a gossip broadcast (``messageQuery``) that each node which passes its
+filters may acknowledge and answer *directly* (UDP ``messageQueryResponse`` to the
+asker's address, optionally also relayed through ``relay_factor`` random members).
+
+* The **asker** keeps a :class:`PendingQuery` keyed by the query's LTime: it accepts
+  one ack and one response per ``From`` until its deadline, and turns them into
+  :class:`QueryRecord` s (``ack``, ``response``, then exactly one ``done``) that the
+  agent drains and streams to the RPC client.
+* Beyond Serf (serf#509), the asker also knows which members the query could reach
+  (alive members passing the filters, judged from their gossiped tags). When each
+  of them has answered, ``done`` comes at once instead of at the deadline. An
+  "answer" is a response, plus the ack when one was requested; for ``_serf_ping``,
+  which never gets a response, the ack alone.
+* The **answerer** sees an :class:`IncomingQuery` (an event for the handlers); its
+  reply goes through ``Serf.respond``, which allows one response before the deadline.
+
+Everything here is pure: times are passed in, nothing is sent from this module.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import msgpack  # type: ignore[import-untyped]
+
+from serfd.codec import STR, DecodeError, Field, encode_struct, obj_to_struct, pack_gossip
+
+__all__ = [
+    "INTERNAL_PREFIX",
+    "IncomingQuery",
+    "PendingQuery",
+    "QueryParam",
+    "QueryRecord",
+    "default_query_timeout",
+    "encode_filters",
+    "filters_match",
+]
+
+INTERNAL_PREFIX = "_serf_"  # InternalQueryPrefix: answered by Serf itself, never by handlers
+QUERY_TIMEOUT_MULT = 16  # Serf's QueryTimeoutMult
+
+_FILTER_NODE = 0  # filterNodeType
+_FILTER_TAG = 1  # filterTagType
+_TAG_FILTER = (Field("tag", "Tag", STR), Field("expr", "Expr", STR))
+
+
+def default_query_timeout(gossip_interval: float, num_members: int) -> float:
+    """Serf's DefaultQueryTimeout: GossipInterval x 16 x ceil(log10(N+1)), in seconds."""
+    return gossip_interval * QUERY_TIMEOUT_MULT * math.ceil(math.log10(num_members + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    """What an asker may set (Serf's QueryParam); timeout 0 = the default formula."""
+
+    filter_nodes: tuple[str, ...] = ()
+    filter_tags: Mapping[str, str] = field(default_factory=dict)
+    request_ack: bool = False
+    relay_factor: int = 0
+    timeout: float = 0.0
+
+
+def encode_filters(param: QueryParam) -> list[bytes] | None:
+    """The wire filters: ``[0]+msgpack([names])`` and one ``[1]+msgpack({Tag, Expr})`` per tag."""
+    out: list[bytes] = []
+    if param.filter_nodes:
+        names = [n.encode("utf-8", "surrogateescape") for n in param.filter_nodes]
+        out.append(bytes((_FILTER_NODE,)) + pack_gossip(names))
+    for tag, expr in param.filter_tags.items():
+        out.append(bytes((_FILTER_TAG,)) + encode_struct(_TAG_FILTER, {"tag": tag, "expr": expr}))
+    return out or None
+
+
+def _go_search(expr: str, text: str) -> bool:
+    # Go's regexp.MatchString: an unanchored search. (RE2 and Python re differ in rare syntax.)
+    return re.search(expr, text) is not None
+
+
+def filters_match(filters: Iterable[bytes] | None, name: str, tags: Mapping[str, str]) -> bool:
+    """Serf's shouldProcessQuery for a node called ``name`` with ``tags``.
+
+    Every filter must pass; a filter we cannot decode, an unknown filter type or a
+    regex that does not compile fails the query for this node (as Serf does).
+    """
+    for raw in filters or ():
+        if not isinstance(raw, (bytes, bytearray)) or not raw:
+            return False
+        kind, body = raw[0], bytes(raw[1:])
+        try:
+            obj = msgpack.unpackb(body, raw=True, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException):
+            return False
+        if kind == _FILTER_NODE:
+            if not isinstance(obj, list):
+                return False
+            names = {n.decode("utf-8", "surrogateescape") for n in obj if isinstance(n, bytes)}
+            if name not in names:
+                return False
+        elif kind == _FILTER_TAG:
+            try:
+                tf = obj_to_struct(_TAG_FILTER, obj)
+                matched = _go_search(tf["expr"], tags.get(tf["tag"], ""))
+            except (DecodeError, re.error):
+                return False
+            if not matched:
+                return False
+        else:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRecord:
+    """One record for the asker's client: ``ack``, ``response`` or ``done``."""
+
+    type: str
+    from_: str = ""
+    payload: bytes = b""
+
+
+@dataclass(slots=True)
+class PendingQuery:
+    """The asker's side of one query (Serf's QueryResponse)."""
+
+    ltime: int
+    id: int
+    name: str
+    deadline: float
+    request_ack: bool
+    expected: frozenset[str]  # members we believe the query reaches (serf#509 early done)
+    acks: set[str] = field(default_factory=set)
+    responses: set[str] = field(default_factory=set)
+    finished: bool = False
+    records: deque[QueryRecord] = field(default_factory=deque)
+
+    @property
+    def ack_only(self) -> bool:
+        """Queries that are answered by their ack alone (``_serf_ping``)."""
+        return self.name == INTERNAL_PREFIX + "ping"
+
+    def add(self, from_: str, is_ack: bool, payload: bytes) -> bool:
+        """Record an ack or response; False if it is a duplicate or the query is over."""
+        if self.finished:
+            return False
+        if is_ack:
+            if from_ in self.acks:
+                return False
+            self.acks.add(from_)
+            self.records.append(QueryRecord("ack", from_))
+        else:
+            if from_ in self.responses:
+                return False
+            self.responses.add(from_)
+            self.records.append(QueryRecord("response", from_, payload))
+        return True
+
+    def complete(self) -> bool:
+        """True once every expected member has answered (so ``done`` may come early)."""
+        if not self.expected:
+            return False
+        if self.ack_only:
+            return self.request_ack and self.expected <= self.acks
+        if not self.expected <= self.responses:
+            return False
+        return not self.request_ack or self.expected <= self.acks
+
+    def finish(self) -> None:
+        """Close the query: append the one ``done`` record."""
+        if not self.finished:
+            self.finished = True
+            self.records.append(QueryRecord("done"))
+
+    def drain(self) -> list[QueryRecord]:
+        """The records since the last drain, in arrival order."""
+        out = list(self.records)
+        self.records.clear()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingQuery:
+    """A query delivered to this node's handlers (Serf's Query event)."""
+
+    ltime: int
+    id: int
+    name: str
+    payload: bytes
+    source_node: str
+    deadline: float
