@@ -40,8 +40,10 @@ from typing import Any
 from serfd import __version__
 from serfd.codec import DecodeError
 from serfd.config import Config, ConfigError, load_config
+from serfd.keyring import Keyring, KeyringFileError, keyring_from_config
 from serfd.logsetup import set_level
 from serfd.member import Member, MemberStatus
+from serfd.messages import ErrResp, MsgType
 from serfd.rpc import RPCError, RPCServer
 from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
 from serfd.stream import StreamReader, encode_stream
@@ -126,6 +128,10 @@ class Agent:
         self.rpc: RPCServer
         self.listeners: list[Callable[[MemberEvent | UserEvent], None]] = []
         self.last_join: str = "none yet"
+        # Gossip encryption (serfd.keyring): the keyring, shared with the memberlist core
+        # and mutated in place by key rotation, and the file that persists it.
+        self.keyring: Keyring | None = None
+        self.keyring_path: Path | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -151,6 +157,9 @@ class Agent:
             advertise_addr=adv_host,
             advertise_port=adv_port,
             enable_compression=cfg.enable_compression,
+            keyring=self.keyring,
+            gossip_verify_incoming=cfg.gossip_verify_incoming,
+            gossip_verify_outgoing=cfg.gossip_verify_outgoing,
             # memberlist 1..5 speaking 2 (Serf pins it); Serf's delegate 2..5 at `protocol`.
             vsn=bytes([1, 5, 2, 2, 5, cfg.protocol]),
         )
@@ -182,6 +191,16 @@ class Agent:
         self._tcp_server = await asyncio.start_server(
             self._on_stream, host=host, port=port, reuse_address=True, limit=65536
         )
+        try:
+            self.keyring, self.keyring_path = keyring_from_config(
+                self.config.encrypt_key, self.config.keyring_file, self.config.state_dir, log)
+        except KeyringFileError as e:
+            log.error("cannot set up encryption: %s", e)
+            raise SystemExit(f"serfd: cannot set up encryption: {e}") from None
+        if self.keyring is not None:
+            log.info("gossip encryption on (%d keys; verify incoming %s, outgoing %s)",
+                     len(self.keyring.keys), self.config.gossip_verify_incoming,
+                     self.config.gossip_verify_outgoing)
         self.serf = self._make_serf(loop.time())
         self.rpc = RPCServer(self, auth_key=self.config.rpc_auth_key)
         sock_path = self.config.rpc_socket
@@ -321,7 +340,8 @@ class Agent:
     # ------------------------------------------------------------------ TCP
 
     async def _read_message(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
-        sr = StreamReader(max_size=STREAM_MAX_SIZE)
+        sr = StreamReader(max_size=STREAM_MAX_SIZE, keyring=self.keyring,
+                          verify_incoming=self.config.gossip_verify_incoming)
         while True:
             msg = sr.message()
             if msg is not None:
@@ -346,8 +366,16 @@ class Agent:
             try:
                 plain = await self._read_message(reader, deadline)
             except DecodeError as e:
-                log.debug("bad stream from %s: %s", peer, e)
                 self._count("tcp_bad_message")
+                if "ncrypt" in str(e) or "decrypt" in str(e):
+                    # Most likely a node with another key (or none): say so, and tell the
+                    # peer in an error response, as memberlist does.
+                    log.warning("refused stream from %s: %s", peer, e)
+                    with contextlib.suppress(Exception):
+                        writer.write(self._encode_stream(ErrResp(error=str(e)).encode()))
+                        await asyncio.wait_for(writer.drain(), 1.0)
+                else:
+                    log.debug("bad stream from %s: %s", peer, e)
                 return
             except (TimeoutError, ConnectionError, OSError) as e:
                 log.debug("stream from %s failed: %s", peer, e)
@@ -361,7 +389,7 @@ class Agent:
                 reply = None
             self._pump()
             if reply is not None:
-                writer.write(encode_stream(reply, compress=self.config.enable_compression))
+                writer.write(self._encode_stream(reply))
                 await asyncio.wait_for(writer.drain(), max(0.1, deadline - self._now()))
         except (TimeoutError, ConnectionError, OSError) as e:
             log.debug("stream with %s: %s", peer, e)
@@ -371,12 +399,17 @@ class Agent:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _encode_stream(self, plain: bytes) -> bytes:
+        # memberlist encrypts streams when a keyring is set and GossipVerifyOutgoing.
+        out = self.keyring if self.config.gossip_verify_outgoing else None
+        return encode_stream(plain, compress=self.config.enable_compression, keyring=out)
+
     async def _exchange(self, host: str, port: int, plain: bytes, expect_reply: bool,
                         timeout: float) -> bytes | None:
         deadline = self._now() + timeout
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         try:
-            writer.write(encode_stream(plain, compress=self.config.enable_compression))
+            writer.write(self._encode_stream(plain))
             await asyncio.wait_for(writer.drain(), max(0.05, deadline - self._now()))
             if not expect_reply:
                 return None
@@ -406,6 +439,13 @@ class Agent:
         payload = ml.push_pull_payload(join=True)
         reply = await self._exchange(host, port, payload, True, ml.config.tcp_timeout)
         assert reply is not None
+        if reply[:1] == bytes((MsgType.ERR,)):
+            # The peer refused our push/pull (e.g. another encryption key): memberlist's text.
+            try:
+                text = ErrResp.from_body(reply[1:]).error
+            except DecodeError:
+                text = "undecodable error response"
+            raise DecodeError(f"remote error: {text}")
         try:
             ml.merge_push_pull(reply, True, self._now())
         finally:
@@ -571,7 +611,7 @@ class Agent:
                 "goroutines": str(threading.active_count() + len(self._tasks)),
                 "cpu_count": str(os.cpu_count() or 1),
             },
-            "serf": self.serf.stats(),
+            "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
             "serfd": {"version": __version__, **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }

@@ -93,11 +93,18 @@ class Config:
     tombstone_timeout: float = 24 * 3600.0
     protocol: int = 5  # Serf delegate protocol version, 2..5
     state_dir: Path = Path("/var/lib/serfd")
+    snapshot_path: Path | None = None  # None: <state_dir>/snapshot
+    rejoin_after_leave: bool = False
+    encrypt_key: str | None = None  # base64 AES key (16/24/32 bytes)
+    keyring_file: Path | None = None  # None: <state_dir>/keyring when encrypt_key is set
+    gossip_verify_incoming: bool = True
+    gossip_verify_outgoing: bool = True
     tags: Mapping[str, str] = field(default_factory=_empty_map)
     rpc_socket: Path = Path("/run/serfd/serfd.sock")
     rpc_socket_mode: int = 0o660
     rpc_tcp: tuple[str, int] | None = None
     rpc_auth_key: str | None = None
+    rpc_socket_group: str | None = None  # group name or numeric gid of the Unix socket
     # Dotted TOML key ("rpc.tcp", "tags.role") -> file that set it; keys left at their
     # default are absent. Not part of equality: the same settings from other files
     # are the same configuration.
@@ -318,6 +325,25 @@ def _socket_mode(value: object) -> int:
     return int(m.group(1), 8)
 
 
+def _encrypt_key(value: object) -> str:
+    from serfd.keyring import KeyringError, decode_key
+
+    s = _nonempty_string(value)
+    try:
+        decode_key(s)
+    except KeyringError as exc:
+        raise ValueError(f"invalid encryption key: {exc} (make one with `serfctl keygen`)") from None
+    return s
+
+
+def _group(value: object) -> str:
+    # Checked for existence when the socket is created (the group may come with a package).
+    s = _nonempty_string(value)
+    if any(c.isspace() or c in ":/" for c in s):
+        raise ValueError(f"{_q(s)} is not a group name or numeric gid")
+    return s
+
+
 def _format_address(addr: tuple[str, int]) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -366,6 +392,12 @@ _KEYS: dict[str, _Key] = {
     "tombstone_timeout": _Key("tombstone_timeout", _duration(1e-9, "1ns"), _render_duration),
     "protocol": _Key("protocol", _integer(2, 5)),
     "state_dir": _Key("state_dir", _absolute_path, str),
+    "snapshot_path": _Key("snapshot_path", _absolute_path, str),
+    "rejoin_after_leave": _Key("rejoin_after_leave", _boolean),
+    "encrypt_key": _Key("encrypt_key", _encrypt_key),
+    "keyring_file": _Key("keyring_file", _absolute_path, str),
+    "gossip_verify_incoming": _Key("gossip_verify_incoming", _boolean),
+    "gossip_verify_outgoing": _Key("gossip_verify_outgoing", _boolean),
     "rpc.socket": _Key("rpc_socket", _socket_path, str),
     "rpc.socket_mode": _Key("rpc_socket_mode", _socket_mode, lambda mode: f"{mode:04o}"),
     "rpc.tcp": _Key(
@@ -374,6 +406,7 @@ _KEYS: dict[str, _Key] = {
         _format_address,
     ),
     "rpc.auth_key": _Key("rpc_auth_key", _nonempty_string),
+    "rpc.socket_group": _Key("rpc_socket_group", _group),
 }
 
 _TABLES = ("rpc", "tags")
@@ -501,6 +534,14 @@ def load_config(config_dir: Path) -> Config:
                 f"{tag_files[-1]}: tags: encoded size is {size} bytes, over the limit of "
                 f"{META_MAX_SIZE} (tags from {', '.join(tag_files)})"
             )
+    tcp = values.get("rpc_tcp")
+    if tcp is not None and not ipaddress.ip_address(tcp[0]).is_loopback and not values.get(
+        "rpc_auth_key"
+    ):
+        errors.append(
+            f"{sources['rpc.tcp']}: rpc.tcp: {_q(_format_address(tcp))} is not a loopback "
+            "address: set rpc.auth_key so remote RPC clients must authenticate"
+        )
     if errors:
         raise ConfigError(errors)
 
@@ -528,7 +569,7 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
         if value is None:
             continue  # unset optional keys (TOML has no null)
         rendered = spec.render(value)
-        if dotted == "rpc.auth_key" and redact_secrets:
+        if dotted in ("rpc.auth_key", "encrypt_key") and redact_secrets:
             rendered = "<redacted>"
         if dotted.startswith("rpc."):
             rpc[dotted[4:]] = rendered

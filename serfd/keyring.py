@@ -37,6 +37,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterable
@@ -55,6 +56,7 @@ __all__ = [
     "decode_key",
     "encode_key",
     "generate_key",
+    "keyring_from_config",
     "read_keyring_file",
     "write_keyring_file",
 ]
@@ -286,3 +288,42 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def keyring_from_config(
+    encrypt_key: str | None, keyring_file: Path | None, state_dir: Path,
+    log: logging.Logger | None = None,
+) -> tuple[Keyring | None, Path | None]:
+    """The agent's keyring and the file that persists it, from the configuration.
+
+    * ``keyring_file`` set, or ``encrypt_key`` set (file ``<state_dir>/keyring``):
+      encryption is on and the file is the keyring's home. An existing file wins over
+      ``encrypt_key``, since it holds the keys rotated in since (as Consul does); a
+      missing one is created from ``encrypt_key``.
+    * neither: no encryption.
+
+    Raises :class:`KeyringFileError` for a file that cannot be used.
+    """
+    log = log or logging.getLogger("serfd.keyring")
+    path = keyring_file
+    if path is None and encrypt_key:
+        path = Path(state_dir) / "keyring"
+    if path is None:
+        return None, None
+    if path.exists():
+        keys = read_keyring_file(path)
+        if encrypt_key and decode_key(encrypt_key) not in keys:
+            log.warning("encrypt_key is not in the keyring file %s (keys were rotated since): "
+                        "using the keyring file", path)
+        log.info("restored keyring with %d keys from %s", len(keys), path)
+        return Keyring(keys), path
+    if not encrypt_key:
+        raise KeyringFileError(f"{path}: keyring file does not exist (set encrypt_key to "
+                               "create it)")
+    key = decode_key(encrypt_key)
+    try:
+        write_keyring_file(path, [key])
+    except OSError as e:
+        raise KeyringFileError(f"{path}: Failed to write keyring file: {e.strerror or e}") from None
+    log.info("created keyring file %s from encrypt_key", path)
+    return Keyring([key]), path
