@@ -422,8 +422,12 @@ class Agent:
     async def _outbound_stream(self, req: StreamRequest) -> None:
         reply: bytes | None = None
         try:
+            # The core gives each stream its own deadline (a fallback ping must answer
+            # within the probe interval; a push/pull within TCPTimeout).
+            timeout = max(0.05, min(req.deadline - self._now(),
+                                    self.serf.config.memberlist.tcp_timeout))
             reply = await self._exchange(req.addr[0], req.addr[1], req.plain, req.expect_reply,
-                                         self.serf.config.memberlist.tcp_timeout)
+                                         timeout)
         except (DecodeError, TimeoutError, ConnectionError, OSError) as e:
             log.debug("stream to %s:%d failed: %s", req.addr[0], req.addr[1], e)
         try:
