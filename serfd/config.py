@@ -105,6 +105,14 @@ class Config:
     rpc_tcp: tuple[str, int] | None = None
     rpc_auth_key: str | None = None
     rpc_socket_group: str | None = None  # group name or numeric gid of the Unix socket
+    # Events and handlers. handlers: filter list -> command (str: /bin/sh -c; tuple: exec).
+    handlers_dir: Path | None = None  # None: <config dir>/handlers
+    handlers: Mapping[str, str | tuple[str, ...]] = field(default_factory=_empty_map)
+    handler_max_concurrent: int = 16
+    handler_timeout: float = 60.0
+    user_event_size_limit: int = 512  # Serf's agent default; at most 9216 (Serf's hard limit)
+    query_size_limit: int = 1024  # Serf's QuerySizeLimit
+    query_response_size_limit: int = 1024  # Serf's QueryResponseSizeLimit
     # Dotted TOML key ("rpc.tcp", "tags.role") -> file that set it; keys left at their
     # default are absent. Not part of equality: the same settings from other files
     # are the same configuration.
@@ -407,15 +415,44 @@ _KEYS: dict[str, _Key] = {
     ),
     "rpc.auth_key": _Key("rpc_auth_key", _nonempty_string),
     "rpc.socket_group": _Key("rpc_socket_group", _group),
+    "handlers_dir": _Key("handlers_dir", _absolute_path, str),
+    "handler_limits.max_concurrent": _Key("handler_max_concurrent", _integer(1, 4096)),
+    "handler_limits.timeout": _Key("handler_timeout", _duration(1e-3, "1ms"), _render_duration),
+    "user_event_size_limit": _Key("user_event_size_limit", _integer(1, 9216)),
+    "query_size_limit": _Key("query_size_limit", _integer(1, 65535)),
+    "query_response_size_limit": _Key("query_response_size_limit", _integer(1, 65535)),
 }
 
-_TABLES = ("rpc", "tags")
+_TABLES = ("rpc", "tags", "handlers", "handler_limits")
+_FREE_TABLES = ("tags", "handlers")  # tables whose keys are the user's own names
 
-#: Every dotted key serfd knows (tags hold free-form `tags.NAME` keys besides these).
-KNOWN_KEYS: tuple[str, ...] = (*_KEYS, "tags")
+#: Every dotted key serfd knows (tags/handlers hold free-form `tags.NAME` keys besides these).
+KNOWN_KEYS: tuple[str, ...] = (*_KEYS, "tags", "handlers")
 
 # What an unknown key may have been meant as: any key, or a table name.
-_SUGGESTIONS: list[str] = [*KNOWN_KEYS, "rpc"]
+_SUGGESTIONS: list[str] = [*KNOWN_KEYS, "rpc", "handler_limits"]
+
+
+def _handler(route: str, value: object) -> str | tuple[str, ...]:
+    """A ``[handlers]`` entry: a filter list mapped to a shell command or an argv array.
+
+    An empty string or array removes a route that an earlier file set.
+    """
+    from serfd.events import parse_filters  # here: events imports the Serf layer
+
+    parse_filters(route)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        bad = [i for i, v in enumerate(value) if not isinstance(v, str)]
+        if bad:
+            raise ValueError(f"[{bad[0]}]: expected a string, got {_type_name(value[bad[0]])}")
+        if value and not value[0]:
+            raise ValueError("the program (first element) must not be empty")
+        return tuple(value)
+    raise ValueError(
+        f"expected a command string or an array of strings, got {_type_name(value)}"
+    )
 
 
 # --- loading -------------------------------------------------------------------------
@@ -470,7 +507,7 @@ def _flatten(doc: dict[str, Any]) -> list[tuple[str, object, str | None]]:
                 continue
             for sub, subvalue in value.items():
                 dotted = f"{key}.{sub}"
-                known = key == "tags" or dotted in _KEYS
+                known = key in _FREE_TABLES or dotted in _KEYS
                 out.append((dotted, subvalue, None if known else _unknown(dotted, _SUGGESTIONS)))
         elif key in _KEYS:
             out.append((key, value, None))
@@ -503,6 +540,7 @@ def load_config(config_dir: Path) -> Config:
     errors: list[str] = []
     values: dict[str, Any] = {}  # Config field -> parsed value
     tags: dict[str, str] = {}
+    handlers: dict[str, str | tuple[str, ...]] = {}
     sources: dict[str, str] = {}
     for path in files:
         doc = _read_file(path, errors)
@@ -515,6 +553,8 @@ def load_config(config_dir: Path) -> Config:
             try:
                 if dotted.startswith("tags."):
                     tags[dotted[5:]] = _parse_tag(raw)
+                elif dotted.startswith("handlers."):
+                    handlers[dotted[9:]] = _handler(dotted[9:], raw)
                 else:
                     spec = _KEYS[dotted]
                     values[spec.field] = spec.parse(raw)
@@ -553,6 +593,7 @@ def load_config(config_dir: Path) -> Config:
     return Config(
         **values,
         tags=MappingProxyType(tags),
+        handlers=MappingProxyType({k: v for k, v in handlers.items() if v}),
         sources=MappingProxyType(sources),
     )
 
@@ -564,6 +605,7 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
     """The effective configuration as TOML (durations as Go strings); loads back equal."""
     top: dict[str, Any] = {}
     rpc: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
     for dotted, spec in _KEYS.items():
         value = getattr(cfg, spec.field)
         if value is None:
@@ -573,10 +615,14 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
             rendered = "<redacted>"
         if dotted.startswith("rpc."):
             rpc[dotted[4:]] = rendered
+        elif dotted.startswith("handler_limits."):
+            limits[dotted[15:]] = rendered
         else:
             top[dotted] = rendered
     top["tags"] = dict(cfg.tags)
     top["rpc"] = rpc
+    top["handlers"] = {k: v if isinstance(v, str) else list(v) for k, v in cfg.handlers.items()}
+    top["handler_limits"] = limits
     files = sorted(set(cfg.sources.values()))
     header = "# serfd effective configuration\n"
     if files:
@@ -589,7 +635,7 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
 def _check_tables() -> None:
     # Every Config field except `tags`/`sources` must have exactly one key.
     mapped = {spec.field for spec in _KEYS.values()}
-    expected = {f.name for f in fields(Config)} - {"tags", "sources"}
+    expected = {f.name for f in fields(Config)} - {"tags", "sources", "handlers"}
     assert mapped == expected, mapped ^ expected
 
 

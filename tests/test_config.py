@@ -111,11 +111,12 @@ def _uncommented_sample() -> tuple[str, list[str]]:
 def test_sample_lists_every_key_commented() -> None:
     _, keys = _uncommented_sample()
     assert len(keys) == len(set(keys))
-    expected = {k for k in KNOWN_KEYS if k != "tags"} | {"tags.role"}
+    expected = {k for k in KNOWN_KEYS if k not in ("tags", "handlers")} | {"tags.role"}
     assert set(keys) == expected
     # and nothing in it is active
     for line in SAMPLE.read_text(encoding="utf-8").splitlines():
-        assert not line or line.startswith("#") or line in ("[tags]", "[rpc]"), line
+        assert not line or line.startswith("#") or line in (
+            "[tags]", "[rpc]", "[handlers]", "[handler_limits]"), line
 
 
 def test_sample_uncommented_values_are_the_defaults(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_sample_uncommented_values_are_the_defaults(tmp_path: Path) -> None:
     cfg = load_config(tmp_path)
     # Keys without a fixed default show an example value instead.
     examples = {"node_name", "advertise", "rpc_tcp", "rpc_auth_key", "tags", "snapshot_path",
-                "encrypt_key", "keyring_file", "rpc_socket_group"}
+                "encrypt_key", "keyring_file", "rpc_socket_group", "handlers_dir"}
     defaults = Config()
     for name in Config.__dataclass_fields__:
         if name not in examples | {"sources"}:
