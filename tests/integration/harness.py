@@ -702,9 +702,15 @@ class SerfdAgent(Agent):
             f"tcp = {_toml_str(self.rpc_addr)}",
             "",
         ]
-        text = "\n".join(lines)
-        if self.extra_toml:
-            text += "\n" + self.extra_toml.strip() + "\n"
+        # extra_toml's top-level keys must come before the first table header; its
+        # tables go at the end.
+        top: list[str] = []
+        rest: list[str] = []
+        for line in self.extra_toml.strip().splitlines():
+            (rest if rest or line.lstrip().startswith("[") else top).append(line)
+        text = "\n".join(top + lines)
+        if rest:
+            text += "\n" + "\n".join(rest) + "\n"
         return text
 
     def write_config(self) -> Path:
