@@ -319,6 +319,15 @@ class Serf:
 
     # ------------------------------------------------------------------ operations
 
+    def restore_clocks(self, clock: int, event_clock: int, query_clock: int) -> None:
+        """Resume from a snapshot (serf.go Create): witness the saved clocks and ignore
+        events and queries up to them, so nothing handled before a restart runs again."""
+        self.clock.witness(clock)
+        self.event_clock.witness(event_clock)
+        self.query_clock.witness(query_clock)
+        self._event_min_time = event_clock + 1
+        self._query_min_time = query_clock + 1
+
     def begin_join(self, ignore_old: bool) -> None:
         """Call before an explicit join's push/pulls (Serf.Join's eventJoinIgnore)."""
         self._event_join_ignore = ignore_old
