@@ -6,8 +6,12 @@ Exit status: 0 success, 1 agent or connection error (one line on stderr), 2 bad 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -225,6 +229,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="show the agent's stats")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
+    p = sub.add_parser("event", parents=[common], help="send a custom user event")
+    p.add_argument("--coalesce", type=_bool, default=True, metavar="true|false",
+                   help="let nodes coalesce it with later events of the name (default true)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("payload", nargs="?", default=None, metavar="PAYLOAD|-",
+                   help="the payload, or - to read it from stdin")
+
+    p = sub.add_parser("query", parents=[common], help="send a query and print the answers")
+    p.add_argument("--node", action="append", default=[], metavar="NAME",
+                   help="only this node answers (repeatable)")
+    p.add_argument("--tag", action="append", type=_kv, default=[], metavar="KEY=REGEX",
+                   help="only nodes whose tag matches (repeatable)")
+    p.add_argument("--timeout", type=_duration, default=0.0, metavar="DURATION",
+                   help="e.g. 5s (default: Serf's formula for the cluster size)")
+    p.add_argument("--no-ack", action="store_true", help="do not ask for acks")
+    p.add_argument("--relay-factor", type=int, default=0, metavar="N",
+                   help="also send each answer via N other members")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("payload", nargs="?", default=None, metavar="PAYLOAD|-")
+
+    p = sub.add_parser("monitor", parents=[common], help="stream the agent's log")
+    p.add_argument("--log-level", default="INFO", metavar="LEVEL",
+                   help="trace, debug, info, warn or err (default info)")
+
+    p = sub.add_parser("stream", parents=[common], help="print each event as one JSON line")
+    p.add_argument("--type", default="*", metavar="FILTER",
+                   help="e.g. member-join,user:deploy,query (default *)")
+
+    p = sub.add_parser("reachability", parents=[common], help="ping every member via a query")
+    p.add_argument("--verbose", action="store_true", help="print each ack and the timing")
+
     sub.add_parser(
         "reload",
         parents=[common],
@@ -331,6 +367,201 @@ def _reload(c: RPCClient, args: argparse.Namespace) -> str:
     return "Configuration reloaded"
 
 
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "t", "yes"):
+        return True
+    if low in ("false", "0", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _duration(text: str) -> float:
+    from serfd.duration import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _payload(arg: str | None) -> bytes:
+    if arg is None:
+        return b""
+    if arg == "-":
+        return sys.stdin.buffer.read()
+    return os.fsencode(arg)
+
+
+def _event(c: RPCClient, args: argparse.Namespace) -> str:
+    try:
+        c.event(args.name, _payload(args.payload), args.coalesce)
+    except ClientError as e:
+        raise ClientError(f"Error sending event: {e}") from None
+    return f"Event '{args.name}' dispatched! Coalescing enabled: {str(args.coalesce).lower()}"
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _query(c: RPCClient, args: argparse.Namespace) -> str | None:
+    if not 0 <= args.relay_factor <= 255:
+        raise _Usage("Relay factor must be between 0 and 255")
+    body = {
+        "FilterNodes": list(args.node),
+        "FilterTags": dict(args.tag),
+        "RequestAck": not args.no_ack,
+        "RelayFactor": args.relay_factor,
+        "Timeout": int(args.timeout * 1e9),
+        "Name": args.name,
+        "Payload": _payload(args.payload),
+    }
+    c.set_timeout(None)
+    try:
+        seq = c.open_stream("query", body)
+    except ClientError as e:
+        raise ClientError(f"Error sending query: {e}") from None
+    text = args.format == "text"
+    if text:
+        _print(f"Query '{args.name}' dispatched")
+    acks: list[str] = []
+    responses: dict[str, str] = {}
+    while True:
+        rseq, rec = c.read_record()
+        if rseq != seq or not isinstance(rec, dict):
+            continue
+        kind, sender = rec.get("Type"), str(rec.get("From") or "")
+        payload = rec.get("Payload") or b""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        if kind == "ack":
+            acks.append(sender)
+            if text:
+                _print(f"Ack from '{sender}'")
+        elif kind == "response":
+            responses[sender] = payload.decode("utf-8", "replace")
+            if text:
+                shown = payload[:-1] if payload.endswith(b"\n") else payload
+                _print(f"Response from '{sender}': {shown.decode('utf-8', 'replace')}")
+        elif kind == "done":
+            break
+    if not text:
+        return go_json(GoStruct(Acks=acks or None, Responses=responses))
+    if not args.no_ack:
+        _print(f"Total Acks: {len(acks)}")
+    return f"Total Responses: {len(responses)}"
+
+
+def _follow(c: RPCClient, command: str, body: Any, show: Callable[[Any], str | None]) -> None:
+    c.set_timeout(None)
+    seq = c.open_stream(command, body)
+    try:
+        while True:
+            rseq, rec = c.read_record()
+            if rseq == seq and isinstance(rec, dict):
+                line = show(rec)
+                if line is not None:
+                    _print(line)
+    except KeyboardInterrupt:
+        with contextlib.suppress(ClientError):
+            c.stop(seq)
+
+
+def _monitor(c: RPCClient, args: argparse.Namespace) -> None:
+    try:
+        _follow(c, "monitor", {"LogLevel": args.log_level.upper()}, lambda r: r.get("Log"))
+    except AgentError as e:
+        raise ClientError(f"Error starting monitor: {e}") from None
+
+
+def _stream_line(rec: dict[str, Any]) -> str:
+    out: dict[str, Any] = {"event": rec.get("Event")}
+    if "Members" in rec:
+        out["members"] = [
+            {"name": m.name, "addr": m.addr, "port": m.port, "tags": m.tags, "status": m.status}
+            for m in (RPCMember.from_wire(x) for x in rec.get("Members") or [])
+        ]
+    else:
+        for key in ("ID", "LTime", "Name", "Coalesce"):
+            if key in rec:
+                out[key.lower()] = rec[key]
+        payload = rec.get("Payload") or b""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        out["payload"] = payload.decode("utf-8", "replace")
+        out["payload_base64"] = base64.b64encode(payload).decode()
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+
+
+def _stream(c: RPCClient, args: argparse.Namespace) -> None:
+    try:
+        _follow(c, "stream", {"Type": args.type}, _stream_line)
+    except AgentError as e:
+        raise ClientError(f"Error starting stream: {e}") from None
+
+
+_TOO_FEW = (
+    "\nMissing acks from some live nodes. This can be caused by network connectivity\n"
+    "problems, a firewall dropping UDP, or nodes that have not noticed a failure yet."
+)
+
+
+class _Failed(Exception):
+    """The command ran but its result is a failure: printed to stdout, exit 1."""
+
+
+def _reachability(c: RPCClient, args: argparse.Namespace) -> str:
+    try:
+        members = c.members()
+    except ClientError as e:
+        raise ClientError(f"Error getting members: {e}") from None
+    live = {m.name for m in members if m.status == "alive"}
+    _print(f"Total members: {len(members)}, live members: {len(live)}")
+    body = {"FilterNodes": [], "FilterTags": {}, "RequestAck": True, "RelayFactor": 0,
+            "Timeout": 0, "Name": "_serf_ping", "Payload": b""}
+    c.set_timeout(None)
+    try:
+        seq = c.open_stream("query", body)
+    except ClientError as e:
+        raise ClientError(f"Error sending query: {e}") from None
+    _print("Starting reachability test...")
+    start = last = time.monotonic()
+    acks: set[str] = set()
+    dups = False
+    while True:
+        rseq, rec = c.read_record()
+        if rseq != seq or not isinstance(rec, dict):
+            continue
+        if rec.get("Type") == "done":
+            break
+        if rec.get("Type") != "ack":
+            continue
+        sender = str(rec.get("From") or "")
+        if args.verbose:
+            _print(f"\tAck from '{sender}'")
+        if sender in acks:
+            dups = True
+            _print(f"Duplicate response from '{sender}'")
+        acks.add(sender)
+        last = time.monotonic()
+    if args.verbose:
+        _print(f"Query time: {time.monotonic() - start:0.2f} sec, "
+               f"time to last response: {last - start:0.2f} sec")
+    if len(acks) == len(live):
+        if dups:
+            raise _Failed("Successfully contacted all live nodes (with duplicate responses)")
+        return "Successfully contacted all live nodes"
+    if len(acks) > len(live):
+        lines = ["Received more acks than live nodes! Acks from non-live nodes:"]
+        lines += [f"\t{m}" for m in sorted(acks - live)]
+    else:
+        lines = ["Received less acks than live nodes! Missing acks from:"]
+        lines += [f"\t{m}" for m in sorted(live - acks)]
+        lines.append(_TOO_FEW)
+    raise _Failed("\n".join(lines))
+
+
 # Each returns its output (printed with a newline, even when empty, as serf does) or None.
 _COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str | None]] = {
     "members": _members,
@@ -340,6 +571,11 @@ _COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str | None]] = {
     "tags": _tags,
     "info": _info,
     "reload": _reload,
+    "event": _event,
+    "query": _query,
+    "monitor": _monitor,
+    "stream": _stream,
+    "reachability": _reachability,
 }
 
 
@@ -354,6 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = _COMMANDS[args.command](client, args)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
+    except _Failed as e:
+        print(e)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     except _Usage as e:
         parser.print_usage(sys.stderr)
         print(f"serfctl: error: {e}", file=sys.stderr)

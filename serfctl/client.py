@@ -288,6 +288,40 @@ class RPCClient:
         resp = self.call("stats", expect_body=True)
         return resp if isinstance(resp, dict) else {}
 
+    def event(self, name: str, payload: bytes, coalesce: bool) -> None:
+        """Send a user event."""
+        self.call("event", {"Name": name, "Payload": payload, "Coalesce": coalesce})
+
+    # -- streams: one request, then records (header with the request's Seq + body) --
+
+    def open_stream(self, command: str, body: Any) -> int:
+        """Send a streaming request (stream, monitor, query); its Seq once accepted."""
+        seq = self._seq
+        self.call(command, body)
+        return seq
+
+    def read_record(self) -> tuple[int, Any]:
+        """The next stream record: (Seq, body)."""
+        header = self._read()
+        if not isinstance(header, dict):
+            raise ClientError(f"bad record header from the agent: {header!r}")
+        if header.get("Error"):
+            raise AgentError(str(header["Error"]))
+        return int(header.get("Seq") or 0), self._read()
+
+    def stop(self, seq: int) -> None:
+        """End a stream or monitor (the answer is not awaited: records may be in flight)."""
+        data = msgpack.packb({"Command": "stop", "Seq": self._seq}, use_bin_type=True)
+        data += msgpack.packb({"Stop": seq}, use_bin_type=True)
+        self._seq += 1
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise ConnectionClosed(f"connection to {self.name} failed: {e}") from None
+
+    def set_timeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
     def reload(self) -> None:
         """serfd only: re-read the config; returns once applied (AgentError: the errors)."""
         self.call("reload")

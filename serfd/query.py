@@ -126,7 +126,7 @@ class QueryRecord:
     payload: bytes = b""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: the agent keys its open queries by them
 class PendingQuery:
     """The asker's side of one query (Serf's QueryResponse)."""
 

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import ipaddress
 import logging
 import os
 import re
 import socket
 import stat
+import struct
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,7 +52,11 @@ from typing import Any, Protocol
 
 import msgpack
 
+from serfd.events import matches_any, parse_filters
 from serfd.member import Member
+from serfd.monitor import MONITOR_LEVELS
+from serfd.query import IncomingQuery, QueryParam, QueryRecord
+from serfd.serf import UserEvent
 
 __all__ = [
     "ACTIVITY_KEYS",
@@ -77,6 +83,11 @@ ERR_DUPLICATE_HANDSHAKE = "Handshake already performed"
 ERR_HANDSHAKE_REQUIRED = "Handshake required"
 ERR_AUTH_REQUIRED = "Authentication required"
 ERR_INVALID_AUTH = "Invalid authentication token"
+ERR_MONITOR_EXISTS = "Monitor already exists"
+ERR_INVALID_FILTER = "Invalid event filter"
+ERR_STREAM_EXISTS = "Stream with given sequence exists"
+ERR_INVALID_QUERY_ID = "No pending queries matching ID"
+STREAM_BUFFER_LIMIT = 1 << 20  # bytes of unread stream records before records are dropped
 
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _LOG = logging.getLogger("serfd.rpc")
@@ -133,6 +144,27 @@ class AgentAPI(Protocol):
 
     async def reload(self) -> list[str]:
         """Re-read and apply the configuration; its errors ([] = applied)."""
+        ...
+
+    async def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
+        """Send a user event; RPCError with Serf's text (size limits)."""
+        ...
+
+    def query(self, name: str, payload: bytes, param: QueryParam,
+              on_record: Callable[[QueryRecord], None]) -> object:
+        """Start a query; its records go to on_record (never before this returns)."""
+        ...
+
+    def respond(self, q: IncomingQuery, payload: bytes) -> None:
+        """Answer a query delivered to a stream; RPCError with Serf's text."""
+        ...
+
+    def subscribe_events(self, cb: Callable[[Any], None]) -> Callable[[], None]:
+        """Every (coalesced) member/user event and query; returns unsubscribe."""
+        ...
+
+    def subscribe_logs(self, level: int, cb: Callable[[str], None]) -> Callable[[], None]:
+        """Recent then live log lines at or above level; returns unsubscribe."""
         ...
 
 
@@ -372,6 +404,33 @@ class _Conn:
         self.authed = unix or server.auth_key is None
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.uid: int | None = None  # the peer's uid on the Unix socket (SO_PEERCRED)
+        if unix:
+            cred = peer_credentials(writer.get_extra_info("socket"))
+            if cred is not None:
+                pid, self.uid, _gid = cred
+                self.peer = f"unix(uid {self.uid}, pid {pid})"
+        # Streams (stream, monitor, query records) by the Seq that opened them.
+        self.streams: dict[int, Callable[[], None]] = {}  # seq -> unsubscribe
+        self.monitor_seq: int | None = None
+        self.queries: dict[int, IncomingQuery] = {}  # respond IDs (per connection, from 1)
+        self.next_query_id = 1
+        self.current_seq = 0  # Seq of the request being served
+
+    def push(self, seq: int, body: Any) -> None:
+        """Write one stream record now (no waiting); dropped if the client is not reading."""
+        transport = self.writer.transport
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > STREAM_BUFFER_LIMIT:
+            self.server.counters["slow_client"] += 1
+            return
+        self.writer.write(_pack_header(seq, "") + _pack(body))
+
+    def close_streams(self) -> None:
+        for unsubscribe in list(self.streams.values()):
+            unsubscribe()
+        self.streams.clear()
 
     async def read_object(self, in_request: bool = False) -> Any:
         """The next msgpack object; in_request: a header was read, its body is due."""
@@ -462,21 +521,32 @@ class RPCServer:
             "stats": self._stats,
             "stop": self._stop,
             "reload": self._reload,
+            "event": self._event,
+            "query": self._query,
+            "respond": self._respond,
+            "stream": self._stream,
+            "monitor": self._monitor,
         }
 
     # -- listeners ---------------------------------------------------------
 
-    async def start_unix(self, path: str, mode: int = 0o660) -> None:
-        """Listen on a Unix socket created with mode (a stale socket file is replaced)."""
+    async def start_unix(self, path: str, mode: int = 0o660, group: str | None = None) -> None:
+        """Listen on a Unix socket created with mode and group (name or gid; None: ours).
+
+        A stale socket file is replaced. Who may connect is the kernel's decision
+        (write permission on the socket file), made before we see the client.
+        """
+        gid = resolve_group(group) if group is not None else -1
         _remove_stale_socket(path)
-        sock = _bind_unix(path, mode)
+        sock = _bind_unix(path, mode, gid)
         st = os.stat(path)
         self._unix_path, self._unix_ino = path, st.st_ino
         server = await asyncio.start_unix_server(
             lambda r, w: self._accept(r, w, unix=True), sock=sock
         )
         self._servers.append(server)
-        self.log.info("RPC listening on unix:%s (mode %o)", path, mode)
+        self.log.info("RPC listening on unix:%s (mode %04o%s)", path, mode,
+                      f", group {group}" if group is not None else "")
 
     async def start_tcp(self, host: str, port: int) -> None:
         """Listen on TCP host:port (port 0: any free port, see tcp_address)."""
@@ -535,12 +605,14 @@ class RPCServer:
         except Exception:
             self.log.exception("RPC client %s: internal error", conn.peer)
         finally:
+            conn.close_streams()
             self._conns.pop(task, None)
             writer.transport.abort()
 
     async def _serve(self, conn: _Conn) -> None:
         while True:
             command, seq = _decode_header(await conn.read_object())
+            conn.current_seq = seq
             self.activity["requests"] += 1
             reply = await self._request(conn, command, seq)
             try:
@@ -572,6 +644,9 @@ class RPCServer:
         body: dict[str, Any] = {}
         if schema is not None:
             body = decode_body(schema, await conn.read_object(in_request=True))
+        if command in MUTATING_COMMANDS:
+            # Who changed the cluster: the uid on the Unix socket, the address on TCP.
+            self.log.info("RPC %s from %s", command, conn.peer)
         return await handler(conn, body)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -658,8 +733,105 @@ class RPCServer:
         return _Reply(err or "\n".join(errors or []))
 
     async def _stop(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
-        # No streams or monitors are served yet; Serf always answers "".
+        # Ends the stream or monitor opened with that Seq; Serf always answers "".
+        unsubscribe = conn.streams.pop(req["Stop"], None)
+        if unsubscribe is not None:
+            unsubscribe()
+        if conn.monitor_seq == req["Stop"]:
+            conn.monitor_seq = None
         return _Reply()
+
+    async def _event(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        _, err = await self._call_agent(
+            "user_event", self.agent.user_event(req["Name"], req["Payload"], req["Coalesce"])
+        )
+        return _Reply(err)
+
+    async def _query(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        seq = conn.current_seq
+        param = QueryParam(
+            filter_nodes=tuple(req["FilterNodes"]),
+            filter_tags=dict(req["FilterTags"]),
+            request_ack=req["RequestAck"],
+            relay_factor=req["RelayFactor"],
+            timeout=max(0, req["Timeout"]) / 1e9,
+        )
+
+        def on_record(rec: QueryRecord) -> None:
+            conn.push(seq, {"From": rec.from_, "Payload": rec.payload or None, "Type": rec.type})
+
+        try:
+            self.agent.query(req["Name"], req["Payload"], param, on_record)
+        except RPCError as e:
+            return _Reply(str(e))
+        except Exception as e:  # an agent bug must not take the RPC server down
+            self.activity["agent_errors"] += 1
+            self.log.exception("agent query failed")
+            return _Reply(str(e) or type(e).__name__)
+        return _Reply()
+
+    async def _respond(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        q = conn.queries.get(req["ID"])
+        if q is None:
+            return _Reply(ERR_INVALID_QUERY_ID)
+        try:
+            self.agent.respond(q, req["Payload"])
+        except RPCError as e:
+            return _Reply(str(e))
+        return _Reply()
+
+    async def _stream(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        seq = conn.current_seq
+        try:
+            filters = parse_filters(req["Type"])
+        except ValueError:
+            return _Reply(ERR_INVALID_FILTER)
+        if seq in conn.streams:
+            return _Reply(ERR_STREAM_EXISTS)
+
+        def on_event(ev: Any) -> None:
+            if not matches_any(filters, ev):
+                return
+            conn.push(seq, self._event_record(conn, ev))
+
+        # Register once the OK header is out (as Serf does), so no record precedes it.
+        async def register() -> None:
+            conn.streams[seq] = self.agent.subscribe_events(on_event)
+
+        conn.streams[seq] = lambda: None
+        return _Reply(after=register)
+
+    def _event_record(self, conn: _Conn, ev: Any) -> dict[str, Any]:
+        if isinstance(ev, IncomingQuery):
+            qid = conn.next_query_id
+            conn.next_query_id += 1
+            conn.queries[qid] = ev
+            now = asyncio.get_running_loop().time()
+            for old in [k for k, q in conn.queries.items() if q.deadline < now - 1.0]:
+                del conn.queries[old]
+            return {"Event": "query", "ID": qid, "LTime": ev.ltime, "Name": ev.name,
+                    "Payload": ev.payload or None}
+        if isinstance(ev, UserEvent):
+            return {"Coalesce": ev.coalesce, "Event": "user", "LTime": ev.ltime,
+                    "Name": ev.name, "Payload": ev.payload or None}
+        return {"Event": ev.type, "Members": [encode_member(m) for m in ev.members]}
+
+    async def _monitor(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        seq = conn.current_seq
+        level = MONITOR_LEVELS.get(req["LogLevel"].upper())
+        if level is None:
+            return _Reply(f"Unknown log level: {req['LogLevel']}")
+        if conn.monitor_seq is not None:
+            return _Reply(ERR_MONITOR_EXISTS)
+        conn.monitor_seq = seq
+
+        async def register() -> None:
+            if conn.monitor_seq == seq:
+                conn.streams[seq] = self.agent.subscribe_logs(
+                    level, lambda line: conn.push(seq, {"Log": line}))
+
+        conn.streams[seq] = lambda: None
+        return _Reply(after=register)
 
 
 # ---------------------------------------------------------------------------
@@ -688,10 +860,39 @@ def _remove_stale_socket(path: str) -> None:
         os.unlink(path)
 
 
-def _bind_unix(path: str, mode: int) -> socket.socket:
+MUTATING_COMMANDS = frozenset({
+    "join", "leave", "force-leave", "tags", "event", "query", "respond",
+    "install-key", "use-key", "remove-key", "reload",
+})
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of a Unix socket's peer (Linux SO_PEERCRED), None if unavailable."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or opt is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def resolve_group(group: str) -> int:
+    """A group name or numeric gid -> gid; ValueError naming the group if unknown."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"rpc.socket_group: unknown group {group!r}") from None
+
+
+def _bind_unix(path: str, mode: int, gid: int = -1) -> socket.socket:
     """A listening Unix socket at path whose file never exists with a wider mode.
 
-    Bind inside a private 0700 directory, chmod there, then rename into place.
+    Bind inside a private 0700 directory, chown/chmod there, then rename into place.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -699,6 +900,8 @@ def _bind_unix(path: str, mode: int) -> socket.socket:
         tmp = os.path.join(tmpdir, "s")
         try:
             sock.bind(tmp)
+            if gid != -1:
+                os.chown(tmp, -1, gid)
             os.chmod(tmp, mode)
             os.rename(tmp, path)
         except OSError:
@@ -708,6 +911,9 @@ def _bind_unix(path: str, mode: int) -> socket.socket:
             sock.close()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(path)
+            os.chmod(path, mode & 0o700)  # nobody else until the group is right
+            if gid != -1:
+                os.chown(path, -1, gid)
             os.chmod(path, mode)
         finally:
             os.rmdir(tmpdir)

@@ -506,11 +506,6 @@ def test_leave_replies_then_calls_agent(srv: ServerThread) -> None:
 @pytest.mark.parametrize(
     ("command", "body"),
     [
-        ("event", {"Name": "x", "Payload": b"", "Coalesce": True}),
-        ("query", {"Name": "q", "Payload": b"p"}),
-        ("respond", {"ID": 1, "Payload": b""}),
-        ("stream", {"Type": "*"}),
-        ("monitor", {"LogLevel": "INFO"}),
         ("install-key", {"Key": "x"}),
         ("use-key", {"Key": "x"}),
         ("remove-key", {"Key": "x"}),
