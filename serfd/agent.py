@@ -44,10 +44,11 @@ from serfd.keyring import Keyring, KeyringFileError, keyring_from_config
 from serfd.logsetup import set_level
 from serfd.member import Member, MemberStatus
 from serfd.messages import ErrResp, MsgType
-from serfd.rpc import RPCError, RPCServer
 from serfd.query import IncomingQuery
+from serfd.rpc import RPCError, RPCServer
 from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
 from serfd.agent_events import EventsMixin
+from serfd.snapshot import Snapshotter, format_addr, read_snapshot
 from serfd.stream import StreamReader, encode_stream
 from serfd.swim import MemberlistConfig, StreamRequest
 from serfd.reload import plan_reload
@@ -130,6 +131,9 @@ class Agent(EventsMixin):
         self.rpc: RPCServer
         self.listeners: list[Callable[[MemberEvent | UserEvent | IncomingQuery], None]] = []
         self.last_join: str = "none yet"
+        # Durable state (serfd.snapshot): members to rejoin and clocks, across restarts.
+        self.snapshot: Snapshotter | None = None
+        self._previous_nodes: list[tuple[str, str]] = []
         # Gossip encryption (serfd.keyring): the keyring, shared with the memberlist core
         # and mutated in place by key rotation, and the file that persists it.
         self.keyring: Keyring | None = None
@@ -208,10 +212,16 @@ class Agent(EventsMixin):
                      self.config.gossip_verify_outgoing)
         self.serf = self._make_serf(loop.time())
         self._start_events(loop)  # handlers, coalescing, monitor, queries (agent_events)
+        await self._open_snapshot()
         self.rpc = RPCServer(self, auth_key=self.config.rpc_auth_key)
         sock_path = self.config.rpc_socket
         sock_path.parent.mkdir(parents=True, exist_ok=True)
-        await self.rpc.start_unix(str(sock_path), self.config.rpc_socket_mode)
+        try:
+            await self.rpc.start_unix(str(sock_path), self.config.rpc_socket_mode,
+                                      self.config.rpc_socket_group)
+        except ValueError as e:  # an unknown socket group
+            log.error("%s", e)
+            raise SystemExit(f"serfd: {e}") from None
         if self.config.rpc_tcp is not None:
             await self.rpc.start_tcp(*self.config.rpc_tcp)
         adv = self._advertise()
@@ -231,6 +241,8 @@ class Agent(EventsMixin):
         self._spawn(self.notifier.keepalive(self.status_line))
         if self.config.join:
             self._spawn(self._retry_join())
+        if self._previous_nodes:
+            self._spawn(self._rejoin_previous())
         await self._stop.wait()
         await self._shutdown()
         return self._exit_code
@@ -259,6 +271,10 @@ class Agent(EventsMixin):
     async def _shutdown(self) -> None:
         self._stop_events()
         self.serf.shutdown()
+        if self.snapshot is not None:
+            self.snapshot.clock(self.serf.clock.time())
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(None, self.snapshot.close)
         if self._timer is not None:
             self._timer.cancel()
         with contextlib.suppress(Exception):
@@ -329,6 +345,7 @@ class Agent(EventsMixin):
         self._pump()
 
     def _dispatch(self, ev: MemberEvent | UserEvent | IncomingQuery) -> None:
+        self._record_event(ev)  # the snapshot sees events before coalescing, as Serf's does
         self.dispatcher.event(ev)  # coalescing, then handlers and self.listeners
 
     # ------------------------------------------------------------------ UDP
@@ -533,6 +550,83 @@ class Agent(EventsMixin):
             # finds itself fast, without hammering an absent seed.
             delay = min(delay * 2, self.config.retry_interval)
 
+    # ------------------------------------------------------------------ snapshot
+
+    def snapshot_path(self) -> Path:
+        return self.config.snapshot_path or self.config.state_dir / "snapshot"
+
+    async def _open_snapshot(self) -> None:
+        """Read the snapshot (off the loop), restore the clocks, start recording."""
+        path = self.snapshot_path()
+        rejoin = self.config.rejoin_after_leave
+        loop = asyncio.get_running_loop()
+        state, warnings = await loop.run_in_executor(
+            None, lambda: read_snapshot(path, rejoin_after_leave=rejoin, logger=log))
+        self.serf.restore_clocks(state.last_clock, state.last_event_clock,
+                                 state.last_query_clock)
+        self._previous_nodes = state.previous_nodes(self.config.node_name)
+        if state.left and not rejoin:
+            log.info("snapshot %s: we left gracefully last time: not rejoining "
+                     "(rejoin_after_leave = false)", path)
+        snap = Snapshotter(path, state, rejoin_after_leave=rejoin, logger=log)
+        try:
+            await loop.run_in_executor(None, lambda: snap.start(rewrite=bool(warnings)))
+        except OSError as e:
+            log.error("cannot write snapshot %s: %s (continuing without it)", path, e)
+            return
+        self.snapshot = snap
+        self._spawn(self._snapshot_clock_ticker())
+        log.info("snapshot %s: clocks %d/%d/%d, %d previous nodes", path, state.last_clock,
+                 state.last_event_clock, state.last_query_clock, len(self._previous_nodes))
+
+    def _record_event(self, ev: Any) -> None:
+        snap = self.snapshot
+        if snap is None:
+            return
+        if isinstance(ev, MemberEvent):
+            for m in ev.members:
+                if ev.type == "member-join":
+                    snap.member_alive(m.name, format_addr(m.addr, m.port))
+                elif ev.type in ("member-leave", "member-failed"):
+                    snap.member_gone(m.name)
+            snap.clock(self.serf.clock.time())
+        elif isinstance(ev, UserEvent):
+            log.debug("delivered user event %s (ltime %d)", ev.name, ev.ltime)
+            snap.user_event(ev.ltime)
+        elif isinstance(ev, IncomingQuery):
+            snap.query(ev.ltime)
+
+    async def _snapshot_clock_ticker(self) -> None:
+        while self.snapshot is not None:
+            await asyncio.sleep(0.5)  # snapshot.go clockUpdateInterval
+            self.snapshot.clock(self.serf.clock.time())
+            # Internal queries (key rotation, ...) are handled inside Serf; keep their clock.
+            self.snapshot.query(self.serf.query_clock.time() - 1)
+
+    async def _rejoin_previous(self) -> None:
+        """Rejoin the members the snapshot knew (serf.go handleRejoin: memberlist join, no
+        join intent), one at a time. Unlike Serf we keep trying, backing off, until some
+        member is reached, so a whole cluster restarting together finds itself again."""
+        delay = 1.0
+        while self.serf.state == SerfState.ALIVE:
+            previous = list(self._previous_nodes)
+            random.shuffle(previous)
+            for name, addr in previous:
+                if self.serf.memberlist.num_alive() > 1:
+                    return  # joined meanwhile (config join, or someone joined us)
+                log.info("attempting re-join to previously known node %s: %s", name, addr)
+                ok, errors = await self.memberlist_join([f"{name}/{addr}"])
+                if ok:
+                    log.info("re-joined to previously known node %s: %s", name, addr)
+                    self.last_join = "rejoined"
+                    return
+                log.debug("re-join to %s failed: %s", name, "; ".join(errors))
+            if self.serf.memberlist.num_alive() > 1:
+                return
+            log.warning("failed to re-join any previously known node; retrying in %.0fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.retry_interval)
+
     # ------------------------------------------------------------------ AgentAPI (RPC)
 
     def members(self) -> list[Member]:
@@ -565,6 +659,8 @@ class Agent(EventsMixin):
         except SerfError as e:
             log.warning("leave: %s", e)
             return
+        if self.snapshot is not None:
+            self.snapshot.leave()  # a restart will not rejoin unless rejoin_after_leave
         self._pump()
         cfg = self.serf.config
         limit = 2 * cfg.broadcast_timeout + cfg.leave_propagate_delay + 1.0
