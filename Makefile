@@ -1,0 +1,44 @@
+# serfd developer tasks.
+#   make deb       build dist/serfd_<version>_all.deb (dpkg-buildpackage + pybuild)
+#   make lint-deb  lintian on that package (fails on errors)
+#   make check-vagrant   syntax check of the Vagrantfile (ruby -c)
+#
+# The package is built in a copy of the tree under build/deb/, so the checkout
+# never gets a debian/ directory or build leftovers; the .deb lands in dist/.
+# Needs: debhelper dh-python pybuild-plugin-pyproject python3-all
+#        python3-setuptools build-essential fakeroot (Debian 12 or later).
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+BUILD   := build/deb
+SRCDIR  := $(BUILD)/serfd-$(VERSION)
+DEB     := dist/serfd_$(VERSION)_all.deb
+# Debian's own tools only: a python3 earlier on PATH (pyenv, a venv) breaks pybuild.
+SYSPATH := /usr/sbin:/usr/bin:/sbin:/bin
+SOURCES := pyproject.toml README.md serfd serfctl etc docs packaging
+
+.PHONY: deb lint-deb check-vagrant clean
+
+deb:
+	@changelog=$$(PATH=$(SYSPATH) dpkg-parsechangelog -l packaging/debian/changelog -S Version); \
+	if [ "$$changelog" != "$(VERSION)" ]; then \
+		echo "packaging/debian/changelog says $$changelog, pyproject.toml says $(VERSION)" >&2; \
+		exit 1; \
+	fi
+	rm -rf $(BUILD)
+	mkdir -p $(SRCDIR) dist
+	tar -c --exclude=__pycache__ --exclude='*.pyc' $(SOURCES) | tar -x -C $(SRCDIR)
+	cp -r packaging/debian $(SRCDIR)/debian
+	cp packaging/systemd/serfd.service $(SRCDIR)/debian/serfd.service
+	cd $(SRCDIR) && env -i PATH=$(SYSPATH) HOME="$$HOME" LC_ALL=C.UTF-8 \
+		dpkg-buildpackage -us -uc -b
+	cp $(BUILD)/serfd_$(VERSION)_all.deb $(DEB)
+	@echo "built $(DEB)"
+
+lint-deb: $(DEB)
+	PATH=$(SYSPATH) lintian --fail-on error --info $(DEB)
+
+check-vagrant:
+	ruby -c Vagrantfile
+
+clean:
+	rm -rf $(BUILD) dist

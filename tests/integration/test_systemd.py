@@ -1,0 +1,356 @@
+"""System test: the Debian package under a real systemd, the user's journey.
+
+Builds dist/serfd_<version>_all.deb with `make deb`, boots Debian 12 containers with
+systemd as PID 1 (tests/integration/nspawn.py, after reference/SYSTEMD-LAB.md) and
+checks what an operator sees:
+
+* "seed", on the host network with serfd bound to a loopback address: `apt install
+  ./serfd_*.deb` pulls the dependencies from the archive, starts serfd and waits
+  for READY=1; serfctl works for root and group serfd, not for others; `systemctl
+  reload` applies new tags, and refuses a broken drop-in while the old config keeps
+  running; `apt-get purge` removes it all.
+* n1..n3, each in a network namespace of its own (10.77.0.11-13 on a private
+  bridge), installed offline from the packages the seed downloaded: they form a
+  cluster from the package defaults plus a join list; `systemctl stop` is seen as
+  `left`; a SIGSTOPped daemon is restarted by the watchdog and rejoins; a SIGKILLed
+  one (Restart=no in a drop-in) is seen as `failed`.
+
+Needs root and the Debian tools listed in .ci/run; skips, naming what is missing,
+otherwise. The rootfs is cached in $SERFD_TEST_CACHE (default /var/cache/serfd-test);
+$SERFD_TEST_DEB names a prebuilt package to test instead of running `make deb`.
+The tests run in file order and build on each other's state, like the journey.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("SERFD_TEST_CACHE", "/var/cache/serfd-test"))
+NODES = {"n1": "10.77.0.11/24", "n2": "10.77.0.12/24", "n3": "10.77.0.13/24"}
+
+# tool -> the Debian package that has it
+TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "mmdebstrap": "mmdebstrap",
+    "dpkg-buildpackage": "dpkg-dev",
+    "dh": "debhelper",
+    "dh_python3": "dh-python",
+    "fakeroot": "fakeroot",
+    "make": "make",
+    "ip": "iproute2",
+    "nsenter": "util-linux",
+}
+
+
+def _missing() -> list[str]:
+    path = "/usr/sbin:/usr/bin:/sbin:/bin"
+    missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool, path=path)]
+    if not Path("/usr/share/dh-python/dhpython/build/plugin_pyproject.py").exists():
+        missing.append("pybuild's pyproject plugin (pybuild-plugin-pyproject)")
+    if not Path("/sys/fs/cgroup/systemd").is_dir():
+        missing.append("the name=systemd cgroup hierarchy (/sys/fs/cgroup/systemd)")
+    return missing
+
+
+if os.geteuid() != 0:
+    pytest.skip("the systemd system test needs root (CI runs it as root)", allow_module_level=True)
+if _missing():
+    pytest.skip("the systemd system test needs: " + ", ".join(_missing()), allow_module_level=True)
+
+import nspawn  # after the skips: only useful when they pass
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    prebuilt = os.environ.get("SERFD_TEST_DEB")  # test a given package instead of building
+    if prebuilt:
+        return Path(prebuilt).resolve()
+    t = time.monotonic()
+    r = subprocess.run(["make", "deb"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       check=False, env={**os.environ, "PATH": nspawn.SYSPATH})
+    assert r.returncode == 0, f"make deb failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    debs = sorted((REPO / "dist").glob("serfd_*_all.deb"), key=lambda p: p.stat().st_mtime)
+    print(f"\n[timing] make deb: {time.monotonic() - t:.1f}s")
+    return debs[-1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Lab]:
+    t = time.monotonic()
+    root = nspawn.rootfs(CACHE)
+    print(f"\n[timing] rootfs ready: {time.monotonic() - t:.1f}s")
+    the_lab = nspawn.Lab(tmp_path_factory.mktemp("lab"), root)
+    try:
+        yield the_lab
+    finally:
+        the_lab.close()
+
+
+@pytest.fixture(autouse=True)
+def journals_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    the_lab = request.node.funcargs.get("lab") if hasattr(request.node, "funcargs") else None
+    if rep is None or not rep.failed or the_lab is None:
+        return
+    for c in the_lab.containers:
+        if c.proc.poll() is None:
+            r = c.run("journalctl -u serfd --no-pager -n 60; systemctl status serfd --no-pager",
+                      check=False)
+            print(f"\n===== {c.name}: journal =====\n{r.stdout}{r.stderr}")
+
+
+def _loopback_for_this_run() -> str:
+    pid = os.getpid()
+    return f"127.77.{(pid >> 8) & 0xFF}.{max(1, pid & 0xFF)}"
+
+
+@pytest.fixture(scope="module")
+def seed(lab: nspawn.Lab, deb: Path) -> Iterator[nspawn.Container]:
+    """A host-network container with the package installed from the archive."""
+    xfer = lab.workdir / "xfer"
+    xfer.mkdir()
+    (CACHE / "archives").mkdir(parents=True, exist_ok=True)
+    c = lab.boot("seed", binds=(f"{CACHE / 'archives'}:/var/cache/apt/archives",
+                                f"{xfer}:/srv/xfer"),
+                 ro_binds=(f"{deb.parent}:/srv/dist",))
+    # On the host's network: bind a loopback address only, never the host's interfaces.
+    c.run(f"mkdir -p /etc/serfd.d && printf 'bind = \"{_loopback_for_this_run()}:17946\"\\n'"
+          " > /etc/serfd.d/50-test.toml")
+    t = time.monotonic()
+    c.install = c.run(  # type: ignore[attr-defined]
+        f"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+        f"/srv/dist/{deb.name}", check=False, timeout=300)
+    print(f"\n[timing] seed: apt-get update + install: {time.monotonic() - t:.1f}s")
+    # What the offline containers need: the package lists and the downloaded .debs.
+    c.run("cp -a /var/lib/apt/lists /srv/xfer/lists && mkdir /srv/xfer/debs && "
+          "cp /var/cache/apt/archives/*.deb /srv/xfer/debs/")
+    yield c
+
+
+def members(c: nspawn.Container, *args: str) -> dict[str, tuple[str, str]]:
+    """`serfctl members` inside c: name -> (status, tags)."""
+    out = c.run("serfctl members " + " ".join(args)).stdout
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if len(cells) >= 3:
+            rows[cells[0]] = (cells[2], cells[3] if len(cells) > 3 else "")
+    return rows
+
+
+def show(c: nspawn.Container, prop: str) -> str:
+    return c.run(f"systemctl show -p {prop} --value serfd").stdout.strip()
+
+
+# ----------------------------------------------------------------------------------
+# The package itself
+
+
+def test_lintian_finds_no_errors(deb: Path) -> None:
+    if shutil.which("lintian", path=nspawn.SYSPATH) is None:
+        pytest.skip("lintian not installed (Debian package lintian)")
+    r = nspawn.sh("lintian", "--fail-on", "error", str(deb), check=False, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not [line for line in r.stdout.splitlines() if line.startswith("E:")]
+
+
+# ----------------------------------------------------------------------------------
+# One node, from the package: install, access, reload
+
+
+def test_apt_install_starts_serfd_and_waits_for_ready(seed: nspawn.Container) -> None:
+    r = seed.install  # type: ignore[attr-defined]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for dep in ("python3-msgpack", "python3-cryptography", "python3-sdnotify",
+                "python3-tomli-w", "python3-daemon"):
+        assert f"Setting up {dep} " in r.stdout  # pulled from the archive
+    # apt returned only after READY=1: the unit is already active, its STATUS set.
+    assert seed.run("systemctl is-active serfd").stdout.strip() == "active"
+    assert show(seed, "Type") == "notify"
+    assert show(seed, "StatusText").startswith("members: 1 alive, 0 failed, 0 left")
+    assert show(seed, "UnitFileState") == "enabled"
+    assert seed.run("command -v serfd; command -v serfctl").stdout.split() == ["/usr/bin/serfd",
+                                                                   "/usr/bin/serfctl"]
+    # Runs as the serfd system user, with its state and runtime directories.
+    assert seed.run("ps -o user= -p $(systemctl show -p MainPID --value serfd)").stdout.strip() \
+        == "serfd"
+    assert seed.run("stat -c '%U:%G %a' /var/lib/serfd").stdout.strip() == "serfd:serfd 750"
+    assert seed.run("stat -c '%U:%G %a' /run/serfd/serfd.sock").stdout.strip() == "serfd:serfd 660"
+    # The shipped serfd.toml is a conffile that sets nothing.
+    assert "/etc/serfd.d/serfd.toml" in seed.run("cat /var/lib/dpkg/info/serfd.conffiles").stdout
+    effective = seed.run("serfd --check-config").stdout
+    assert "# merged from: /etc/serfd.d/50-test.toml\n" in effective
+    for page in ("man8/serfd.8.gz", "man1/serfctl.1.gz", "man5/serfd.toml.5.gz"):
+        seed.run(f"test -f /usr/share/man/{page}")
+    seed.run("test -x /etc/serfd.d/handlers/example-handler && test -f /etc/serfd.d/handlers/README")
+
+
+def test_serfctl_for_root_and_group_serfd_only(seed: nspawn.Container) -> None:
+    seed.run("useradd -m -G serfd alice && useradd -m bob")
+    assert seed.run("serfctl members").stdout.startswith("seed ")
+    assert seed.run("serfctl members", user="alice").stdout.startswith("seed ")
+    r = seed.run("serfctl members", user="bob", check=False)
+    assert r.returncode == 1
+    assert "permission denied" in r.stderr.lower()
+
+
+def test_reload_applies_new_tags(seed: nspawn.Container) -> None:
+    pid = show(seed, "MainPID")
+    seed.run("printf '[tags]\\nrole = \"reloaded\"\\ndc = \"lab\"\\n' > /etc/serfd.d/60-tags.toml")
+    seed.run("systemctl reload serfd")
+    # ExecReload waits for serfd: the tags are there when systemctl returns.
+    assert members(seed)["seed"][1] == "dc=lab,role=reloaded"
+    assert show(seed, "MainPID") == pid
+    assert "reload done: applied tags" in seed.run("journalctl -u serfd -o cat").stdout
+
+
+def test_broken_reload_keeps_the_old_config(seed: nspawn.Container) -> None:
+    pid = show(seed, "MainPID")
+    seed.run("printf 'bind = \\n' > /etc/serfd.d/70-broken.toml && "
+             "printf '[tags]\\nrole = \"never\"\\n' > /etc/serfd.d/65-more-tags.toml")
+    r = seed.run("systemctl reload serfd", check=False)
+    assert r.returncode != 0  # the operator sees that the reload failed
+    assert seed.run("systemctl is-active serfd").stdout.strip() == "active"
+    assert show(seed, "MainPID") == pid
+    assert members(seed)["seed"][1] == "dc=lab,role=reloaded"
+    assert "last reload failed (1 error)" in show(seed, "StatusText")
+    # The error is in the journal, at priority err (from the "<3>" prefix).
+    errors = seed.run("journalctl -u serfd -p err -o cat").stdout
+    assert re.search(r"reload: /etc/serfd.d/70-broken.toml:1: ", errors), errors
+    assert "reload done" not in errors  # info lines are not at err
+    # Fixed: the next reload applies, and the failure note goes away.
+    seed.run("rm /etc/serfd.d/70-broken.toml /etc/serfd.d/65-more-tags.toml && "
+             "systemctl reload serfd")
+    assert "failed" not in show(seed, "StatusText").split(";", 1)[1]
+
+
+def test_restart_only_setting_is_named_in_status(seed: nspawn.Container) -> None:
+    seed.run("printf 'profile = \"wan\"\\n' > /etc/serfd.d/80-profile.toml && systemctl reload serfd")
+    assert show(seed, "StatusText").endswith("restart needed for: profile")
+    assert "profile changed on disk but needs a restart" in seed.run(
+        "journalctl -u serfd -p warning -o cat").stdout
+    seed.run("rm /etc/serfd.d/80-profile.toml && systemctl reload serfd")
+    assert "restart needed" not in show(seed, "StatusText")
+
+
+# ----------------------------------------------------------------------------------
+# Three nodes in their own network namespaces
+
+
+@pytest.fixture(scope="module")
+def cluster(lab: nspawn.Lab, seed: nspawn.Container, deb: Path) -> dict[str, nspawn.Container]:
+    netns = lab.network(NODES)
+    nodes = {}
+    xfer = lab.workdir / "xfer"
+    for name in NODES:
+        nodes[name] = lab.boot(name, netns=netns[name],
+                               ro_binds=(f"{deb.parent}:/srv/dist", f"{xfer}:/srv/xfer"))
+    drop_ins = {
+        "n2": "[Service]\nWatchdogSec=3\n",  # the watchdog test: a quick verdict
+        "n3": "[Service]\nRestart=no\n",  # the SIGKILL test: stay dead
+    }
+    t = time.monotonic()
+    for name, c in nodes.items():
+        others = [cidr.split("/")[0] for n, cidr in NODES.items() if n != name]
+        join = ", ".join(f'"{ip}"' for ip in others)
+        # Only a join list: node name, bind, advertise, state are the package defaults.
+        c.run(f"mkdir -p /etc/serfd.d && printf 'join = [{join}]\\n' > /etc/serfd.d/50-deploy.toml")
+        if name in drop_ins:
+            c.run("mkdir -p /etc/systemd/system/serfd.service.d && printf "
+                  f"'{drop_ins[name]}' > /etc/systemd/system/serfd.service.d/test.conf")
+        # Offline: the lists and .debs the seed fetched.
+        c.run("cp -a /srv/xfer/lists/. /var/lib/apt/lists/ && "
+              "cp /srv/xfer/debs/*.deb /var/cache/apt/archives/")
+        c.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /srv/dist/{deb.name}",
+              timeout=300)
+    print(f"\n[timing] three offline installs: {time.monotonic() - t:.1f}s")
+    return nodes
+
+
+def _all_alive(out: str) -> bool:
+    return sum(1 for line in out.splitlines() if " alive" in line) == 3
+
+
+def test_cluster_forms_from_the_package(cluster: dict[str, nspawn.Container]) -> None:
+    t = time.monotonic()
+    for c in cluster.values():
+        c.wait_for("serfctl members --status alive", _all_alive, timeout=30)
+    print(f"\n[timing] three nodes alive everywhere: {time.monotonic() - t:.1f}s")
+    rows = members(cluster["n1"])
+    # Node name = host name, advertise = the namespace's address, port 7946.
+    assert cluster["n1"].run("serfctl members").stdout.count(":7946") == 3
+    assert set(rows) == {"n1", "n2", "n3"}
+    assert "10.77.0.12:7946" in cluster["n1"].run("serfctl members --name n2").stdout
+
+
+def test_systemctl_stop_is_seen_as_left(cluster: dict[str, nspawn.Container]) -> None:
+    n1, n2 = cluster["n1"], cluster["n2"]
+    t = time.monotonic()
+    n1.run("systemctl stop serfd")
+    n2.wait_for("serfctl members --status left", lambda out: out.startswith("n1 "), timeout=15)
+    print(f"\n[timing] stop -> left seen: {time.monotonic() - t:.1f}s")
+    assert n1.run("systemctl is-active serfd", check=False).stdout.strip() == "inactive"
+    n1.run("systemctl start serfd")
+    n2.wait_for("serfctl members --status alive", _all_alive, timeout=30)
+
+
+def test_watchdog_restarts_a_stalled_daemon(cluster: dict[str, nspawn.Container]) -> None:
+    n1, n2 = cluster["n1"], cluster["n2"]
+    assert show(n2, "WatchdogUSec") == "3s"
+    pid = show(n2, "MainPID")
+    t = time.monotonic()
+    n2.run(f"kill -STOP {pid}")
+    n2.wait_for("journalctl -u serfd -o cat",
+                lambda out: "Failed with result 'watchdog'" in out, timeout=20)
+    new_pid = n2.wait_for("systemctl show -p MainPID --value serfd && systemctl is-active serfd",
+                          lambda out: out.split()[0] not in ("0", pid), timeout=20).split()[0]
+    print(f"\n[timing] SIGSTOP -> restarted by the watchdog: {time.monotonic() - t:.1f}s")
+    assert new_pid != pid
+    assert "Watchdog timeout" in n2.run("journalctl -u serfd -o cat").stdout
+    assert int(show(n2, "NRestarts")) >= 1
+    # Back in the cluster, seen as alive by the others.
+    n1.wait_for("serfctl members --status alive", _all_alive, timeout=30)
+    print(f"[timing] ... and alive again on n1: {time.monotonic() - t:.1f}s")
+
+
+def test_sigkill_is_seen_as_failed(cluster: dict[str, nspawn.Container]) -> None:
+    n1, n2, n3 = cluster["n1"], cluster["n2"], cluster["n3"]
+    t = time.monotonic()
+    n3.run("systemctl kill -s KILL serfd")
+    for c in (n1, n2):
+        c.wait_for("serfctl members --status failed", lambda out: out.startswith("n3 "),
+                   timeout=40)
+    print(f"\n[timing] SIGKILL -> failed seen on both: {time.monotonic() - t:.1f}s")
+    # Restart=no from the test's drop-in: it stays down.
+    assert n3.run("systemctl is-active serfd", check=False).stdout.strip() == "failed"
+    assert show(n3, "Result") == "signal"
+
+
+# ----------------------------------------------------------------------------------
+# Purge
+
+
+def test_apt_purge_removes_service_config_and_state(seed: nspawn.Container) -> None:
+    r = seed.run("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q serfd")
+    assert "Purging configuration files for serfd" in r.stdout
+    assert seed.run("pgrep -u serfd", check=False).returncode == 1  # nothing runs as serfd
+    assert seed.run("systemctl list-unit-files serfd.service --no-legend",
+                    check=False).stdout.strip() == ""
+    for path in ("/etc/serfd.d", "/var/lib/serfd", "/run/serfd", "/lib/systemd/system/serfd.service",
+                 "/usr/bin/serfd", "/usr/bin/serfctl",
+                 "/etc/systemd/system/multi-user.target.wants/serfd.service"):
+        assert seed.run(f"test -e {path}", check=False).returncode == 1, path
+    assert seed.run("dpkg-query -W -f '${Status}' serfd", check=False).stdout in (
+        "", "unknown ok not-installed")
+    # The system user stays, as Debian keeps system users (files may still be theirs).
+    seed.run("getent passwd serfd")
