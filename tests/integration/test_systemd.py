@@ -36,6 +36,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SERFD_TEST_CACHE", "/var/cache/serfd-test"))
 NODES = {"n1": "10.77.0.11/24", "n2": "10.77.0.12/24", "n3": "10.77.0.13/24"}
+# The cluster gossips encrypted: AES-GCM from python3-cryptography must work inside the
+# sandbox (MemoryDenyWriteExecute, the system call filter).
+CLUSTER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 # tool -> the Debian package that has it
 TOOLS = {
@@ -263,8 +266,9 @@ def cluster(lab: nspawn.Lab, seed: nspawn.Container, deb: Path) -> dict[str, nsp
     for name, c in nodes.items():
         others = [cidr.split("/")[0] for n, cidr in NODES.items() if n != name]
         join = ", ".join(f'"{ip}"' for ip in others)
-        # Only a join list: node name, bind, advertise, state are the package defaults.
-        c.run(f"mkdir -p /etc/serfd.d && printf 'join = [{join}]\\n' > /etc/serfd.d/50-deploy.toml")
+        # A join list and a key: node name, bind, advertise, state are the package defaults.
+        c.run(f"mkdir -p /etc/serfd.d && printf 'join = [{join}]\\nencrypt_key = \"{CLUSTER_KEY}\"\\n'"
+              " > /etc/serfd.d/50-deploy.toml")
         if name in drop_ins:
             c.run("mkdir -p /etc/systemd/system/serfd.service.d && printf "
                   f"'{drop_ins[name]}' > /etc/systemd/system/serfd.service.d/test.conf")
@@ -291,6 +295,7 @@ def test_cluster_forms_from_the_package(cluster: dict[str, nspawn.Container]) ->
     assert cluster["n1"].run("serfctl members").stdout.count(":7946") == 3
     assert set(rows) == {"n1", "n2", "n3"}
     assert "10.77.0.12:7946" in cluster["n1"].run("serfctl members --name n2").stdout
+    assert "encrypted = true" in cluster["n1"].run("serfctl info").stdout
 
 
 def test_systemctl_stop_is_seen_as_left(cluster: dict[str, nspawn.Container]) -> None:
