@@ -261,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reachability", parents=[common], help="ping every member via a query")
     p.add_argument("--verbose", action="store_true", help="print each ack and the timing")
 
+    p = sub.add_parser("keys", parents=[common],
+                       help="install, use, remove or list the cluster's encryption keys")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--install", metavar="KEY", help="install a new key on every member")
+    g.add_argument("--use", metavar="KEY", help="make an installed key the primary everywhere")
+    g.add_argument("--remove", metavar="KEY", help="remove a (non-primary) key everywhere")
+    g.add_argument("--list", action="store_true", help="list the keys installed in the cluster")
+
+    sub.add_parser("keygen", help="print a new random 32-byte encryption key (no agent needed)")
+
     sub.add_parser(
         "reload",
         parents=[common],
@@ -562,6 +572,47 @@ def _reachability(c: RPCClient, args: argparse.Namespace) -> str:
     raise _Failed("\n".join(lines))
 
 
+def _keys(c: RPCClient, args: argparse.Namespace) -> str:
+    """serf keys: one cluster-wide key query; failures per node, as serf prints them."""
+    if args.list:
+        command, body = "list-keys", None
+        start, fail = "Asking all members for installed keys...", "Failed to gather member keys"
+    elif args.install:
+        command, body = "install-key", {"Key": args.install}
+        start, fail = "Installing key on all members...", "Error installing key"
+    elif args.use:
+        command, body = "use-key", {"Key": args.use}
+        start, fail = "Changing primary key on all members...", "Error changing primary key"
+    else:
+        command, body = "remove-key", {"Key": args.remove}
+        start, fail = "Removing key on all members...", "Error removing key"
+    print(f"==> {start}")
+    error, resp = c.call_keeping_body(command, body)
+    resp = resp if isinstance(resp, dict) else {}
+    if error:
+        messages = resp.get("Messages") or {}
+        rows = [("failed:", str(n), str(m)) for n, m in sorted(messages.items())]
+        if rows:
+            print(_columns(rows), file=sys.stderr)
+        print(f"\n{fail}: {error}", file=sys.stderr)
+        raise SystemExit(1)
+    if args.list:
+        total = resp.get("NumNodes", 0)
+        print("==> Keys gathered, listing cluster keys...\n")
+        return _columns([(str(k), f"[{n}/{total}]")
+                         for k, n in sorted((resp.get("Keys") or {}).items())])
+    done = {"install-key": "Successfully installed key!",
+            "use-key": "Successfully changed primary key!",
+            "remove-key": "Successfully removed key!"}[command]
+    return f"==> {done}"
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if rows else []
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
 # Each returns its output (printed with a newline, even when empty, as serf does) or None.
 _COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str | None]] = {
     "members": _members,
@@ -576,6 +627,7 @@ _COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str | None]] = {
     "monitor": _monitor,
     "stream": _stream,
     "reachability": _reachability,
+    "keys": _keys,
 }
 
 
@@ -586,6 +638,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)  # bad usage: SystemExit(2) after the message
         if args.command == "tags" and not args.set_tags and not args.delete:
             parser.error("tags: give at least one --set KEY=VALUE or --delete KEY")
+        if args.command == "keygen":  # serf keygen: 32 random bytes, base64
+            from serfd.keyring import generate_key
+
+            print(generate_key())
+            return 0
         with _connect(args) as client:
             out = _COMMANDS[args.command](client, args)
     except SystemExit as e:

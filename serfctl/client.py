@@ -251,6 +251,26 @@ class RPCClient:
             raise AgentError(error)
         return result
 
+    def call_keeping_body(self, command: str, body: Any = None) -> tuple[str, Any]:
+        """One request whose body comes even with an error (the key commands):
+        (error text or "", body)."""
+        seq = self._seq
+        self._seq += 1
+        data = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
+        if body is not None:
+            data += msgpack.packb(body, use_bin_type=True)
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise ConnectionClosed(f"connection to {self.name} failed: {e}") from None
+        header = self._read()
+        if not isinstance(header, dict) or header.get("Seq") != seq:
+            raise ClientError(f"bad response header from the agent: {header!r}")
+        error = str(header.get("Error") or "")
+        if error in _NO_BODY_ERRORS:
+            raise AgentError(error)
+        return error, self._read()
+
     # -- commands ----------------------------------------------------------
 
     def members(self) -> list[RPCMember]:

@@ -40,11 +40,29 @@ from typing import Any
 from serfd import __version__
 from serfd.codec import DecodeError
 from serfd.config import Config, ConfigError, load_config
-from serfd.keyring import Keyring, KeyringFileError, keyring_from_config
+from serfd.keyring import (
+    Keyring,
+    KeyringError,
+    KeyringFileError,
+    keyring_from_config,
+    write_keyring_file,
+)
+from serfd.keymanager import (
+    KEY_QUERIES,
+    KeyResponder,
+    KeyResult,
+    decode_key_arg,
+    decode_key_response,
+    encode_key_response,
+    final_error,
+    request_payload,
+    response_fits_for,
+    tally,
+)
 from serfd.logsetup import set_level
 from serfd.member import Member, MemberStatus
 from serfd.messages import ErrResp, MsgType
-from serfd.query import IncomingQuery
+from serfd.query import IncomingQuery, QueryParam
 from serfd.rpc import RPCError, RPCServer
 from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
 from serfd.agent_events import EventsMixin
@@ -213,6 +231,7 @@ class Agent(EventsMixin):
         self.serf = self._make_serf(loop.time())
         self._start_events(loop)  # handlers, coalescing, monitor, queries (agent_events)
         await self._open_snapshot()
+        self._setup_key_queries()
         self.rpc = RPCServer(self, auth_key=self.config.rpc_auth_key)
         sock_path = self.config.rpc_socket
         sock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -549,6 +568,75 @@ class Agent(EventsMixin):
             # Back off from 1 s up to retry_interval so a cluster that starts together
             # finds itself fast, without hammering an absent seed.
             delay = min(delay * 2, self.config.retry_interval)
+
+    # ------------------------------------------------------------------ key rotation
+
+    def _setup_key_queries(self) -> None:
+        """Answer Serf's _serf_*-key queries from our keyring (serfd.keymanager)."""
+        fits = response_fits_for(self.config.node_name,
+                                 self.serf.config.query_response_size_limit)
+        self.key_responder = KeyResponder(self.keyring, response_fits=fits)
+        self._keyring_lock = asyncio.Lock()
+        for op in KEY_QUERIES:
+            self.serf.internal_query_hooks[op] = (
+                lambda q, now, op=op: self._on_key_query(op, q))
+
+    def _on_key_query(self, op: str, q: Any) -> bytes | None:
+        if op == "list-keys" or self.keyring is None:
+            return self.key_responder.answer(op, q.payload)
+        self._spawn(self._answer_key_change(op, q))  # the file is written off the loop
+        return None
+
+    async def _answer_key_change(self, op: str, q: Any) -> None:
+        async with self._keyring_lock:
+            answer = self.key_responder.answer(op, q.payload)  # changes the keyring in memory
+            assert answer is not None
+            path = self.keyring_path
+            if path is not None and self.keyring is not None and \
+                    decode_key_response(answer[1:]).result:
+                keys = self.keyring.keys
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, write_keyring_file, path, keys)
+                    log.info("keyring file %s rewritten after %s (%d keys)", path, op, len(keys))
+                except OSError as e:
+                    err = f"Failed to write keyring file: {e}"
+                    log.error("%s", err)
+                    answer = encode_key_response(False, err, None, "")
+        try:
+            self.serf.respond(q, answer, self._now())
+        except SerfError as e:
+            log.error("failed to respond to key query: %s", e)
+        self._pump()
+
+    async def key_request(self, op: str, key: str) -> tuple[dict[str, Any], str]:
+        """RPC install-key/use-key/remove-key/list-keys: query every member, tally (the
+        RPC body, Serf's error text or "")."""
+        result = KeyResult()
+        with_keys = op == "list-keys"
+        raw = b""
+        if not with_keys:
+            try:
+                raw = decode_key_arg(key)
+            except KeyringError as e:
+                return result.rpc_body(with_keys), str(e)
+        if self.serf.state != SerfState.ALIVE:
+            return result.rpc_body(with_keys), "Serf can't query after Leave or Shutdown"
+        log.info("initiating %s", op)
+        try:
+            pq = self.serf.query(f"_serf_{op}", request_payload(raw), QueryParam(), self._now())
+        except SerfError as e:
+            return result.rpc_body(with_keys), str(e)
+        result.num_nodes = self.serf.memberlist.num_alive()
+        self._pump()
+        while True:
+            for rec in pq.drain():
+                if rec.type == "response":
+                    tally(result, rec.from_, rec.payload)
+            if pq.finished or result.num_resp >= result.num_nodes:
+                break
+            await asyncio.sleep(0.02)
+        return result.rpc_body(with_keys), final_error(result)
 
     # ------------------------------------------------------------------ snapshot
 

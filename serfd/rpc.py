@@ -519,6 +519,8 @@ class RPCServer:
             "force-leave": self._force_leave,
             "tags": self._tags,
             "stats": self._stats,
+            **{op: self._key_handler(op)
+               for op in ("install-key", "use-key", "remove-key", "list-keys")},
             "stop": self._stop,
             "reload": self._reload,
             "event": self._event,
@@ -723,6 +725,21 @@ class RPCServer:
             "set_tags", self.agent.set_tags(req["Tags"], req["DeleteTags"])
         )
         return _Reply(err)
+
+    def _key_handler(self, op: str) -> Callable[[_Conn, dict[str, Any]], Awaitable[_Reply]]:
+        async def handler(conn: _Conn, req: dict[str, Any]) -> _Reply:
+            # Serf always answers a body: {Keys, Messages, NumErr, NumNodes, NumResp}.
+            empty = {"Keys": None, "Messages": {}, "NumErr": 0, "NumNodes": 0, "NumResp": 0}
+            call = getattr(self.agent, "key_request", None)
+            if call is None:
+                return _Reply("Keyring is empty (encryption not enabled)", body=empty)
+            res, err = await self._call_agent(op, call(op, req.get("Key", "")))
+            if res is None:
+                return _Reply(err, body=empty)
+            body, error = res
+            return _Reply(error, body=body)
+
+        return handler
 
     async def _stats(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
         return _Reply(body=self.agent.stats())

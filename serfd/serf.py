@@ -274,6 +274,9 @@ class Serf:
         self._leave_deadline = 0.0
         self._leave_intent_sent = False
         self.leave_error: str | None = None
+        # More internal queries ("install-key" -> answer(q, now)), e.g. serfd.keymanager.
+        # A hook returning bytes is answered at once; None means it answers later itself.
+        self.internal_query_hooks: dict[str, Callable[[IncomingQuery, float], bytes | None]] = {}
         self.memberlist = memberlist_factory(config.memberlist, self, rng, now)
 
     # ------------------------------------------------------------------ inspection
@@ -955,6 +958,15 @@ class Serf:
                 self.respond(q, bytes((SerfMsgType.CONFLICT_RESPONSE,)) + body, now)
             except SerfError as e:
                 log.error("failed to respond to conflict query: %s", e)
+            return
+        hook = self.internal_query_hooks.get(kind)
+        if hook is not None:
+            answer = hook(q, now)
+            if answer is not None:
+                try:
+                    self.respond(q, answer, now)
+                except SerfError as e:
+                    log.error("failed to respond to %s query: %s", kind, e)
             return
         log.warning("unhandled internal query '%s'", kind)
 

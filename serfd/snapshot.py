@@ -164,7 +164,7 @@ def _apply(st: SnapshotState, raw: bytes, rejoin_after_leave: bool) -> str | Non
                 return f"bad {prefix[:-2]} value {line[len(prefix):]!r}: skipped"
             setattr(st, attr, v)
             return None
-    if line.startswith("coordinate: ") or line.startswith("#"):
+    if line.startswith(("coordinate: ", "#")):
         return None
     if line == "leave":
         if rejoin_after_leave:

@@ -13,7 +13,7 @@ import re
 import time
 
 import pytest
-from dropins import restart, start_serfd, write_dropin
+from dropins import restart, write_dropin
 from harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient, wait_until
 
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 8.0
@@ -103,7 +103,7 @@ def _corrupt_zero(data: bytes) -> bytes:
 @pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_append, _corrupt_zero],
                          ids=["truncated-mid-line", "random-appended", "zeroed"])
 def test_corrupt_snapshot_warns_and_starts(make_cluster, corrupt) -> None:  # type: ignore[no-untyped-def]
-    c, s, d0, d1 = three_nodes(make_cluster)
+    c, _s, _d0, d1 = three_nodes(make_cluster)
     d1.kill()
     path = d1.state_dir / "snapshot"
     original = path.read_bytes()
