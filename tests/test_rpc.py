@@ -506,10 +506,6 @@ def test_leave_replies_then_calls_agent(srv: ServerThread) -> None:
 @pytest.mark.parametrize(
     ("command", "body"),
     [
-        ("install-key", {"Key": "x"}),
-        ("use-key", {"Key": "x"}),
-        ("remove-key", {"Key": "x"}),
-        ("list-keys", None),
         ("get-coordinate", {"Node": "node1"}),
         ("no-such-command", None),
         ("", None),
