@@ -1,0 +1,47 @@
+"""Reconnect to failed members and reap old ones (reconnect_interval/_timeout, tombstone_timeout)."""
+
+from __future__ import annotations
+
+from dropins import restart, start_serfd
+from harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, wait_until
+
+FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 8.0
+REAP_INTERVAL = 15.0  # Serf's ReapInterval
+
+
+def test_failed_member_is_reconnected(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    c = make_cluster()
+    a = start_serfd(c, "pya", 'reconnect_interval = "1s"')
+    s = c.serf("gosrf")
+    b = c.serfd("pyb")
+    c.wait_ready()
+    assert a.join([s.bind_addr]) == 1 and b.join([s.bind_addr]) == 1
+    c.wait_all_alive(timeout=8)
+    b.kill()
+    c.wait_statuses([a, s], {"pyb": "failed"}, FAIL_TIMEOUT)
+    # B comes back with no memory (no snapshot, no join): only A's reconnector can find it.
+    (b.state_dir / "snapshot").unlink()
+    restart(b)
+    b.wait_ready()
+    took = c.wait_statuses([a, b, s], {"pya": "alive", "pyb": "alive", "gosrf": "alive"}, 10)
+    print(f"reconnected after {took:.1f} s")
+    assert "attempting reconnect to pyb" in a.log_path.read_text()
+
+
+def test_left_and_failed_members_are_reaped(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    c = make_cluster()
+    a = start_serfd(c, "pya", 'tombstone_timeout = "1s"\nreconnect_timeout = "1s"')
+    s = c.serf("gosrf")
+    leaver = c.serfd("leaver")
+    crasher = c.serfd("crasher")
+    c.wait_ready()
+    for x in (s, leaver, crasher):
+        assert a.join([x.bind_addr]) == 1
+    c.wait_all_alive(timeout=8)
+    assert leaver.stop_graceful() == 0
+    crasher.kill()
+    c.wait_statuses([a], {"leaver": "left", "crasher": "failed"}, FAIL_TIMEOUT)
+    wait_until(lambda: set(a.statuses()) == {"pya", "gosrf"}, REAP_INTERVAL + 5,
+               desc="both reaped from pya")
+    # serf keeps them (its timeouts are 24 h): the reaping was ours, by configuration.
+    assert {"leaver", "crasher"} <= set(s.statuses())
