@@ -10,8 +10,10 @@ checks what an operator sees:
   reload` applies new tags, and refuses a broken drop-in while the old config keeps
   running; `apt-get purge` removes it all.
 * n1..n3, each in a network namespace of its own (10.77.0.11-13 on a private
-  bridge), installed offline from the packages the seed downloaded: they form a
-  cluster from the package defaults plus a join list; `systemctl stop` is seen as
+  bridge), installed offline from the packages the seed downloaded: they form an
+  encrypted cluster from the package defaults plus a join list and a key; the shipped
+  example handler, enabled by a drop-in and a reload, answers `serfctl query` and
+  sees `serfctl event` inside the sandbox; `systemctl stop` is seen as
   `left`; a SIGSTOPped daemon is restarted by the watchdog and rejoins; a SIGKILLed
   one (Restart=no in a drop-in) is seen as `failed`.
 
@@ -296,6 +298,22 @@ def test_cluster_forms_from_the_package(cluster: dict[str, nspawn.Container]) ->
     assert set(rows) == {"n1", "n2", "n3"}
     assert "10.77.0.12:7946" in cluster["n1"].run("serfctl members --name n2").stdout
     assert "encrypted = true" in cluster["n1"].run("serfctl info").stdout
+
+
+def test_handlers_reloaded_and_run_inside_the_sandbox(cluster: dict[str, nspawn.Container]) -> None:
+    # The journey's `serfctl event` and `serfctl query`, with the shipped example handler
+    # (found in handlers_dir by its bare name), enabled by a drop-in and a reload.
+    for c in cluster.values():
+        c.run("printf '[handlers]\\n\"user:deploy\" = \"example-handler\"\\n"
+              "\"query:uptime\" = \"example-handler\"\\n' > /etc/serfd.d/60-handlers.toml && "
+              "systemctl reload serfd")
+    n1, n2 = cluster["n1"], cluster["n2"]
+    out = n1.run("serfctl query uptime").stdout
+    assert "Total Responses: 3" in out, out
+    assert re.search(r"Response from 'n2': \d+\.\d+", out), out
+    n1.run("serfctl event deploy v42")
+    n2.wait_for("journalctl -u serfd -o cat",
+                lambda log: "serfd handler: user event deploy" in log, timeout=15)
 
 
 def test_systemctl_stop_is_seen_as_left(cluster: dict[str, nspawn.Container]) -> None:
