@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
-from harness import (  # noqa: E402
+from harness import (
     PROBE_INTERVAL_LAN,
     SUSPICION_TIMEOUT_LAN,
     AddressAllocator,
@@ -36,7 +36,7 @@ from harness import (  # noqa: E402
     SerfdAgent,
 )
 
-from serfd.snapshot import SnapshotState, Snapshotter, read_snapshot  # noqa: E402
+from serfd.snapshot import SnapshotState, Snapshotter, read_snapshot
 
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 15.0
 
