@@ -5,7 +5,8 @@ from __future__ import annotations
 from dropins import restart, start_serfd
 from harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, wait_until
 
-FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 8.0
+# Generous: no bound is measured here, and a loaded machine stretches probing.
+FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 20.0
 REAP_INTERVAL = 15.0  # Serf's ReapInterval
 
 
@@ -23,7 +24,7 @@ def test_failed_member_is_reconnected(make_cluster) -> None:  # type: ignore[no-
     (b.state_dir / "snapshot").unlink()
     restart(b)
     b.wait_ready()
-    took = c.wait_statuses([a, b, s], {"pya": "alive", "pyb": "alive", "gosrf": "alive"}, 10)
+    took = c.wait_statuses([a, b, s], {"pya": "alive", "pyb": "alive", "gosrf": "alive"}, 20)
     print(f"reconnected after {took:.1f} s")
     assert "attempting reconnect to pyb" in a.log_path.read_text()
 
