@@ -42,11 +42,18 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from serfd.codec import DecodeError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
 
 __all__ = [
     "KEY_SIZES",
@@ -183,6 +190,10 @@ class Keyring:
     def _cipher(self, key: bytes) -> AESGCM:
         c = self._ciphers.get(key)
         if c is None:
+            # Imported on first use: the cryptography bindings cost about 7 MiB of RSS,
+            # which an unencrypted agent should not pay.
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
             c = self._ciphers[key] = AESGCM(key)
         return c
 
@@ -216,7 +227,7 @@ class Keyring:
         for key in self._keys:
             try:
                 plain = self._cipher(key).decrypt(nonce, sealed, aad or None)
-            except InvalidTag:
+            except _invalid_tag():
                 continue
             if vsn == 0:
                 # Go slices off plain[-1] bytes unchecked (a panic on a bad pad); we refuse.
