@@ -38,15 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from serfd import __version__
+from serfd.agent_events import EventsMixin
 from serfd.codec import DecodeError
 from serfd.config import Config, ConfigError, load_config
-from serfd.keyring import (
-    Keyring,
-    KeyringError,
-    KeyringFileError,
-    keyring_from_config,
-    write_keyring_file,
-)
 from serfd.keymanager import (
     KEY_QUERIES,
     KeyResponder,
@@ -59,17 +53,23 @@ from serfd.keymanager import (
     response_fits_for,
     tally,
 )
+from serfd.keyring import (
+    Keyring,
+    KeyringError,
+    KeyringFileError,
+    keyring_from_config,
+    write_keyring_file,
+)
 from serfd.logsetup import set_level
 from serfd.member import Member, MemberStatus
 from serfd.messages import ErrResp, MsgType
 from serfd.query import IncomingQuery, QueryParam
+from serfd.reload import plan_reload
 from serfd.rpc import RPCError, RPCServer
 from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
-from serfd.agent_events import EventsMixin
 from serfd.snapshot import Snapshotter, format_addr, read_snapshot
 from serfd.stream import StreamReader, encode_stream
 from serfd.swim import MemberlistConfig, StreamRequest
-from serfd.reload import plan_reload
 from serfd.systemd import Notifier
 
 log = logging.getLogger("serfd.agent")
@@ -186,6 +186,8 @@ class Agent(EventsMixin):
             gossip_verify_outgoing=cfg.gossip_verify_outgoing,
             # memberlist 1..5 speaking 2 (Serf pins it); Serf's delegate 2..5 at `protocol`.
             vsn=bytes([1, 5, 2, 2, 5, cfg.protocol]),
+            # News (joins, suspicions, deaths, tag changes) goes out at once.
+            eager_gossip=True,
         )
         sc = SerfConfig(
             node_name=cfg.node_name,
@@ -876,7 +878,7 @@ class Agent(EventsMixin):
                 hook(old, self.config)
             except ConfigError as e:
                 errors.extend(e.errors)
-            except Exception as e:  # noqa: BLE001 - a hook bug is reported, not fatal
+            except Exception as e:
                 log.exception("reload hook %r failed", hook)
                 errors.append(f"reload hook failed: {e}")
         for line in errors:

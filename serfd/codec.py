@@ -28,12 +28,12 @@ import msgpack  # type: ignore[import-untyped]
 __all__ = [
     "DecodeError",
     "Field",
-    "pack_gossip",
-    "unpack_gossip",
-    "encode_struct",
     "decode_struct",
-    "struct_to_obj",
+    "encode_struct",
     "obj_to_struct",
+    "pack_gossip",
+    "struct_to_obj",
+    "unpack_gossip",
 ]
 
 

@@ -15,16 +15,16 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from serfd.codec import (
     BOOL,
     BYTES,
     INT,
     STR,
+    UINT8,
     UINT16,
     UINT32,
-    UINT8,
     DecodeError,
     Field,
     decode_struct,
@@ -103,12 +103,12 @@ class Message:
         return bytes((self.TYPE,)) + self.body()
 
     @classmethod
-    def from_body(cls: type[M], body: bytes) -> M:
+    def from_body(cls, body: bytes) -> Self:
         """Decode the struct that follows the type byte."""
         return cls(**decode_struct(cls.SCHEMA, body))
 
     @classmethod
-    def from_values(cls: type[M], values: dict[str, Any]) -> M:
+    def from_values(cls, values: dict[str, Any]) -> Self:
         return cls(**values)
 
 

@@ -111,6 +111,8 @@ Addr = tuple[str, int]
 NodeState = NodeStateType
 
 COMPOUND_HEADER_OVERHEAD = 2  # memberlist compoundHeaderOverhead
+EAGER_GOSSIP_GAP = 0.25  # serfd: eager pushes at most every quarter GossipInterval
+GO_SAFE_BATCHES = 4  # serfd: at most this many eager packets per target and round
 COMPOUND_OVERHEAD = 2  # memberlist compoundOverhead (per part)
 USER_MSG_OVERHEAD = 1  # memberlist userMsgOverhead
 ENCRYPT_OVERHEAD = 29  # encryptOverhead(vsn 1): version byte + 12 nonce + 16 tag
@@ -163,6 +165,10 @@ class MemberlistConfig:
     gossip_verify_outgoing: bool = True  # GossipVerifyOutgoing
     udp_buffer_size: int = 1400  # UDPBufferSize
     vsn: bytes = DEFAULT_VSN  # [pmin, pmax, pcur, dmin, dmax, dcur]
+    # Beyond memberlist: push each new broadcast once to GossipNodes members right away,
+    # instead of letting it wait for the next GossipInterval tick (extra packets, batched
+    # at most every EAGER_GOSSIP_GAP x GossipInterval; the retransmit budget is untouched).
+    eager_gossip: bool = False
 
     @classmethod
     def from_profile(cls, profile: str | Profile, **overrides: Any) -> MemberlistConfig:
@@ -404,6 +410,8 @@ class Memberlist:
         self._out_datagrams: list[tuple[bytes, Addr]] = []
         self._out_streams: list[StreamRequest] = []
         self._queue = TransmitLimitedQueue(config.retransmit_mult, self._est_num_nodes)
+        self._fresh: list[bytes] = []  # broadcasts queued since the last eager round
+        self._last_eager = -math.inf
 
         use_keyring = config.keyring is not None
         self._keyring_in = config.keyring if use_keyring else None
@@ -468,7 +476,11 @@ class Memberlist:
 
     def get_timer(self) -> float | None:
         """The next absolute time something is due (``handle_timer``), or None."""
-        return self._timers[0][0] if self._timers else None
+        due = self._timers[0][0] if self._timers else None
+        if self._fresh:
+            eager = self._last_eager + EAGER_GOSSIP_GAP * self.config.gossip_interval
+            due = eager if due is None else min(due, eager)
+        return due
 
     def handle_timer(self, now: float) -> None:
         """Run everything due at or before ``now``."""
@@ -476,6 +488,7 @@ class Memberlist:
         while timers and timers[0][0] <= now:
             _, _, fn = heapq.heappop(timers)
             fn(now)
+        self._maybe_eager(now)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         """Drain the datagrams produced so far: (packet, (ip, port))."""
@@ -728,7 +741,7 @@ class Memberlist:
                 return
             self._refute(rec, a.incarnation)
         else:
-            self._queue.queue(a.encode(), name=a.node, on_finished=on_finished)
+            self._enqueue(a.encode(), name=a.node, on_finished=on_finished)
             if len(vsn) >= 6:
                 rec.vsn = bytes(vsn[:6])
             rec.incarnation = a.incarnation
@@ -752,7 +765,7 @@ class Memberlist:
         susp = self._susp.get(s.node)
         if susp is not None:
             if susp.confirm(s.from_, now):
-                self._queue.queue(s.encode(), name=s.node)
+                self._enqueue(s.encode(), name=s.node)
                 self._arm_suspicion(s.node, susp)
             return
         if rec.state != _ALIVE:
@@ -760,7 +773,7 @@ class Memberlist:
         if rec is self._self:
             self._refute(rec, s.incarnation)
             return
-        self._queue.queue(s.encode(), name=s.node)
+        self._enqueue(s.encode(), name=s.node)
         rec.incarnation = s.incarnation
         rec.state = _SUSPECT
         rec.state_change = now
@@ -784,9 +797,9 @@ class Memberlist:
             if not self._left:
                 self._refute(rec, d.incarnation)
                 return
-            self._queue.queue(d.encode(), name=d.node, on_finished=self._mark_leave_done)
+            self._enqueue(d.encode(), name=d.node, on_finished=self._mark_leave_done)
         else:
-            self._queue.queue(d.encode(), name=d.node)
+            self._enqueue(d.encode(), name=d.node)
         rec.incarnation = d.incarnation
         rec.state = _LEFT if d.node == d.from_ else _DEAD
         rec.state_change = now
@@ -802,7 +815,7 @@ class Memberlist:
         self._apply_awareness(1)
         a = Alive(inc, me.name, me.addr, me.port, me.meta, me.vsn)
         # memberlist 0.2.2 names this broadcast after our address string, not our name.
-        self._queue.queue(a.encode(), name=me.address[0])
+        self._enqueue(a.encode(), name=me.address[0])
 
     def _merge_one(self, r: PushNodeState, now: float) -> None:
         """memberlist mergeState for one remote entry."""
@@ -1066,9 +1079,52 @@ class Memberlist:
 
     # ------------------------------------------------------------------ gossip, push/pull
 
+    def _enqueue(
+        self, msg: bytes, name: str | None = None, on_finished: Callable[[], None] | None = None
+    ) -> None:
+        self._queue.queue(msg, name=name, on_finished=on_finished)
+        if self.config.eager_gossip:
+            self._fresh.append(msg)
+
+    def _maybe_eager(self, now: float) -> None:
+        """With eager_gossip, push fresh broadcasts once to a few nodes right away.
+
+        This is on top of memberlist's gossip: the pushed copies do not use up the
+        broadcast's retransmit budget, so regular dissemination is unchanged and the
+        news simply starts ~GossipInterval/2 earlier on average.
+        """
+        if not self._fresh:
+            return
+        if now - self._last_eager < EAGER_GOSSIP_GAP * self.config.gossip_interval:
+            return  # get_timer() asks to be called again when the gap has passed
+        self._last_eager = now
+        fresh, self._fresh = self._fresh, []
+        me = self._self
+        targets = self._k_random(
+            self.config.gossip_nodes, lambda r: r is me or r.state != _ALIVE
+        )
+        avail = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD - self._encrypt_overhead
+        batch: list[bytes] = []
+        used = 0
+        batches: list[list[bytes]] = []
+        for msg in fresh:
+            if batch and used + len(msg) + COMPOUND_OVERHEAD > avail:
+                batches.append(batch)
+                batch, used = [], 0
+            batch.append(msg)
+            used += len(msg) + COMPOUND_OVERHEAD
+        if batch:
+            batches.append(batch)
+        for rec in targets:
+            for parts in batches[:GO_SAFE_BATCHES]:
+                self._send_raw(parts, rec.address, rec)
+
     def _gossip_tick(self, now: float) -> None:
+        self._at(now + self.config.gossip_interval, self._gossip_tick)
+        self._gossip_round(now)
+
+    def _gossip_round(self, now: float) -> None:
         cfg = self.config
-        self._at(now + cfg.gossip_interval, self._gossip_tick)
         me = self._self
         dead_time = cfg.gossip_to_the_dead_time
 

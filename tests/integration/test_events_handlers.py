@@ -83,7 +83,7 @@ def test_mixed_cluster_events_queries_and_member_handlers(
         path = out / f"{d.name}.user.log"
         wait_until(lambda p=path: any("v1" in x for x in records(p)), 10, desc=f"{d.name} v1")
         (rec,) = records(path)
-        assert rec.startswith(f"user user=deploy ltime=") and f"self={d.name} role=web" in rec
+        assert rec.startswith("user user=deploy ltime=") and f"self={d.name} role=web" in rec
         assert f"tag_idx={d.tags['idx']}" in rec and "notify=none" in rec
         assert rec.endswith("\nv1\n")
 
