@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
-from harness import AddressAllocator, Cluster, RPCClient, wait_until  # noqa: E402
+from harness import AddressAllocator, Cluster, RPCClient, wait_until
 
 IMPLS = ("serf", "serfd")
 
