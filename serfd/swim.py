@@ -411,7 +411,8 @@ class Memberlist:
         self._out_streams: list[StreamRequest] = []
         self._queue = TransmitLimitedQueue(config.retransmit_mult, self._est_num_nodes)
         self._fresh: list[bytes] = []  # broadcasts queued since the last eager round
-        self._last_eager = -math.inf
+        self._clock = now  # the latest time any input told us
+        self._last_eager = now - EAGER_GOSSIP_GAP * config.gossip_interval
 
         use_keyring = config.keyring is not None
         self._keyring_in = config.keyring if use_keyring else None
@@ -478,12 +479,15 @@ class Memberlist:
         """The next absolute time something is due (``handle_timer``), or None."""
         due = self._timers[0][0] if self._timers else None
         if self._fresh:
-            eager = self._last_eager + EAGER_GOSSIP_GAP * self.config.gossip_interval
+            # Never in the past: a driver passes the due time back as `now`.
+            eager = max(self._last_eager + EAGER_GOSSIP_GAP * self.config.gossip_interval,
+                        self._clock)
             due = eager if due is None else min(due, eager)
         return due
 
     def handle_timer(self, now: float) -> None:
         """Run everything due at or before ``now``."""
+        self._clock = max(self._clock, now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, fn = heapq.heappop(timers)
@@ -504,6 +508,7 @@ class Memberlist:
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         """Feed one received UDP datagram from ``addr``."""
+        self._clock = max(self._clock, now)
         try:
             parts = decode_packet(
                 data,
@@ -563,6 +568,7 @@ class Memberlist:
 
     def update_meta(self, now: float) -> None:
         """memberlist UpdateNode: re-read our meta and broadcast alive at incarnation+1."""
+        self._clock = max(self._clock, now)
         meta = self._own_meta()
         self._incarnation = (self._incarnation + 1) & _UINT32
         a = Alive(
@@ -582,6 +588,7 @@ class Memberlist:
 
     def leave(self, now: float) -> None:
         """memberlist Leave: broadcast our own death with From == us (shows as Left)."""
+        self._clock = max(self._clock, now)
         if self._left:
             return
         self._left = True
@@ -618,6 +625,7 @@ class Memberlist:
 
     def merge_push_pull(self, plain: bytes, join: bool, now: float) -> None:
         """Merge a peer's push/pull; raises DecodeError or ProtocolError if refused."""
+        self._clock = max(self._clock, now)
         _header, remote, user_state = decode_push_pull(plain)
         self._merge_remote(remote, user_state, join, now)
 
@@ -634,6 +642,7 @@ class Memberlist:
 
     def receive_stream(self, plain: bytes, addr: Addr, now: float) -> bytes | None:
         """Serve one inbound stream message; returns the plain reply, if any."""
+        self._clock = max(self._clock, now)
         if not plain:
             self._count("stream_empty")
             return None
@@ -667,6 +676,7 @@ class Memberlist:
 
     def stream_reply(self, token: int, plain: bytes | None, now: float) -> None:
         """The outcome of a stream we asked for: the reply, or None on failure/timeout."""
+        self._clock = max(self._clock, now)
         pending = self._pending_streams.pop(token, None)
         if pending is None:
             return
@@ -1095,7 +1105,9 @@ class Memberlist:
         """
         if not self._fresh:
             return
-        if now - self._last_eager < EAGER_GOSSIP_GAP * self.config.gossip_interval:
+        # The same expression as in get_timer(), so that being called at that due time
+        # always passes (a subtraction here could round the other way and spin).
+        if now < self._last_eager + EAGER_GOSSIP_GAP * self.config.gossip_interval:
             return  # get_timer() asks to be called again when the gap has passed
         self._last_eager = now
         fresh, self._fresh = self._fresh, []

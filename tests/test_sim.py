@@ -189,3 +189,18 @@ def test_eager_gossip_converges_faster_and_stays_safe() -> None:
     eager.sort()
     print(f"\nstar join of 20: median {plain[2]:.2f}s plain, {eager[2]:.2f}s eager")
     assert eager[2] < plain[2]
+
+
+def test_eager_gossip_never_spins_on_its_own_timer() -> None:
+    """A core called at exactly its eager due time must act, not ask for the same time
+    again (a rounding slip there once made a lossless star join spin forever)."""
+    for seed in range(4):
+        sim = Sim(seed=seed, loss=0.0, config={"eager_gossip": True})
+        sim.add_node("n0")
+        sim.run_until(0.5)
+        for i in range(1, 20):
+            sim.add_node(f"n{i}")
+            sim.join(f"n{i}", "n0")
+        assert sim.run_until(sim.now + 10, sim.converged, every=0.05)
+        # About one timer call per node per gossip tick, not an unbounded number.
+        assert sim.stats.timer_calls < 20 * 10 / 0.2 * 3
