@@ -227,8 +227,8 @@ class RPCClient:
                 raise ConnectionClosed("RPC connection closed by agent")
             self._unpacker.feed(data)
 
-    def call(self, command: str, body: Any = None, *, expect_body: bool = False) -> Any:
-        """One request; the response body (or None). AgentError on an error header."""
+    def _request(self, command: str, body: Any) -> tuple[int, Any]:
+        """Send one request; (its Seq, the response header as read)."""
         seq = self._seq
         self._seq += 1
         data = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
@@ -238,7 +238,11 @@ class RPCClient:
             self.sock.sendall(data)
         except OSError as e:
             raise ConnectionClosed(f"connection to {self.name} failed: {e}") from None
-        header = self._read()
+        return seq, self._read()
+
+    def call(self, command: str, body: Any = None, *, expect_body: bool = False) -> Any:
+        """One request; the response body (or None). AgentError on an error header."""
+        seq, header = self._request(command, body)
         if not isinstance(header, dict):
             raise ClientError(f"bad response header from the agent: {header!r}")
         error = header.get("Error") or ""
@@ -254,16 +258,7 @@ class RPCClient:
     def call_keeping_body(self, command: str, body: Any = None) -> tuple[str, Any]:
         """One request whose body comes even with an error (the key commands):
         (error text or "", body)."""
-        seq = self._seq
-        self._seq += 1
-        data = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
-        if body is not None:
-            data += msgpack.packb(body, use_bin_type=True)
-        try:
-            self.sock.sendall(data)
-        except OSError as e:
-            raise ConnectionClosed(f"connection to {self.name} failed: {e}") from None
-        header = self._read()
+        seq, header = self._request(command, body)
         if not isinstance(header, dict) or header.get("Seq") != seq:
             raise ClientError(f"bad response header from the agent: {header!r}")
         error = str(header.get("Error") or "")
