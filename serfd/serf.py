@@ -190,6 +190,20 @@ _RELAY_HEADER = (Field("dest_addr", "DestAddr", ANY), Field("dest_name", "DestNa
 _UDP_ADDR = (Field("ip", "IP", BYTES), Field("port", "Port", UINT16))
 
 
+def _in_window(clock: LamportClock, min_time: int, buffer_size: int, ltime: int,
+               kind: str, name: str) -> bool:
+    """Witness ``ltime``; False if it is before ``min_time`` or older than the dedup ring
+    can remember (Serf's rule for both user events and queries)."""
+    clock.witness(ltime)
+    if ltime < min_time:
+        return False
+    cur = clock.time()
+    if cur > buffer_size and ltime < cur - buffer_size:
+        log.warning("received old %s %s from time %d (current: %d)", kind, name, ltime, cur)
+        return False
+    return True
+
+
 def _node_addr(node: Node) -> str:
     addr: Any = node.addr
     if isinstance(addr, (bytes, bytearray)):
@@ -756,15 +770,10 @@ class Serf:
     # ------------------------------------------------------------------ events and queries
 
     def _handle_user_event(self, msg: MessageUserEvent, now: float) -> bool:
-        self.event_clock.witness(msg.ltime)
-        if msg.ltime < self._event_min_time:
+        if not _in_window(self.event_clock, self._event_min_time, len(self._event_buffer),
+                          msg.ltime, "event", msg.name):
             return False
-        cur = self.event_clock.time()
-        size = len(self._event_buffer)
-        if cur > size and msg.ltime < cur - size:
-            log.warning("received old event %s from time %d (current: %d)", msg.name, msg.ltime, cur)
-            return False
-        idx = msg.ltime % size
+        idx = msg.ltime % len(self._event_buffer)
         slot = self._event_buffer[idx]
         rec = UserEventRecord(msg.name, msg.payload)
         if slot is not None and slot.ltime == msg.ltime:
@@ -904,15 +913,10 @@ class Serf:
 
     def _handle_query(self, msg: MessageQuery, now: float) -> bool:
         """Dedup, filter, ack and deliver a query; True if it should be re-gossiped."""
-        self.query_clock.witness(msg.ltime)
-        if msg.ltime < self._query_min_time:
+        if not _in_window(self.query_clock, self._query_min_time, len(self._query_buffer),
+                          msg.ltime, "query", msg.name):
             return False
-        cur = self.query_clock.time()
-        size = len(self._query_buffer)
-        if cur > size and msg.ltime < cur - size:
-            log.warning("received old query %s from time %d (current: %d)", msg.name, msg.ltime, cur)
-            return False
-        idx = msg.ltime % size
+        idx = msg.ltime % len(self._query_buffer)
         slot = self._query_buffer[idx]
         if slot is not None and slot[0] == msg.ltime:
             if msg.id in slot[1]:
