@@ -17,6 +17,14 @@ event of a batch, or ``quiescent`` (1 s) after the latest one, whichever comes f
 
 The agent asks :meth:`Coalescer.deadline` for its timer and calls
 :meth:`Coalescer.flush` at or after it.
+
+Bounds (beyond Serf, whose maps grow with whatever peers send): a batch holds at
+most ``max_pending`` members or user events; when it is :meth:`full`, the agent
+flushes it at once (``flush(now, force=True)``), so nothing is lost, only batched
+earlier. The member coalescer's memory of what it last delivered per member
+forgets a member once its ``member-reap`` is delivered, and keeps at most
+``MAX_DELIVERED`` names (the least recently updated go first; forgetting one can
+only let a repeated event of the same type through).
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ __all__ = ["COALESCE_PERIOD", "QUIESCENT_PERIOD", "MemberCoalescer", "UserCoales
 
 COALESCE_PERIOD = 3.0  # agent: CoalescePeriod for member and user events
 QUIESCENT_PERIOD = 1.0  # agent: QuiescentPeriod
+
+MAX_PENDING = 4096  # members (or user events) in one batch before it is flushed early
+MAX_DELIVERED = 65536  # members whose last delivered event type is remembered
 
 _MEMBER_TYPES = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
 
@@ -61,6 +72,8 @@ class MemberCoalescer:
 
     period: float = COALESCE_PERIOD
     quiescent: float = QUIESCENT_PERIOD
+    max_pending: int = MAX_PENDING
+    max_delivered: int = MAX_DELIVERED
     _window: _Window = field(init=False)
     _latest: dict[str, tuple[str, Member]] = field(default_factory=dict)
     _delivered: dict[str, str] = field(default_factory=dict)
@@ -80,19 +93,28 @@ class MemberCoalescer:
     def deadline(self) -> float | None:
         return self._window.deadline()
 
-    def flush(self, now: float) -> list[MemberEvent]:
-        """The coalesced events if the deadline has come (else nothing)."""
+    def full(self) -> bool:
+        """The batch reached max_pending members: flush it now."""
+        return len(self._latest) >= self.max_pending
+
+    def flush(self, now: float, force: bool = False) -> list[MemberEvent]:
+        """The coalesced events if the deadline has come or ``force`` (else nothing)."""
         due = self._window.deadline()
-        if due is None or now < due:
+        if due is None or (now < due and not force):
             return []
         self._window.reset()
         grouped: dict[str, list[Member]] = {}
+        delivered = self._delivered
         for name, (etype, member) in self._latest.items():
-            if self._delivered.get(name) == etype and etype != "member-update":
+            if delivered.get(name) == etype and etype != "member-update":
                 continue
-            self._delivered[name] = etype
+            delivered.pop(name, None)  # re-inserted last: the oldest are forgotten first
+            if etype != "member-reap":  # a reaped member is gone: nothing to compare with
+                delivered[name] = etype
             grouped.setdefault(etype, []).append(member)
         self._latest.clear()
+        while len(delivered) > self.max_delivered:
+            del delivered[next(iter(delivered))]
         return [MemberEvent(t, tuple(ms)) for t, ms in grouped.items()]
 
 
@@ -102,8 +124,10 @@ class UserCoalescer:
 
     period: float = COALESCE_PERIOD
     quiescent: float = QUIESCENT_PERIOD
+    max_pending: int = MAX_PENDING
     _window: _Window = field(init=False)
     _latest: dict[str, tuple[int, list[UserEvent]]] = field(default_factory=dict)
+    _count: int = 0  # events held in _latest
 
     def __post_init__(self) -> None:
         self._window = _Window(self.period, self.quiescent)
@@ -115,19 +139,27 @@ class UserCoalescer:
     def add(self, ev: UserEvent, now: float) -> None:
         cur = self._latest.get(ev.name)
         if cur is None or ev.ltime > cur[0]:
+            self._count += 1 - (len(cur[1]) if cur is not None else 0)
             self._latest[ev.name] = (ev.ltime, [ev])
         elif ev.ltime == cur[0]:
             cur[1].append(ev)
+            self._count += 1
         self._window.touch(now)
 
     def deadline(self) -> float | None:
         return self._window.deadline()
 
-    def flush(self, now: float) -> list[UserEvent]:
+    def full(self) -> bool:
+        """The batch reached max_pending events: flush it now."""
+        return self._count >= self.max_pending
+
+    def flush(self, now: float, force: bool = False) -> list[UserEvent]:
+        """The coalesced events if the deadline has come or ``force`` (else nothing)."""
         due = self._window.deadline()
-        if due is None or now < due:
+        if due is None or (now < due and not force):
             return []
         self._window.reset()
         out = [ev for _, evs in self._latest.values() for ev in evs]
         self._latest.clear()
+        self._count = 0
         return out

@@ -4,6 +4,8 @@ As in Serf's agent, the coalescers (serfd.coalesce) sit in front of every consum
 member events and ``coalesce=true`` user events are batched (3 s period, 1 s
 quiescence); queries and other user events go straight through. Delivery never
 waits: handlers are started as tasks (serfd.handlers), listeners are plain calls.
+A batch that reaches its coalescer's bound (``coalesce.MAX_PENDING``) is delivered
+at once, so a peer cannot grow it.
 """
 
 from __future__ import annotations
@@ -33,13 +35,18 @@ class Dispatcher:
         listeners: list[Callable[[AnyEvent], None]],
         *,
         coalesce: bool = True,
+        counters: dict[str, int] | None = None,
+        member_coalescer: MemberCoalescer | None = None,
+        user_coalescer: UserCoalescer | None = None,
     ) -> None:
         self._loop = loop
         self.runner = runner
         self.listeners = listeners
         self.coalesce = coalesce
-        self._member = MemberCoalescer()
-        self._user = UserCoalescer()
+        # "event_delivery_errors": a handler runner or listener raised (our bug, logged too).
+        self.counters = counters if counters is not None else {}
+        self._member = member_coalescer if member_coalescer is not None else MemberCoalescer()
+        self._user = user_coalescer if user_coalescer is not None else UserCoalescer()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -49,8 +56,14 @@ class Dispatcher:
         now = self._loop.time()
         if self.coalesce and isinstance(ev, MemberEvent) and self._member.handles(ev):
             self._member.add(ev, now)
+            if self._member.full():
+                for out in self._member.flush(now, force=True):
+                    self._deliver(out)
         elif self.coalesce and isinstance(ev, UserEvent) and self._user.handles(ev):
             self._user.add(ev, now)
+            if self._user.full():
+                for uev in self._user.flush(now, force=True):
+                    self._deliver(uev)
         else:
             self._deliver(ev)
             return
@@ -77,13 +90,18 @@ class Dispatcher:
     def _deliver(self, ev: AnyEvent) -> None:
         try:
             self.runner.dispatch(ev)
-        except Exception:
+        except Exception:  # our bug: the other consumers still get the event
+            self._count_error()
             log.exception("handler dispatch failed")
         for cb in list(self.listeners):
             try:
                 cb(ev)
-            except Exception:
+            except Exception:  # our bug: the other consumers still get the event
+                self._count_error()
                 log.exception("event listener failed")
+
+    def _count_error(self) -> None:
+        self.counters["event_delivery_errors"] = self.counters.get("event_delivery_errors", 0) + 1
 
     def close(self) -> None:
         if self._timer is not None:

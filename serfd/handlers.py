@@ -18,7 +18,7 @@ Payloads never go on a command line.
 Unlike Serf (serf#369), handlers never wait for one another:
 
 * each run is an asyncio subprocess in its own session (so its own process group);
-  at most ``max_concurrent`` run at once, the rest wait for a slot;
+  at most ``max_concurrent`` run at once, the rest wait for a slot in a backlog;
 * a run that outlives ``timeout`` has its whole process group killed (SIGKILL) and
   an error logged;
 * one handler's *member* events are run one after another, in order (a
@@ -28,6 +28,20 @@ Unlike Serf (serf#369), handlers never wait for one another:
   of a run that exits 0 is the response.
 
 Nothing here blocks the event loop: gossip and RPC go on while handlers run.
+
+Bounds (a peer can send events faster than handlers run; what is cut is counted
+in the agent's counters and logged, rate-limited, by a ``DropLog``):
+
+* the backlog of user-event and query runs waiting for a slot holds at most
+  ``BACKLOG`` (handler, event) pairs; a run that does not fit is dropped
+  (``handler_backlog_user``, ``handler_backlog_query``: that query gets no
+  response from this handler);
+* a query whose deadline passed while it waited is not run (``handler_query_expired``):
+  nobody would get its response;
+* each handler keeps at most ``MEMBER_BACKLOG`` member events behind the one it
+  runs; when more come, the oldest waiting one is dropped (``handler_member_backlog``),
+  so the script sees the latest membership rather than a stale queue;
+* tasks exist only for runs that hold a slot: at most ``max_concurrent``.
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from pathlib import Path
 from serfd.events import AnyEvent, EventFilter, event_type, matches_any, parse_filters
 from serfd.member import Member
 from serfd.query import IncomingQuery
+from serfd.ratelog import DropLog
 from serfd.serf import MemberEvent, UserEvent
 
 __all__ = ["Handler", "HandlerRunner", "event_env", "event_stdin", "parse_handlers"]
@@ -56,6 +71,11 @@ log = logging.getLogger("serfd.handlers")
 MAX_OUTPUT = 64 * 1024  # stdout kept for a query response (the rest is read and dropped)
 _PIPE_GRACE = 1.0  # seconds to finish reading pipes after the handler itself exited
 _SANITIZE = re.compile(r"[^A-Z0-9_]")
+# Our bounds (Serf has none: its agent runs handlers one at a time and stalls the
+# event channel instead). With the default 16 slots, 256 waiting runs is 16 rounds of
+# work; payloads are at most the user event / query size limits (512 / 1024 bytes).
+BACKLOG = 256  # user-event and query runs waiting for a slot, all handlers together
+MEMBER_BACKLOG = 128  # member events waiting behind a handler's running one, per handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +150,12 @@ class _Chain:
     """Member events waiting for one handler, run strictly in order."""
 
     pending: deque[MemberEvent] = field(default_factory=deque)
-    running: bool = False
+    running: bool = False  # a step is queued for a slot or running
+
+
+# A unit of work waiting for a slot: one run of a handler for a user event or query,
+# or the next step of a handler's member-event chain (at most one per handler).
+_Job = tuple[Handler, AnyEvent | _Chain]
 
 
 class HandlerRunner:
@@ -146,18 +171,36 @@ class HandlerRunner:
         self_member: Callable[[], Member],
         respond: Callable[[IncomingQuery, bytes, str], None],
         spawn: Callable[[Awaitable[None]], object],
+        drops: DropLog | None = None,
+        now: Callable[[], float] | None = None,
+        backlog: int = BACKLOG,
+        member_backlog: int = MEMBER_BACKLOG,
     ) -> None:
         self.handlers = handlers
         self.handlers_dir = handlers_dir
         self.timeout = timeout
-        self._slots = asyncio.Semaphore(max_concurrent)
         self._max = max_concurrent
         self._self_member = self_member
         self._respond = respond
         self._spawn = spawn
+        self._drops = drops if drops is not None else DropLog(log)
+        self._now = now if now is not None else (lambda: asyncio.get_running_loop().time())
+        self.backlog_limit = backlog
+        self.member_backlog_limit = member_backlog
         self._chains: dict[Handler, _Chain] = {}
+        self._backlog: deque[_Job] = deque()  # FIFO; chain steps are not counted in the cap
+        self._queued_runs = 0  # user-event/query runs in _backlog
         self.running = 0
         self.counters = {"runs": 0, "failed": 0, "timed_out": 0}
+
+    @property
+    def queued(self) -> int:
+        """User-event and query runs waiting for a slot."""
+        return self._queued_runs
+
+    def pending_member_events(self) -> int:
+        """Member events waiting in every handler's chain."""
+        return sum(len(c.pending) for c in self._chains.values())
 
     def update(self, handlers: tuple[Handler, ...], handlers_dir: Path, *,
                max_concurrent: int, timeout: float) -> None:
@@ -165,31 +208,74 @@ class HandlerRunner:
         self.handlers = handlers
         self.handlers_dir = handlers_dir
         self.timeout = timeout
-        if max_concurrent != self._max:
-            self._slots = asyncio.Semaphore(max_concurrent)
-            self._max = max_concurrent
+        self._max = max_concurrent
         self._chains = {h: c for h, c in self._chains.items() if c.running or c.pending}
+        self._start_ready()
 
     def dispatch(self, ev: AnyEvent) -> None:
-        """Start every handler whose filters match ``ev`` (never waits)."""
+        """Start (or queue) every handler whose filters match ``ev`` (never waits)."""
         for h in self.handlers:
             if not matches_any(h.filters, ev):
                 continue
             if isinstance(ev, MemberEvent):
-                chain = self._chains.setdefault(h, _Chain())
-                chain.pending.append(ev)
-                if not chain.running:
-                    chain.running = True
-                    self._spawn(self._run_chain(h, chain))
+                self._add_member_event(h, ev)
+            elif self._queued_runs >= self.backlog_limit:
+                self._drop_run(h, ev)
             else:
-                self._spawn(self._run(h, ev))
+                self._backlog.append((h, ev))
+                self._queued_runs += 1
+        self._start_ready()
 
-    async def _run_chain(self, h: Handler, chain: _Chain) -> None:
+    def _add_member_event(self, h: Handler, ev: MemberEvent) -> None:
+        chain = self._chains.setdefault(h, _Chain())
+        if len(chain.pending) >= self.member_backlog_limit:
+            old = chain.pending.popleft()
+            self._drops.drop("handler_member_backlog", self._now(),
+                             "handler %s: %d member events waiting; dropped the oldest (%s)",
+                             h.label, len(chain.pending) + 1, old.type)
+        chain.pending.append(ev)
+        if not chain.running:
+            chain.running = True
+            self._backlog.append((h, chain))
+
+    def _drop_run(self, h: Handler, ev: AnyEvent) -> None:
+        if isinstance(ev, IncomingQuery):
+            self._drops.drop("handler_backlog_query", self._now(),
+                             "handler %s: %d runs waiting for a slot; dropped query %s "
+                             "(no response from this handler)", h.label, self._queued_runs,
+                             ev.name)
+        else:
+            self._drops.drop("handler_backlog_user", self._now(),
+                             "handler %s: %d runs waiting for a slot; dropped %s",
+                             h.label, self._queued_runs, event_type(ev))
+
+    def _start_ready(self) -> None:
+        while self.running < self._max and self._backlog:
+            h, item = self._backlog.popleft()
+            if isinstance(item, _Chain):
+                ev: AnyEvent = item.pending.popleft()
+            else:
+                self._queued_runs -= 1
+                ev = item
+                if isinstance(ev, IncomingQuery) and self._now() > ev.deadline:
+                    self._drops.drop("handler_query_expired", self._now(),
+                                     "handler %s: query %s expired while waiting for a slot",
+                                     h.label, ev.name)
+                    continue
+            self.running += 1
+            self._spawn(self._run(h, ev, item if isinstance(item, _Chain) else None))
+
+    async def _run(self, h: Handler, ev: AnyEvent, chain: _Chain | None) -> None:
         try:
-            while chain.pending:
-                await self._run(h, chain.pending.popleft())
+            await self._exec(h, ev)
         finally:
-            chain.running = False
+            self.running -= 1
+            if chain is not None:
+                if chain.pending:
+                    self._backlog.append((h, chain))  # its next step waits its turn
+                else:
+                    chain.running = False
+            self._start_ready()
 
     def _argv(self, h: Handler) -> list[str]:
         if isinstance(h.command, str):
@@ -203,14 +289,6 @@ class HandlerRunner:
         if "/" not in argv[0] and (self.handlers_dir / argv[0]).is_file():
             argv[0] = str(self.handlers_dir / argv[0])
         return argv
-
-    async def _run(self, h: Handler, ev: AnyEvent) -> None:
-        async with self._slots:
-            self.running += 1
-            try:
-                await self._exec(h, ev)
-            finally:
-                self.running -= 1
 
     async def _exec(self, h: Handler, ev: AnyEvent) -> None:
         what = event_type(ev) + (f" {ev.name}" if isinstance(ev, UserEvent | IncomingQuery) else "")
