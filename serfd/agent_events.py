@@ -28,6 +28,7 @@ from serfd.handlers import HandlerRunner, parse_handlers
 from serfd.member import Member
 from serfd.monitor import LogRing
 from serfd.query import INTERNAL_PREFIX, IncomingQuery, PendingQuery, QueryParam, QueryRecord
+from serfd.ratelog import DropLog
 from serfd.rpc import RPCError
 from serfd.serf import SerfError, SerfState
 from serfd.serf_messages import MessageQueryResponse
@@ -47,6 +48,7 @@ class EventsMixin:
 
     config: Config
     config_dir: Path | None
+    counters: dict[str, int]  # the agent's drop counters (serfctl info: dropped_<key>)
     serf: Serf
     listeners: list[Callable[[AnyEvent], None]]
     reload_hooks: list[Callable[[Config, Config], None]]
@@ -70,7 +72,8 @@ class EventsMixin:
     def _start_events(self, loop: asyncio.AbstractEventLoop) -> None:
         self._queries: dict[PendingQuery, Callable[[QueryRecord], None]] = {}
         self._query_flush_scheduled = False
-        self.log_ring = LogRing()
+        self.event_drops = DropLog(log, self.counters)
+        self.log_ring = LogRing(loop=loop, counters=self.counters)
         logging.getLogger().addHandler(self.log_ring)
         try:
             handlers = parse_handlers(self.config.handlers)
@@ -85,8 +88,11 @@ class EventsMixin:
             self_member=self._self_member,
             respond=self._handler_respond,
             spawn=self._spawn,
+            drops=self.event_drops,
+            now=loop.time,
         )
-        self.dispatcher = Dispatcher(loop, self.handler_runner, self.listeners)
+        self.dispatcher = Dispatcher(loop, self.handler_runner, self.listeners,
+                                     counters=self.counters)
         self.reload_hooks.append(self._reload_events)
         for h in handlers:
             log.info("handler: events '%s' run %s", h.route, h.label.split("=", 1)[1])
@@ -138,7 +144,9 @@ class EventsMixin:
             for rec in pq.drain():
                 try:
                     cb(rec)
-                except Exception:
+                except Exception:  # our bug: the other queries' records still go out
+                    self.counters["event_delivery_errors"] = (
+                        self.counters.get("event_delivery_errors", 0) + 1)
                     log.exception("query record callback failed")
             if pq.finished:
                 del self._queries[pq]
@@ -209,9 +217,10 @@ class EventsMixin:
                         "truncated to %d bytes", label, q.name, len(out), limit, len(payload))
         try:
             self.serf.respond(q, payload, self._now())
-        except SerfError as e:
-            log.warning("handler %s: failed to respond to query %s: %s (response dropped)",
-                        label, q.name, e)
+        except SerfError as e:  # a late or repeated answer; a flood must not flood the log
+            self.event_drops.drop("handler_response", self._now(),
+                                  "handler %s: failed to respond to query %s: %s "
+                                  "(response dropped)", label, q.name, e)
             return
         self._pump()
 
