@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import hmac
 import ipaddress
 import logging
 import os
@@ -56,6 +57,7 @@ from serfd.events import matches_any, parse_filters
 from serfd.member import Member
 from serfd.monitor import MONITOR_LEVELS
 from serfd.query import IncomingQuery, QueryParam, QueryRecord
+from serfd.ratelog import DropLog
 from serfd.serf import UserEvent
 
 __all__ = [
@@ -87,7 +89,14 @@ ERR_MONITOR_EXISTS = "Monitor already exists"
 ERR_INVALID_FILTER = "Invalid event filter"
 ERR_STREAM_EXISTS = "Stream with given sequence exists"
 ERR_INVALID_QUERY_ID = "No pending queries matching ID"
-STREAM_BUFFER_LIMIT = 1 << 20  # bytes of unread stream records before records are dropped
+# Records of `stream`, `monitor` and query streams are written without waiting; once a
+# client leaves this many bytes unread, records are dropped (Serf: a 512-record channel
+# per stream, "Dropping event to ..."). A record always fits in an empty buffer, so
+# the bound is this or one record, whichever is larger.
+STREAM_BUFFER_LIMIT = 1 << 20
+# Queries delivered to one connection's streams that it may still `respond` to (Serf
+# keeps every one until its deadline); past this the oldest is forgotten.
+MAX_OPEN_QUERIES = 1024
 
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _LOG = logging.getLogger("serfd.rpc")
@@ -101,6 +110,8 @@ COUNTER_KEYS = (
     "truncated_request",  # peer closed in the middle of a request
     "request_timeout",  # a request left incomplete for REQUEST_TIMEOUT
     "slow_client",  # a client that did not read its responses within WRITE_TIMEOUT
+    "stream_slow_client",  # stream/monitor/query records dropped: the client is not reading
+    "stream_query_evicted",  # a delivered query forgotten (MAX_OPEN_QUERIES per connection)
     "handshake_required",  # command before handshake (connection closed)
     "unsupported_command",  # unknown or not-yet-served command (connection closed)
     "bad_regex",  # members-filtered with a regex that does not compile (closed)
@@ -416,16 +427,57 @@ class _Conn:
         self.queries: dict[int, IncomingQuery] = {}  # respond IDs (per connection, from 1)
         self.next_query_id = 1
         self.current_seq = 0  # Seq of the request being served
+        self.stalled = False  # a stream record was dropped; see push()
 
-    def push(self, seq: int, body: Any) -> None:
-        """Write one stream record now (no waiting); dropped if the client is not reading."""
+    def push(self, seq: int, make_body: Callable[[], Any]) -> bool:
+        """Write one stream record now (no waiting); False if dropped (client not reading).
+
+        A record goes out whole only if it fits under STREAM_BUFFER_LIMIT (an empty
+        buffer takes any record). Once one did not fit, the connection is stalled:
+        records are dropped without being built until the client has read half of what
+        is buffered, so a client that stopped reading costs a size check per record.
+        """
         transport = self.writer.transport
         if transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > STREAM_BUFFER_LIMIT:
-            self.server.counters["slow_client"] += 1
-            return
-        self.writer.write(_pack_header(seq, "") + _pack(body))
+            return False
+        buffered = transport.get_write_buffer_size()
+        if self.stalled:
+            if buffered > STREAM_BUFFER_LIMIT // 2:
+                self._dropped(seq)
+                return False
+            self.stalled = False
+        data = _pack_header(seq, "") + _pack(make_body())
+        if buffered and buffered + len(data) > STREAM_BUFFER_LIMIT:
+            self.stalled = True
+            self._dropped(seq)
+            return False
+        self.writer.write(data)
+        return True
+
+    def _dropped(self, seq: int) -> None:
+        self.server.drops.drop("stream_slow_client", self.server.now(),
+                               "dropping event to slow client %s (stream %d): over %d bytes "
+                               "unread", self.peer, seq, STREAM_BUFFER_LIMIT)
+
+    def open_query(self, q: IncomingQuery) -> int:
+        """Remember a delivered query for ``respond``; its ID (the oldest go past the cap)."""
+        queries = self.queries
+        now = self.server.now()
+        # Forget expired ones from the front (IDs are in delivery order), then the oldest.
+        while queries:
+            first = next(iter(queries))
+            live = queries[first].deadline >= now - 1.0
+            if live and len(queries) < MAX_OPEN_QUERIES:
+                break
+            if live:
+                self.server.drops.drop("stream_query_evicted", now,
+                                       "client %s: over %d open queries; forgot query %s",
+                                       self.peer, MAX_OPEN_QUERIES, queries[first].name)
+            del queries[first]
+        qid = self.next_query_id
+        self.next_query_id += 1
+        queries[qid] = q
+        return qid
 
     def close_streams(self) -> None:
         for unsubscribe in list(self.streams.values()):
@@ -502,6 +554,7 @@ class RPCServer:
         self.request_timeout = request_timeout
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_KEYS, 0)
         self.activity: dict[str, int] = dict.fromkeys(ACTIVITY_KEYS, 0)
+        self.drops = DropLog(log, self.counters)  # rate-limited lines for counted drops
         self._servers: list[asyncio.Server] = []
         self._conns: dict[asyncio.Task[Any], _Conn] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -557,6 +610,11 @@ class RPCServer:
         bound = server.sockets[0].getsockname()
         self._tcp_addr = (bound[0], bound[1])
         self.log.info("RPC listening on tcp:%s:%d", bound[0], bound[1])
+
+    @staticmethod
+    def now() -> float:
+        """The loop's clock (for rate-limited logs and query deadlines)."""
+        return asyncio.get_running_loop().time()
 
     @property
     def tcp_address(self) -> tuple[str, int] | None:
@@ -686,7 +744,10 @@ class RPCServer:
     async def _auth(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
         if conn.unix:  # guarded by the socket's file mode: any token will do
             return _Reply()
-        if req["AuthKey"] == (self.auth_key or ""):  # Serf compares with its key, "" if none
+        # Serf compares with its key, "" if none. In constant time: how long a wrong token
+        # takes to refuse must not tell how much of it was right.
+        if hmac.compare_digest(req["AuthKey"].encode("utf-8", "surrogateescape"),
+                               (self.auth_key or "").encode("utf-8", "surrogateescape")):
             conn.authed = True
             return _Reply()
         self.counters["auth_failed"] += 1
@@ -775,7 +836,8 @@ class RPCServer:
         )
 
         def on_record(rec: QueryRecord) -> None:
-            conn.push(seq, {"From": rec.from_, "Payload": rec.payload or None, "Type": rec.type})
+            conn.push(seq, lambda: {"From": rec.from_, "Payload": rec.payload or None,
+                                    "Type": rec.type})
 
         try:
             self.agent.query(req["Name"], req["Payload"], param, on_record)
@@ -795,6 +857,7 @@ class RPCServer:
             self.agent.respond(q, req["Payload"])
         except RPCError as e:
             return _Reply(str(e))
+        conn.queries.pop(req["ID"], None)  # answered: Serf forgets it too
         return _Reply()
 
     async def _stream(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
@@ -809,7 +872,12 @@ class RPCServer:
         def on_event(ev: Any) -> None:
             if not matches_any(filters, ev):
                 return
-            conn.push(seq, self._event_record(conn, ev))
+            if isinstance(ev, IncomingQuery):
+                qid = conn.next_query_id
+                if conn.push(seq, lambda: _query_record(qid, ev)):
+                    conn.open_query(ev)  # only a query the client saw can be answered
+            else:
+                conn.push(seq, lambda: _event_record(ev))
 
         # Register once the OK header is out (as Serf does), so no record precedes it.
         async def register() -> None:
@@ -817,21 +885,6 @@ class RPCServer:
 
         conn.streams[seq] = lambda: None
         return _Reply(after=register)
-
-    def _event_record(self, conn: _Conn, ev: Any) -> dict[str, Any]:
-        if isinstance(ev, IncomingQuery):
-            qid = conn.next_query_id
-            conn.next_query_id += 1
-            conn.queries[qid] = ev
-            now = asyncio.get_running_loop().time()
-            for old in [k for k, q in conn.queries.items() if q.deadline < now - 1.0]:
-                del conn.queries[old]
-            return {"Event": "query", "ID": qid, "LTime": ev.ltime, "Name": ev.name,
-                    "Payload": ev.payload or None}
-        if isinstance(ev, UserEvent):
-            return {"Coalesce": ev.coalesce, "Event": "user", "LTime": ev.ltime,
-                    "Name": ev.name, "Payload": ev.payload or None}
-        return {"Event": ev.type, "Members": [encode_member(m) for m in ev.members]}
 
     async def _monitor(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
         seq = conn.current_seq
@@ -842,13 +895,27 @@ class RPCServer:
             return _Reply(ERR_MONITOR_EXISTS)
         conn.monitor_seq = seq
 
+        def on_line(line: str) -> None:
+            conn.push(seq, lambda: {"Log": line})
+
         async def register() -> None:
             if conn.monitor_seq == seq:
-                conn.streams[seq] = self.agent.subscribe_logs(
-                    level, lambda line: conn.push(seq, {"Log": line}))
+                conn.streams[seq] = self.agent.subscribe_logs(level, on_line)
 
         conn.streams[seq] = lambda: None
         return _Reply(after=register)
+
+
+def _query_record(qid: int, q: IncomingQuery) -> dict[str, Any]:
+    return {"Event": "query", "ID": qid, "LTime": q.ltime, "Name": q.name,
+            "Payload": q.payload or None}
+
+
+def _event_record(ev: Any) -> dict[str, Any]:
+    if isinstance(ev, UserEvent):
+        return {"Coalesce": ev.coalesce, "Event": "user", "LTime": ev.ltime,
+                "Name": ev.name, "Payload": ev.payload or None}
+    return {"Event": ev.type, "Members": [encode_member(m) for m in ev.members]}
 
 
 # ---------------------------------------------------------------------------
