@@ -64,18 +64,31 @@ from serfd.logsetup import set_level
 from serfd.member import Member, MemberStatus
 from serfd.messages import ErrResp, MsgType
 from serfd.query import IncomingQuery, QueryParam
+from serfd.ratelog import DropLog
 from serfd.reload import plan_reload
 from serfd.rpc import RPCError, RPCServer
 from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
 from serfd.snapshot import Snapshotter, format_addr, read_snapshot
 from serfd.stream import StreamReader, encode_stream
-from serfd.swim import MemberlistConfig, StreamRequest
+from serfd.swim import MemberlistConfig, ProtocolError, StreamRequest
 from serfd.systemd import Notifier
 
 log = logging.getLogger("serfd.agent")
 
 STREAM_MAX_SIZE = 20 * 1024 * 1024  # memberlist refuses larger stream messages
 MAX_INBOUND_STREAMS = 128  # memberlist drops push/pulls beyond this many at once
+# Ours (memberlist starts a goroutine per stream, unbounded): TCP exchanges the agent
+# opens for the core (push/pull, fallback pings, large user messages) and reconnects.
+# A healthy node has a handful at once; beyond this many the core is told "failed".
+MAX_OUTBOUND_STREAMS = 64
+# Ours: bytes of stream messages being read at once, inbound and outbound together
+# (128 peers x 20 MiB would otherwise be allowed). A push/pull of 5,000 members is
+# about 1 MiB.
+STREAM_BYTES_BUDGET = 64 * 1024 * 1024
+
+
+class _OverBudget(ConnectionError):
+    """Reading this stream would pass STREAM_BYTES_BUDGET."""
 
 
 def _private_ipv4() -> str | None:
@@ -141,7 +154,10 @@ class Agent(EventsMixin):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._inbound_streams = 0
+        self._inbound_streams = 0  # _on_stream tasks (MAX_INBOUND_STREAMS)
+        self._outbound_streams = 0  # _outbound_stream + _reconnect tasks (MAX_OUTBOUND_STREAMS)
+        self._stream_bytes = 0  # bytes held by stream reads in progress (STREAM_BYTES_BUDGET)
+        self.stream_drops = DropLog(log, self.counters)
         self._stop = asyncio.Event()
         self._exit_code = 0
         self._left = asyncio.Event()
@@ -340,8 +356,17 @@ class Agent(EventsMixin):
                 except OSError as e:
                     log.debug("udp send to %s failed: %s", addr, e)
         for req in ml.streams_to_open():
+            if self._outbound_streams >= MAX_OUTBOUND_STREAMS:
+                self._refuse_outbound(f"{req.kind} to {req.addr[0]}:{req.addr[1]}")
+                self._loop.call_soon(self._stream_failed, req.token)  # type: ignore[union-attr]
+                continue
+            self._outbound_streams += 1
             self._spawn(self._outbound_stream(req))
         for name, ip, port in serf.joins_to_attempt():
+            if self._outbound_streams >= MAX_OUTBOUND_STREAMS:
+                self._refuse_outbound(f"reconnect to {name}")
+                continue
+            self._outbound_streams += 1
             self._spawn(self._reconnect(name, ip, port))
         while (ev := serf.next_event()) is not None:
             self._dispatch(ev)
@@ -384,23 +409,34 @@ class Agent(EventsMixin):
     async def _read_message(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
         sr = StreamReader(max_size=STREAM_MAX_SIZE, keyring=self.keyring,
                           verify_incoming=self.config.gossip_verify_incoming)
-        while True:
-            msg = sr.message()
-            if msg is not None:
-                return msg
-            timeout = deadline - self._now()
-            if timeout <= 0:
-                raise TimeoutError("stream read timed out")
-            chunk = await asyncio.wait_for(reader.read(65536), timeout)
-            if not chunk:
-                raise ConnectionError("connection closed mid-message")
-            sr.feed(chunk)
+        held = 0  # this read's share of _stream_bytes
+        try:
+            while True:
+                msg = sr.message()
+                if msg is not None:
+                    return msg
+                timeout = deadline - self._now()
+                if timeout <= 0:
+                    raise TimeoutError("stream read timed out")
+                chunk = await asyncio.wait_for(reader.read(65536), timeout)
+                if not chunk:
+                    raise ConnectionError("connection closed mid-message")
+                if self._stream_bytes + len(chunk) > STREAM_BYTES_BUDGET:
+                    raise _OverBudget(f"stream reads in progress hold over "
+                                      f"{STREAM_BYTES_BUDGET} bytes")
+                self._stream_bytes += len(chunk)
+                held += len(chunk)
+                sr.feed(chunk)
+        finally:
+            self._stream_bytes -= held
 
     async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         if self._inbound_streams >= MAX_INBOUND_STREAMS:
-            self._count("tcp_too_many")
-            writer.close()
+            self.stream_drops.drop("tcp_too_many", self._now(),
+                                   "refused a stream from %s: %d inbound streams already open",
+                                   peer, MAX_INBOUND_STREAMS)
+            writer.transport.abort()
             return
         self._inbound_streams += 1
         try:
@@ -408,16 +444,21 @@ class Agent(EventsMixin):
             try:
                 plain = await self._read_message(reader, deadline)
             except DecodeError as e:
-                self._count("tcp_bad_message")
                 if "ncrypt" in str(e) or "decrypt" in str(e):
                     # Most likely a node with another key (or none): say so, and tell the
                     # peer in an error response, as memberlist does.
-                    log.warning("refused stream from %s: %s", peer, e)
+                    self.stream_drops.drop("tcp_bad_message", self._now(),
+                                           "refused stream from %s: %s", peer, e)
                     with contextlib.suppress(Exception):
                         writer.write(self._encode_stream(ErrResp(error=str(e)).encode()))
                         await asyncio.wait_for(writer.drain(), 1.0)
                 else:
+                    self._count("tcp_bad_message")
                     log.debug("bad stream from %s: %s", peer, e)
+                return
+            except _OverBudget as e:
+                self.stream_drops.drop("tcp_over_budget", self._now(),
+                                       "dropped a stream from %s: %s", peer, e)
                 return
             except (TimeoutError, ConnectionError, OSError) as e:
                 log.debug("stream from %s failed: %s", peer, e)
@@ -461,7 +502,25 @@ class Agent(EventsMixin):
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _refuse_outbound(self, what: str) -> None:
+        self.stream_drops.drop("tcp_outbound_too_many", self._now(),
+                               "not opening %s: %d outbound streams already open",
+                               what, MAX_OUTBOUND_STREAMS)
+
+    def _stream_failed(self, token: int) -> None:
+        """An outbound stream we did not open: the core sees it fail (as a timeout)."""
+        self._stream_done(token, None)
+
+    def _stream_done(self, token: int, reply: bytes | None) -> None:
+        try:
+            self.serf.memberlist.stream_reply(token, reply, self._now())
+        except Exception:  # a bug in the core must not stop the loop
+            log.exception("core failed on a stream reply")
+            self._count("core_errors")
+        self._pump()
+
     async def _outbound_stream(self, req: StreamRequest) -> None:
+        """One exchange for the core; the caller counted it in _outbound_streams."""
         reply: bytes | None = None
         try:
             # The core gives each stream its own deadline (a fallback ping must answer
@@ -470,14 +529,14 @@ class Agent(EventsMixin):
                                     self.serf.config.memberlist.tcp_timeout))
             reply = await self._exchange(req.addr[0], req.addr[1], req.plain, req.expect_reply,
                                          timeout)
+        except _OverBudget as e:
+            self.stream_drops.drop("tcp_over_budget", self._now(),
+                                   "dropped the reply of %s:%d: %s", req.addr[0], req.addr[1], e)
         except (DecodeError, TimeoutError, ConnectionError, OSError) as e:
             log.debug("stream to %s:%d failed: %s", req.addr[0], req.addr[1], e)
-        try:
-            self.serf.memberlist.stream_reply(req.token, reply, self._now())
-        except Exception:
-            log.exception("core failed on a stream reply")
-            self._count("core_errors")
-        self._pump()
+        finally:
+            self._outbound_streams -= 1
+        self._stream_done(req.token, reply)
 
     async def _push_pull_join(self, host: str, port: int) -> None:
         """One memberlist join: push/pull with Join=true, then merge the reply."""
@@ -546,9 +605,17 @@ class Agent(EventsMixin):
         return str(e) or e.__class__.__name__
 
     async def _reconnect(self, name: str, ip: str, port: int) -> None:
-        with contextlib.suppress(Exception):
+        """One reconnect attempt; the caller counted it in _outbound_streams."""
+        try:
             await self._push_pull_join(ip, port)
             log.info("reconnected to %s (%s:%d)", name, ip, port)
+        except (DecodeError, ProtocolError, TimeoutError, ConnectionError, OSError) as e:
+            log.debug("reconnect to %s (%s:%d) failed: %s", name, ip, port, e)
+        except Exception:  # a bug in the core must not end the agent
+            self._count("core_errors")
+            log.exception("reconnect to %s (%s:%d) failed", name, ip, port)
+        finally:
+            self._outbound_streams -= 1
 
     async def _retry_join(self) -> None:
         attempts = 0

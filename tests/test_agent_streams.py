@@ -1,0 +1,140 @@
+"""The agent's TCP stream tasks are bounded: outbound exchanges it opens for the core
+(push/pull, fallback pings) and reconnects, inbound gossip connections, and the bytes
+all stream reads hold together. What is refused is counted.
+
+An in-process Agent on 127.0.0.1 (ephemeral ports, a temporary state directory); the
+core's stream requests and the exchange itself are faked where a peer would be needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+import serfd.agent as agent_mod
+from serfd.agent import MAX_INBOUND_STREAMS, MAX_OUTBOUND_STREAMS, Agent
+from serfd.config import Config
+from serfd.stream import encode_user_stream
+from serfd.swim import StreamRequest
+from serfd.systemd import Notifier
+
+
+@contextlib.asynccontextmanager
+async def running_agent() -> AsyncIterator[Agent]:
+    with tempfile.TemporaryDirectory(prefix="ags") as d:
+        cfg = Config(node_name="a", bind=("127.0.0.1", 0), state_dir=Path(d),
+                     rpc_socket=Path(d) / "s.sock", log_level="warn")
+        agent = Agent(cfg, notifier=Notifier())
+        await agent.start()
+        try:
+            yield agent
+        finally:
+            await agent._shutdown()
+
+
+async def until(pred: Callable[[], bool], what: str, limit: float = 10.0) -> None:
+    """Wait for real I/O to get somewhere (the limit only turns a hang into a failure)."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def tcp_port(agent: Agent) -> int:
+    assert agent._tcp_server is not None
+    return int(agent._tcp_server.sockets[0].getsockname()[1])
+
+
+def test_outbound_streams_and_reconnects_are_capped() -> None:
+    async def main() -> None:
+        async with running_agent() as agent:
+            gate = asyncio.Event()
+            started: list[tuple[str, int]] = []
+
+            async def stalled(host: str, port: int, plain: bytes, expect_reply: bool,
+                              timeout: float) -> bytes | None:
+                started.append((host, port))
+                await gate.wait()
+                return None
+
+            agent._exchange = stalled  # type: ignore[method-assign]
+            ml = agent.serf.memberlist
+            now = agent._now()
+            requests = [StreamRequest(10_000 + i, ("127.0.0.2", 7946), b"\x00", True,
+                                      now + 3600.0, "ping") for i in range(200)]
+            replies: list[tuple[int, bytes | None]] = []
+            once = [requests]
+            ml.streams_to_open = lambda: once.pop() if once else []  # type: ignore[method-assign]
+            ml.stream_reply = (  # type: ignore[method-assign]
+                lambda token, plain, now: replies.append((token, plain)))
+            reconnects = [[(f"n{i}", "127.0.0.3", 7946) for i in range(30)]]
+            agent.serf.joins_to_attempt = (  # type: ignore[method-assign]
+                lambda: reconnects.pop() if reconnects else [])
+            agent._pump()
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert len(started) == MAX_OUTBOUND_STREAMS
+            assert agent._outbound_streams == MAX_OUTBOUND_STREAMS
+            # The ones not opened failed at once, as far as the core is concerned.
+            assert sorted(t for t, _ in replies) == [10_000 + i for i in
+                                                     range(MAX_OUTBOUND_STREAMS, 200)]
+            assert agent.counters["tcp_outbound_too_many"] == 200 - MAX_OUTBOUND_STREAMS + 30
+            stats = agent.stats()["serfd"]
+            assert stats["dropped_tcp_outbound_too_many"] == str(200 - MAX_OUTBOUND_STREAMS + 30)
+            gate.set()
+            await until(lambda: agent._outbound_streams == 0, "streams to finish")
+            assert len(replies) == 200
+
+    asyncio.run(main())
+
+
+def test_inbound_connections_beyond_the_cap_are_refused_and_counted() -> None:
+    async def main() -> None:
+        async with running_agent() as agent:
+            port = tcp_port(agent)
+            conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+            for _ in range(MAX_INBOUND_STREAMS):
+                conns.append(await asyncio.open_connection("127.0.0.1", port))
+            await until(lambda: agent._inbound_streams == MAX_INBOUND_STREAMS, "held streams")
+            extra = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+            await until(lambda: agent.counters.get("tcp_too_many", 0) == 40, "refusals")
+            for r, _w in extra:  # closed by serfd at once, not held
+                with contextlib.suppress(ConnectionResetError):
+                    assert await r.read() == b""
+            assert agent._inbound_streams == MAX_INBOUND_STREAMS
+            for _r, w in conns + extra:
+                w.close()
+            await until(lambda: agent._inbound_streams == 0, "streams to close")
+
+    asyncio.run(main())
+
+
+def test_stream_reads_in_progress_share_one_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_mod, "STREAM_BYTES_BUDGET", 300_000)
+
+    async def main() -> None:
+        async with running_agent() as agent:
+            port = tcp_port(agent)
+            # Three peers each start a 1 MB user message and send 120 KB of it.
+            msg = encode_user_stream(b"u" * 1_000_000)
+            conns = []
+            for _ in range(3):
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(msg[:120_000])
+                await w.drain()
+                conns.append((r, w))
+            await until(lambda: agent.counters.get("tcp_over_budget", 0) == 1, "budget refusal")
+            assert agent._stream_bytes <= 300_000
+            await until(lambda: agent._inbound_streams == 2, "the refused stream to end")
+            for _r, w in conns:
+                w.close()
+            await until(lambda: agent._inbound_streams == 0, "streams to close")
+            assert agent._stream_bytes == 0
+
+    asyncio.run(main())
