@@ -85,6 +85,9 @@ MAX_OUTBOUND_STREAMS = 64
 # (128 peers x 20 MiB would otherwise be allowed). A push/pull of 5,000 members is
 # about 1 MiB.
 STREAM_BYTES_BUDGET = 64 * 1024 * 1024
+# Seconds a closing stream may take to hand its last bytes to the peer before it is
+# aborted (asyncio's close() waits for a peer that never reads forever).
+CLOSE_TIMEOUT = 1.0
 
 
 class _OverBudget(ConnectionError):
@@ -120,6 +123,18 @@ def parse_join_addr(text: str, default_port: int) -> tuple[str | None, str, int]
         host, _, p = text.partition(":")
         return name, host, int(p)
     return name, text, default_port
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a TCP stream; abort it if the peer does not take what is left in time."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+    except OSError:  # TimeoutError included: the peer is not reading, or the socket failed
+        writer.transport.abort()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -449,7 +464,7 @@ class Agent(EventsMixin):
                     # peer in an error response, as memberlist does.
                     self.stream_drops.drop("tcp_bad_message", self._now(),
                                            "refused stream from %s: %s", peer, e)
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(OSError):  # incl. TimeoutError: best effort
                         writer.write(self._encode_stream(ErrResp(error=str(e)).encode()))
                         await asyncio.wait_for(writer.drain(), 1.0)
                 else:
@@ -477,10 +492,10 @@ class Agent(EventsMixin):
         except (TimeoutError, ConnectionError, OSError) as e:
             log.debug("stream with %s: %s", peer, e)
         finally:
-            self._inbound_streams -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            try:
+                await _close(writer)
+            finally:
+                self._inbound_streams -= 1
 
     def _encode_stream(self, plain: bytes) -> bytes:
         # memberlist encrypts streams when a keyring is set and GossipVerifyOutgoing.
@@ -498,9 +513,7 @@ class Agent(EventsMixin):
                 return None
             return await self._read_message(reader, deadline)
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _close(writer)
 
     def _refuse_outbound(self, what: str) -> None:
         self.stream_drops.drop("tcp_outbound_too_many", self._now(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,10 +26,11 @@ from serfd.systemd import Notifier
 
 
 @contextlib.asynccontextmanager
-async def running_agent() -> AsyncIterator[Agent]:
+async def running_agent(profile: str = "lan", compress: bool = True) -> AsyncIterator[Agent]:
     with tempfile.TemporaryDirectory(prefix="ags") as d:
         cfg = Config(node_name="a", bind=("127.0.0.1", 0), state_dir=Path(d),
-                     rpc_socket=Path(d) / "s.sock", log_level="warn")
+                     rpc_socket=Path(d) / "s.sock", log_level="warn", profile=profile,
+                     enable_compression=compress)
         agent = Agent(cfg, notifier=Notifier())
         await agent.start()
         try:
@@ -136,5 +138,31 @@ def test_stream_reads_in_progress_share_one_byte_budget(monkeypatch: pytest.Monk
                 w.close()
             await until(lambda: agent._inbound_streams == 0, "streams to close")
             assert agent._stream_bytes == 0
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_never_reads_our_reply_does_not_hold_the_stream() -> None:
+    async def main() -> None:
+        async with running_agent(profile="local", compress=False) as agent:  # TCPTimeout 1 s
+            ml = agent.serf.memberlist
+            # Our reply (a push/pull of a big cluster, say) is more than the socket takes.
+            ml.receive_stream = lambda plain, addr, now: b"\x08" + b"r" * 8_000_000  # type: ignore[method-assign]
+            port = tcp_port(agent)
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            w.write(encode_user_stream(b"hello"))
+            await w.drain()
+            await until(lambda: agent._inbound_streams == 1, "the stream to be served")
+            # We never read. After its deadline, serfd gives up and aborts the connection:
+            # no task is left serving it.
+            def serving() -> int:
+                return sum(1 for t in asyncio.all_tasks() if "_on_stream" in repr(t.get_coro()))
+
+            assert serving() == 1
+            await until(lambda: serving() == 0, "serfd to let go", limit=15.0)
+            assert agent._inbound_streams == 0
+            w.close()
 
     asyncio.run(main())
