@@ -153,6 +153,13 @@ date +%s.%N > "{dir}/fast.$SERF_USER_EVENT"
 """
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -182,7 +189,8 @@ timeout = "4s"
     wait_until(lambda: (tmp_path / "child.pid").exists(), 5, desc="slow handler started")
     sent = time.time()
     send_event(s0, "fast")
-    wait_until(lambda: (tmp_path / "fast.fast").exists(), 1.5, desc="fast handler ran")
+    # The redirect creates the file before `date` writes it: wait for the content.
+    wait_until(lambda: _text(tmp_path / "fast.fast"), 1.5, desc="fast handler ran")
     assert float((tmp_path / "fast.fast").read_text()) - sent < 1.0
     slow_pid = int((tmp_path / "slow.pid").read_text())
     child_pid = int((tmp_path / "child.pid").read_text())
