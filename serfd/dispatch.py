@@ -83,7 +83,8 @@ class Dispatcher:
         self._timer = None
         self._timer_at = None
         now = self._loop.time()
-        for ev in [*self._member.flush(now), *self._user.flush(now)]:
+        batch: list[AnyEvent] = [*self._member.flush(now), *self._user.flush(now)]
+        for ev in batch:
             self._deliver(ev)
         self._arm()
 
