@@ -89,6 +89,7 @@ ERR_MONITOR_EXISTS = "Monitor already exists"
 ERR_INVALID_FILTER = "Invalid event filter"
 ERR_STREAM_EXISTS = "Stream with given sequence exists"
 ERR_INVALID_QUERY_ID = "No pending queries matching ID"
+ERR_TOO_MANY_STREAMS = "Too many streams on this connection"  # ours: Serf has no cap
 # Records of `stream`, `monitor` and query streams are written without waiting; once a
 # client leaves this many bytes unread, records are dropped (Serf: a 512-record channel
 # per stream, "Dropping event to ..."). A record always fits in an empty buffer, so
@@ -97,6 +98,9 @@ STREAM_BUFFER_LIMIT = 1 << 20
 # Queries delivered to one connection's streams that it may still `respond` to (Serf
 # keeps every one until its deadline); past this the oldest is forgotten.
 MAX_OPEN_QUERIES = 1024
+# `stream` subscriptions one connection may hold (Serf: unbounded); each is a check per
+# event, so the cap keeps one client from making every event cost more.
+MAX_STREAMS = 64
 
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _LOG = logging.getLogger("serfd.rpc")
@@ -112,6 +116,7 @@ COUNTER_KEYS = (
     "slow_client",  # a client that did not read its responses within WRITE_TIMEOUT
     "stream_slow_client",  # stream/monitor/query records dropped: the client is not reading
     "stream_query_evicted",  # a delivered query forgotten (MAX_OPEN_QUERIES per connection)
+    "stream_too_many",  # a `stream` refused: MAX_STREAMS already open on the connection
     "handshake_required",  # command before handshake (connection closed)
     "unsupported_command",  # unknown or not-yet-served command (connection closed)
     "bad_regex",  # members-filtered with a regex that does not compile (closed)
@@ -868,6 +873,11 @@ class RPCServer:
             return _Reply(ERR_INVALID_FILTER)
         if seq in conn.streams:
             return _Reply(ERR_STREAM_EXISTS)
+        if len(conn.streams) >= MAX_STREAMS:
+            self.drops.drop("stream_too_many", self.now(),
+                            "client %s: refused a stream: %d open on this connection",
+                            conn.peer, MAX_STREAMS)
+            return _Reply(ERR_TOO_MANY_STREAMS)
 
         def on_event(ev: Any) -> None:
             if not matches_any(filters, ev):

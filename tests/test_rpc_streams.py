@@ -31,7 +31,7 @@ from test_rpc import Raw, wait_for
 import serfd.rpc as rpc_mod
 from serfd.monitor import LogRing
 from serfd.query import IncomingQuery
-from serfd.rpc import MAX_OPEN_QUERIES, STREAM_BUFFER_LIMIT
+from serfd.rpc import MAX_OPEN_QUERIES, MAX_STREAMS, STREAM_BUFFER_LIMIT
 from serfd.serf import UserEvent
 
 
@@ -228,6 +228,23 @@ def test_a_query_dropped_for_a_slow_client_is_not_kept(srv: ServerThread) -> Non
 
     assert srv.run(open_ids()) == 40 - dropped
     hog.close()
+
+
+def test_stream_subscriptions_per_connection_are_capped(srv: ServerThread) -> None:
+    c = Raw(srv.socket_path)
+    c.handshake()
+    for i in range(MAX_STREAMS + 10):
+        c.request("stream", {"Type": "user"})
+        error = c.read()["Error"]
+        assert error == ("" if i < MAX_STREAMS else "Too many streams on this connection")
+    wait_for(lambda: len(agent_of(srv).subs) == MAX_STREAMS, what="subscriptions")
+    assert srv.server.counters["stream_too_many"] == 10
+    c.request("stop", {"Stop": 1})  # one ends: room for another
+    assert c.read()["Error"] == ""
+    c.request("stream", {"Type": "user"})
+    assert c.read()["Error"] == ""
+    served(srv, c)
+    c.close()
 
 
 @pytest.mark.parametrize("where", ["unix", "tcp"])
