@@ -101,6 +101,9 @@ MAX_OPEN_QUERIES = 1024
 # `stream` subscriptions one connection may hold (Serf: unbounded); each is a check per
 # event, so the cap keeps one client from making every event cost more.
 MAX_STREAMS = 64
+# RPC clients connected at once, Unix and TCP together (Serf: unbounded). Each may hold
+# a request (MAX_REQUEST_SIZE) and unread records (STREAM_BUFFER_LIMIT).
+MAX_CONNECTIONS = 256
 
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _LOG = logging.getLogger("serfd.rpc")
@@ -117,6 +120,7 @@ COUNTER_KEYS = (
     "stream_slow_client",  # stream/monitor/query records dropped: the client is not reading
     "stream_query_evicted",  # a delivered query forgotten (MAX_OPEN_QUERIES per connection)
     "stream_too_many",  # a `stream` refused: MAX_STREAMS already open on the connection
+    "too_many_connections",  # a client refused: MAX_CONNECTIONS already connected
     "handshake_required",  # command before handshake (connection closed)
     "unsupported_command",  # unknown or not-yet-served command (connection closed)
     "bad_regex",  # members-filtered with a regex that does not compile (closed)
@@ -550,8 +554,10 @@ class RPCServer:
         max_request_size: int = MAX_REQUEST_SIZE,
         write_timeout: float = WRITE_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.agent = agent
+        self.max_connections = max_connections
         self.auth_key = auth_key or None
         self.log = log
         self.max_request_size = max_request_size
@@ -654,6 +660,13 @@ class RPCServer:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._conns) >= self.max_connections:
+            peer = writer.get_extra_info("peername")
+            self.drops.drop("too_many_connections", self.now(),
+                            "refused RPC client %s: %d clients connected", peer or "unix",
+                            self.max_connections)
+            writer.transport.abort()
+            return
         conn = _Conn(self, reader, writer, unix)
         self._conns[task] = conn
         self.activity["connections"] += 1

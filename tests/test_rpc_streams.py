@@ -247,6 +247,29 @@ def test_stream_subscriptions_per_connection_are_capped(srv: ServerThread) -> No
     c.close()
 
 
+def test_rpc_clients_beyond_the_cap_are_refused() -> None:
+    d = tempfile.mkdtemp(prefix="rpcc")
+    s = ServerThread(os.path.join(d, "s.sock"), max_connections=20)
+    try:
+        held = [Raw(s.socket_path if i % 2 else s.tcp) for i in range(20)]
+        for c in held:
+            c.handshake()
+        extra = [Raw(s.socket_path), Raw(s.tcp)]
+        for c in extra:
+            c.sock.settimeout(5.0)
+            assert c.closed()
+        assert s.server.counters["too_many_connections"] == 2
+        held.pop().close()
+        wait_for(lambda: len(s.server._conns) == 19, what="a slot to free")
+        c = Raw(s.socket_path)
+        c.handshake()
+        for c2 in held + [c]:
+            c2.close()
+    finally:
+        s.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("where", ["unix", "tcp"])
 def test_auth_compares_in_constant_time(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[bytes, bytes]] = []
