@@ -661,7 +661,8 @@ class Agent(EventsMixin):
         # Disk faults never stop the agent: the writer reports them (snapshot.fault, shown
         # in STATUS= and stats) and catches up by itself once the disk takes writes again.
         snap = Snapshotter(path, state, rejoin_after_leave=rejoin, logger=log,
-                           counters=self.counters, state_fn=self._snapshot_state)
+                           counters=self.counters, state_fn=self._snapshot_state,
+                           post=loop.call_soon_threadsafe)
         snap.start(rewrite=bool(warnings))
         self.snapshot = snap
         self._spawn(self._snapshot_clock_ticker())

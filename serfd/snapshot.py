@@ -43,6 +43,7 @@ records (counted), then hand the writer the agent's whole state to rewrite.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -354,7 +355,8 @@ class Snapshotter:
                  max_queue: int = MAX_QUEUE,
                  counters: dict[str, int] | None = None,
                  state_fn: Callable[[], SnapshotState] | None = None,
-                 ops: FileOps | None = None) -> None:
+                 ops: FileOps | None = None,
+                 post: Callable[[Callable[[], object]], object] | None = None) -> None:
         self.path = Path(path)
         self.log = logger or log
         self.min_compact_size = min_compact_size
@@ -362,6 +364,7 @@ class Snapshotter:
         self._now = clock
         self._wall = wall
         self._ops = ops or FileOps()
+        self._post = post  # e.g. loop.call_soon_threadsafe, for log lines from the thread
         self._inbox = _Inbox(max_queue)
         # Written by the thread, read by the loop: replaced whole, never mutated.
         self.fault: SnapshotFault | None = None
@@ -495,9 +498,22 @@ class Snapshotter:
             return
         t.join(timeout)
         if t.is_alive():
-            self.log.error("snapshot %s: the writer did not finish within %.0f s (is the disk "
-                           "hung?); the file may lack the last records", self.path, timeout)
+            self._say(logging.ERROR, "snapshot %s: the writer did not finish within %.0f s "
+                      "(is the disk hung?); the file may lack the last records", self.path,
+                      timeout)
         self._thread = None
+
+    def _say(self, level: int, msg: str, *args: object,
+             exc: BaseException | None = None) -> None:
+        """Log from the writer (or a closing) thread: through the loop when ``post`` is set,
+        so log handlers that feed RPC monitor clients run on the loop's thread."""
+        if self._post is not None:
+            try:
+                self._post(functools.partial(self.log.log, level, msg, *args, exc_info=exc))
+                return
+            except RuntimeError:  # the loop is closed (shutdown): log from here
+                pass
+        self.log.log(level, msg, *args, exc_info=exc)
 
     # -- the writer thread
 
@@ -513,7 +529,7 @@ class Snapshotter:
         except BaseException as e:  # noqa: BLE001 - the thread ends: say so; check() restarts it
             self.fault = SnapshotFault(f"writer thread ended: {e!r}",
                                        self.fault.since if self.fault else self._wall())
-            self.log.critical("snapshot %s: the writer thread ended: %r", self.path, e)
+            self._say(logging.CRITICAL, "snapshot %s: the writer thread ended: %r", self.path, e)
             self._close_fd()
             self._stale = True
 
@@ -545,8 +561,8 @@ class Snapshotter:
             self._sync_if_due(now, force=stop or any(it[0] == "leave" for it in items))
         if stop:
             if self._fd < 0 or self._stale:
-                self.log.error("snapshot %s: stopping with the file behind the last records "
-                               "(%s)", self.path, self.fault or "not written")
+                self._say(logging.ERROR, "snapshot %s: stopping with the file behind the last "
+                          "records (%s)", self.path, self.fault or "not written")
             self._close_fd()
         return stop
 
@@ -611,13 +627,13 @@ class Snapshotter:
         if old is None or old.reason != reason:
             self.fault = SnapshotFault(reason, old.since if old else self._wall())
             self._fault_logged = now
-            self.log.error("snapshot %s: %s failed: %s; serfd keeps running with the state in "
-                           "memory and retries (at least every %.0f s)", self.path, what,
-                           reason, RETRY_MAX, exc_info=not isinstance(e, OSError))
+            self._say(logging.ERROR, "snapshot %s: %s failed: %s; serfd keeps running with the "
+                      "state in memory and retries (at least every %.0f s)", self.path, what,
+                      reason, RETRY_MAX, exc=None if isinstance(e, OSError) else e)
         elif now - self._fault_logged >= FAULT_LOG_INTERVAL:
             self._fault_logged = now
-            self.log.error("snapshot %s: still failing: %s (%d attempts)", self.path,
-                           self.fault, self._attempts)
+            self._say(logging.ERROR, "snapshot %s: still failing: %s (%d attempts)", self.path,
+                      self.fault, self._attempts)
 
     def _recover(self, now: float) -> bool:
         """Open the file, or (stale) rewrite it whole; on success any fault is over.
@@ -633,9 +649,9 @@ class Snapshotter:
             self._failed("compaction" if compact else "opening", e, now)
             return False
         if self.fault is not None:
-            self.log.warning("snapshot %s: writable again after failing (%s, %d attempts): "
-                             "rewrote it from memory (%d members); appending again",
-                             self.path, self.fault, self._attempts, len(self._alive))
+            self._say(logging.WARNING, "snapshot %s: writable again after failing (%s, %d "
+                      "attempts): rewrote it from memory (%d members); appending again",
+                      self.path, self.fault, self._attempts, len(self._alive))
             self.fault = None
         self._backoff = RETRY_MIN
         self._attempts = 0

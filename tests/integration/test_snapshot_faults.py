@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from dropins import restart, start_serfd
-from harness import GOSSIP_PORT, RPC_PORT, RPCClient, SerfdAgent, wait_until
+from harness import GOSSIP_PORT, RPC_PORT, Cluster, RPCClient, SerfdAgent, wait_until
 
 from serfd.snapshot import read_snapshot
 from serfd.statelock import LOCK_NAME
@@ -103,7 +103,7 @@ def snapshot_error(agent: SerfdAgent) -> str:
 
 @pytest.mark.skipif(_tmpfs_missing() is not None, reason=str(_tmpfs_missing()))
 def test_full_disk_under_the_snapshot_is_survived_shown_and_recovered(
-        cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     disk = tmp_path / "disk"
     notify = NotifySocket(tmp_path / "notify")
     d: SerfdAgent | None = None
@@ -188,7 +188,7 @@ def _free(ip: str, port: int) -> bool:
     return True
 
 
-def test_second_serfd_on_the_same_state_dir_exits_2_before_binding(cluster) -> None:  # type: ignore[no-untyped-def]
+def test_second_serfd_on_the_same_state_dir_exits_2_before_binding(cluster: Cluster) -> None:
     first = cluster.serfd("pyd0")
     first.wait_ready()
     second = start_serfd(cluster, "pyd1", f'state_dir = "{first.state_dir}"')
