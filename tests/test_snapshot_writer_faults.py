@@ -163,6 +163,23 @@ def test_fdatasync_error_is_a_fault_and_the_file_is_rewritten(tmp_path: Path) ->
     assert read_snapshot(path)[0].alive == {"a": "127.0.0.1:1"}
 
 
+def test_writer_logs_through_the_loop_when_asked(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The agent passes loop.call_soon_threadsafe: log handlers (RPC monitor clients)
+    # then run on the loop's thread, never on the writer's.
+    posted: list[Callable[[], object]] = []
+    disk = Disk()
+    s = Snapshotter(tmp_path / "snap", SnapshotState(), clock=Clock(), ops=disk,
+                    post=posted.append)
+    s.run_once()
+    disk.full = True
+    s.member_alive("a", "127.0.0.1:1")
+    s.run_once()
+    assert s.fault is not None and len(posted) == 1 and _errors(caplog) == []
+    posted[0]()
+    assert len(_errors(caplog)) == 1 and "No space left on device" in _errors(caplog)[0]
+
+
 def test_unwritable_directory_at_start_is_a_fault_not_a_crash(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
