@@ -524,8 +524,8 @@ class Snapshotter:
                     if self.run_once(self._wait_time()):
                         return
                 except Exception as e:  # noqa: BLE001 - a bug must not end the writer
-                    self._failed("writing", e, self._now())
                     self._need_state = True  # records of that round may be missing
+                    self._failed("writing", e, self._now())
         except BaseException as e:  # noqa: BLE001 - the thread ends: say so; check() restarts it
             self.fault = SnapshotFault(f"writer thread ended: {e!r}",
                                        self.fault.since if self.fault else self._wall())

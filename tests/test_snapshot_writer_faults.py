@@ -41,7 +41,8 @@ class Disk(FileOps):
     """The real file system, except that it can be full, or fail fdatasync, on demand."""
 
     def __init__(self) -> None:
-        self.full = False  # write() raises ENOSPC
+        self.full = False  # write() raises write_errno (a full disk by default)
+        self.write_errno = errno.ENOSPC
         self.sync_error: int | None = None  # fdatasync()/fsync() raise this errno
         self.raise_on_write: BaseException | None = None  # raised once by write()
         self.compaction_opens = 0
@@ -56,7 +57,7 @@ class Disk(FileOps):
             exc, self.raise_on_write = self.raise_on_write, None
             raise exc
         if self.full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(self.write_errno, os.strerror(self.write_errno))
         return super().write(fd, data)
 
     def fdatasync(self, fd: int) -> None:
@@ -85,10 +86,13 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO, errno.EROFS])
 def test_full_disk_is_reported_retried_and_recovered_by_compaction(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, err: int) -> None:
     path = tmp_path / "snap"
     disk, clock = Disk(), Clock()
+    disk.write_errno = err
+    reason = os.strerror(err)
     s = Snapshotter(path, SnapshotState(), clock=clock, ops=disk, wall=lambda: 0.0)
     s.member_alive("a", "127.0.0.1:1")
     s.run_once()
@@ -98,11 +102,11 @@ def test_full_disk_is_reported_retried_and_recovered_by_compaction(
     s.member_alive("b", "127.0.0.2:1")
     s.user_event(5)
     s.run_once()
-    assert s.fault is not None and s.fault.reason == "No space left on device"
-    assert str(s.fault).startswith("No space left on device since ")
+    assert s.fault is not None and s.fault.reason == reason
+    assert str(s.fault) == f"{reason} since {time.strftime('%H:%M:%S', time.localtime(0))}"
     assert s.errors == 1
     errs = _errors(caplog)
-    assert len(errs) == 1 and "appending failed: No space left on device" in errs[0]
+    assert len(errs) == 1 and f"appending failed: {reason}" in errs[0]
     assert "keeps running" in errs[0]
 
     # While full, records still reach the writer's model; retries back off and stay
