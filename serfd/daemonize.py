@@ -138,6 +138,7 @@ def run_daemonized(config: Config, config_dir: Path, pidfile: Path | None, log_f
         log_stream.close()
         if lock is not None:
             os.close(lock.fd)  # not release(): the daemon's copy keeps the lock held
+            lock.fd = -1
         return _wait_ready(read_end, log_file)
 
     os.close(read_end)
