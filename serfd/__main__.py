@@ -43,12 +43,25 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(config_to_toml(config))
         return 0
 
+    # One serfd per state directory, checked before anything is bound.
+    from serfd.statelock import StateDirInUse, StateDirLock
+
+    try:
+        lock = StateDirLock.acquire(config.state_dir)
+    except StateDirInUse as e:
+        print(f"serfd: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"serfd: cannot lock state directory {config.state_dir}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+
     if args.daemonize:
         from serfd.daemonize import run_daemonized
 
         pidfile = Path(args.pidfile).absolute() if args.pidfile else None
         return run_daemonized(config, Path(args.config_dir).absolute(), pidfile,
-                              Path(args.log_file).absolute())
+                              Path(args.log_file).absolute(), lock)
 
     from serfd.agent import Agent
     from serfd.logsetup import setup_logging
@@ -62,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"serfd: {e}", file=sys.stderr)
         return 1
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ from serfd.ratelog import DropLog
 from serfd.reload import plan_reload
 from serfd.rpc import RPCError, RPCServer
 from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
-from serfd.snapshot import Snapshotter, format_addr, read_snapshot
+from serfd.snapshot import SnapshotState, Snapshotter, format_addr, read_snapshot
 from serfd.stream import StreamReader, encode_stream
 from serfd.swim import MemberlistConfig, ProtocolError, StreamRequest
 from serfd.systemd import Notifier
@@ -738,12 +738,12 @@ class Agent(EventsMixin):
         if state.left and not rejoin:
             log.info("snapshot %s: we left gracefully last time: not rejoining "
                      "(rejoin_after_leave = false)", path)
-        snap = Snapshotter(path, state, rejoin_after_leave=rejoin, logger=log)
-        try:
-            await loop.run_in_executor(None, lambda: snap.start(rewrite=bool(warnings)))
-        except OSError as e:
-            log.error("cannot write snapshot %s: %s (continuing without it)", path, e)
-            return
+        # Disk faults never stop the agent: the writer reports them (snapshot.fault, shown
+        # in STATUS= and stats) and catches up by itself once the disk takes writes again.
+        snap = Snapshotter(path, state, rejoin_after_leave=rejoin, logger=log,
+                           counters=self.counters, state_fn=self._snapshot_state,
+                           post=loop.call_soon_threadsafe)
+        snap.start(rewrite=bool(warnings))
         self.snapshot = snap
         self._spawn(self._snapshot_clock_ticker())
         log.info("snapshot %s: clocks %d/%d/%d, %d previous nodes", path, state.last_clock,
@@ -766,9 +766,21 @@ class Agent(EventsMixin):
         elif isinstance(ev, IncomingQuery):
             snap.query(ev.ltime)
 
+    def _snapshot_state(self) -> SnapshotState:
+        """What the snapshot should say now (members and clocks), from memory: the writer
+        rewrites the file from it after it had to cut records."""
+        serf = self.serf
+        alive = {m.name: format_addr(m.addr, m.port) for m in serf.members()
+                 if m.status in (MemberStatus.ALIVE, MemberStatus.LEAVING)}
+        return SnapshotState(alive=alive, last_clock=max(0, serf.clock.time() - 1),
+                             last_event_clock=max(0, serf.event_clock.time() - 1),
+                             last_query_clock=max(0, serf.query_clock.time() - 1),
+                             left=serf.state in (SerfState.LEAVING, SerfState.LEFT))
+
     async def _snapshot_clock_ticker(self) -> None:
         while self.snapshot is not None:
             await asyncio.sleep(0.5)  # snapshot.go clockUpdateInterval
+            self.snapshot.check()  # a writer that fell behind or ended
             self.snapshot.clock(self.serf.clock.time())
             # Internal queries (key rotation, ...) are handled inside Serf; keep their clock.
             self.snapshot.query(self.serf.query_clock.time() - 1)
@@ -887,8 +899,17 @@ class Agent(EventsMixin):
             },
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
-            "serfd": {"version": __version__, **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
+            "serfd": {"version": __version__, **self._snapshot_stats(),
+                      **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }
+
+    def _snapshot_stats(self) -> dict[str, str]:
+        snap = self.snapshot
+        if snap is None:
+            return {}
+        fault = snap.fault
+        return {"snapshot_error": "" if fault is None else str(fault),
+                "snapshot_write_errors": str(snap.errors)}
 
     def status_line(self) -> str:
         """A one-line summary (for systemd STATUS= and logs)."""
@@ -902,6 +923,8 @@ class Agent(EventsMixin):
             line += f"; {self.last_reload_error}"
         if self.restart_needed:
             line += f"; restart needed for: {', '.join(self.restart_needed)}"
+        if self.snapshot is not None and (fault := self.snapshot.fault) is not None:
+            line += f"; snapshot: error: {fault}"
         return line
 
     # ------------------------------------------------------------------ reload

@@ -23,6 +23,7 @@ from typing import TextIO
 import daemon  # type: ignore[import-untyped]
 
 from serfd.config import Config
+from serfd.statelock import StateDirLock
 
 __all__ = ["PidFileError", "claim_pidfile", "run_daemonized"]
 
@@ -112,8 +113,12 @@ def _wait_ready(fd: int, log_file: Path) -> int:
     return 1
 
 
-def run_daemonized(config: Config, config_dir: Path, pidfile: Path | None, log_file: Path) -> int:
-    """Detach and run the agent; returns the exit status (in both processes)."""
+def run_daemonized(config: Config, config_dir: Path, pidfile: Path | None, log_file: Path,
+                   lock: StateDirLock | None = None) -> int:
+    """Detach and run the agent; returns the exit status (in both processes).
+
+    ``lock`` (the state directory's, taken before the fork) passes to the daemon, which
+    writes its pid into it; the foreground process only closes its copy."""
     try:
         log_stream: TextIO = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     except OSError as e:
@@ -131,6 +136,9 @@ def run_daemonized(config: Config, config_dir: Path, pidfile: Path | None, log_f
     if os.fork() > 0:
         os.close(write_end)
         log_stream.close()
+        if lock is not None:
+            os.close(lock.fd)  # not release(): the daemon's copy keeps the lock held
+            lock.fd = -1
         return _wait_ready(read_end, log_file)
 
     os.close(read_end)
@@ -140,10 +148,17 @@ def run_daemonized(config: Config, config_dir: Path, pidfile: Path | None, log_f
         detach_process=True,  # even when started by init: --daemonize means fork
         stdout=log_stream,
         stderr=log_stream,
-        files_preserve=[write_end],
+        files_preserve=[write_end] + ([lock.fd] if lock is not None else []),
     )
     with context:
-        return _run_agent(config, config_dir, pidfile, write_end)
+        try:
+            if lock is not None:
+                with contextlib.suppress(OSError):  # only the message of a second serfd
+                    lock.write_pid()  # the daemon's pid, after the second fork
+            return _run_agent(config, config_dir, pidfile, write_end)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _run_agent(config: Config, config_dir: Path, pidfile: Path | None, ready_fd: int) -> int:

@@ -64,8 +64,17 @@ def test_daemonize_detaches_once_ready_and_cleans_up(tmp_path: Path) -> None:
         text = logfile.read_text()
         assert "RPC listening on unix:" in text and text[:4].isdigit()  # timestamps
 
-        # A second one with the same PID file is refused before it forks.
+        # A second one on the same state directory is refused (exit 2) before it forks:
+        # the daemon, not the foreground process that exited, holds the lock.
         r2 = serfd(*args)
+        assert r2.returncode == 2, r2.stderr
+        assert f"state directory {tmp_path / 'state'} is in use by serfd pid {pid}" in r2.stderr
+        # One on another state directory but with the same PID file: refused too.
+        d2 = tmp_path / "other.d"
+        d2.mkdir()
+        (d2 / "10-base.toml").write_text((d / "10-base.toml").read_text())
+        (d2 / "20-state.toml").write_text(f'state_dir = "{tmp_path}/state2"\n')
+        r2 = serfd("--config-dir", str(d2), *args[2:])
         assert r2.returncode == 1 and f"already running as PID {pid}" in r2.stderr
 
         # SIGHUP reloads in daemon mode too.

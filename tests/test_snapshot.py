@@ -161,7 +161,7 @@ def test_appends_reach_the_file_without_close(tmp_path: Path) -> None:
     s = Snapshotter(path, SnapshotState())
     s.start()
     s.user_event(9)
-    _wait_for(lambda: path.read_text() == "event-clock: 9\n")
+    _wait_for(lambda: path.exists() and path.read_text() == "event-clock: 9\n")
     s.close()
 
 

@@ -200,6 +200,20 @@ def test_apt_install_starts_serfd_and_waits_for_ready(seed: nspawn.Container) ->
     seed.run("test -x /etc/serfd.d/handlers/example-handler && test -f /etc/serfd.d/handlers/README")
 
 
+def test_a_second_serfd_on_the_state_directory_is_refused(seed: nspawn.Container) -> None:
+    # The unit's serfd holds /var/lib/serfd (StateDirectory=); another one exits 2 before
+    # binding anything, naming the directory and the running pid, and the unit goes on.
+    pid = show(seed, "MainPID")
+    r = seed.run("serfd --config-dir=/etc/serfd.d", user="serfd", check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == f"serfd: state directory /var/lib/serfd is in use by serfd pid {pid}"
+    assert seed.run("cat /var/lib/serfd/serfd.lock").stdout.strip() == pid
+    assert seed.run("stat -c '%U:%G %a' /var/lib/serfd/serfd.lock").stdout.strip() == \
+        "serfd:serfd 640"
+    assert seed.run("systemctl is-active serfd").stdout.strip() == "active"
+    assert show(seed, "MainPID") == pid
+
+
 def test_serfctl_for_root_and_group_serfd_only(seed: nspawn.Container) -> None:
     seed.run("useradd -m -G serfd alice && useradd -m bob")
     assert seed.run("serfctl members").stdout.startswith("seed ")
