@@ -325,12 +325,16 @@ class Agent(EventsMixin):
         self.serf.shutdown()
         if self.snapshot is not None:
             self.snapshot.clock(self.serf.clock.time())
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.get_running_loop().run_in_executor(None, self.snapshot.close)
+            except Exception:  # shutting down anyway: say why the last records may be missing
+                log.exception("closing the snapshot failed")
         if self._timer is not None:
             self._timer.cancel()
-        with contextlib.suppress(Exception):
+        try:
             await self.rpc.close()
+        except Exception:  # shutting down anyway
+            log.exception("closing the RPC server failed")
         if self._tcp_server is not None:
             self._tcp_server.close()
         for t in list(self._tasks):
