@@ -14,20 +14,26 @@ name). Through the flooder's RPC, pipelined as fast as it takes them:
   (default 1000h) and ``--relay-factor``; the window goes on at least until the
   receiver acked them all (queries travel by gossip only, ~50 a second from one peer).
 
-Measured on the receiver from the first command until it is idle (2 s under 5 % of a
-core) or ``--window`` s after the flood:
+Measured on the receiver from the first command until ``--window`` s after the flood
+(gossip from one peer keeps delivering it for about that long):
 
 * event-loop latency: the round trip of RPC ``members`` on its own connection every
   50 ms, p50/p99/max (a call with no answer counts as its elapsed time). Neither serf
   nor serfd exposes a loop-lag figure of its own, so this is the measure for both;
 * RSS (``VmRSS``) just before the flood, its peak in the window, and at the end;
-* CPU seconds of the receiver process (utime+stime) in the window, time to idle, and
-  the handler runs started in the window (lines in the handler's file).
+* CPU seconds of the receiver process (utime+stime) in the window; time from the end of
+  the flood (and after the queries arrived) to the end of the first 2 s under 5 % of a
+  core; the handler runs started in the window (lines in the handler's file).
 
 Tables print the median over reps and the serfd/serf ratio of the medians.
 
     python bench/flood_bench.py [--impl serf serfd] [--flood events queries] [--reps R]
-        [--events 1500] [--queries 500] [--handler-sleep 1] [--window 30] [--json FILE]
+        [--events 1500] [--queries 500] [--handler-sleep 1] [--window 30]
+        [--stuck-streams N] [--json FILE]
+
+With ``--stuck-streams N``, an RPC client connected to the receiver holds N ``stream``
+subscriptions (type ``*``) and a debug ``monitor`` and never reads (4 KiB receive
+buffer), for the whole flood.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
-from flood import HOUR_NS, Flooder, Watcher, nearest_rank, wait_idle
+from flood import HOUR_NS, Flooder, StuckStreamClient, Watcher, nearest_rank, wait_idle
 from harness import AddressAllocator, Cluster, RPCClient
 
 IMPLS = ("serf", "serfd")
@@ -99,6 +105,9 @@ def run_rep(impl: str, kind: str, alloc: AddressAllocator,
         recv.join([flooder.bind_addr])
         cl.wait_all_alive(timeout=30)
         events, queries = (args.events, 0) if kind == "events" else (0, args.queries)
+        stuck = (StuckStreamClient(recv.rpc_addr, monitor_level="debug",
+                                   streams=args.stuck_streams)
+                 if args.stuck_streams else None)
         watcher = Watcher(recv.rpc_addr, recv.pid, interval=0.05).start()
         fl = Flooder(flooder.rpc_addr, events, queries,
                      query_timeout_ns=round(args.query_timeout * HOUR_NS),
@@ -116,11 +125,16 @@ def run_rep(impl: str, kind: str, alloc: AddressAllocator,
             if queries:
                 fl.wait_acks("recv", queries, timeout=args.window)
             since = time.monotonic()
+            # The window always lasts --window s after the flood (gossip keeps delivering
+            # it that long); idle is when the first quiet 2 s ended, if any.
+            time.sleep(max(0.0, flood_end + args.window - time.monotonic()))
             idle = wait_idle(watcher, since, flood_end + args.window, IDLE_WINDOW, IDLE_CPU)
             end = watcher.sample()
         finally:
             watcher.stop()
             fl.close()
+            if stuck is not None:
+                stuck.close()
         lat = watcher.latency_values(before.t)
         try:
             runs = len((tmp / "recv.runs").read_text().splitlines())
@@ -151,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--relay-factor", type=int, default=0)
     ap.add_argument("--handler-sleep", type=float, default=1.0, help="seconds")
     ap.add_argument("--window", type=float, default=30.0,
-                    help="longest wait for idle after the flood (s)")
+                    help="seconds measured after the flood")
+    ap.add_argument("--stuck-streams", type=int, default=0,
+                    help="an RPC client that never reads holds this many `stream` "
+                         "subscriptions (type *) and a debug `monitor` on the receiver")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -177,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"\nflood: {args.events} user events / {args.queries} queries (timeout "
           f"{args.query_timeout:g}h, relay factor {args.relay_factor}) from one serf peer; "
-          f"handler sleeps {args.handler_sleep:g} s; median of {args.reps} rep(s)\n")
+          f"handler sleeps {args.handler_sleep:g} s; stuck stream subscriptions "
+          f"{args.stuck_streams}; median of {args.reps} rep(s)\n")
     print("| flood | receiver | " + " | ".join(h for _, h, _ in COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))
     for kind in args.flood:
