@@ -1,12 +1,18 @@
 """Floods from a real serf peer: serfd stays responsive, bounded and says what it cut (issue 8).
 
 A real ``serf agent`` ("flooder") and a serfd form one cluster. Through the flooder's
-RPC, 1,500 user events and 500 queries with a timeout of 1000 h go out within 5 s;
-they reach serfd by gossip. Meanwhile a second RPC connection round-trips
-``members`` to serfd every 50 ms (its latency is the event loop's responsiveness) and
-/proc is sampled for RSS and CPU time. The window measured runs from the first
-command of the flood until serfd is idle again (2 s under 5 % of a core) or 30 s
-after the flood, whichever comes first.
+RPC, 1,500 user events and 500 queries with a timeout of 1000 h go out within 5 s (the
+flooder takes them in well under a second). From one peer, gossip carries only ~50 such
+messages a second to serfd, so right after the flood the flooder pushes/pulls with
+serfd (an RPC ``join``, as Serf does every 30 s anyway): its state carries the last 512
+user events, which reach serfd in one burst. Queries travel by gossip only; they all
+reach serfd ~10 s later (serfd's acks are counted on the flooder's RPC stream).
+
+Meanwhile a second RPC connection round-trips ``members`` to serfd every 50 ms (its
+latency is the event loop's responsiveness) and /proc is sampled for RSS and CPU time.
+The window measured runs from the first command of the flood until, after the queries
+arrived, serfd is idle again (2 s under 5 % of a core, serfd's own CPU time, not its
+handlers') or 30 s after the flood, whichever comes first.
 
 Every figure is printed (run with ``-s`` to see them) before the assertions, and all
 the acceptance bounds that fail are reported together.
@@ -175,10 +181,11 @@ def test_flood_of_events_and_long_queries_keeps_serfd_responsive_and_bounded(
         print("  | dropped counters:", {k: v for k, v in sorted(drops.items())})
         info = d1.serfctl("info")
         assert info.returncode == 0, info.stderr
-        shown = [ln.strip() for ln in info.stdout.splitlines() if "dropped_" in ln]
+        shown = dict(ln.strip().partition(" = ")[::2] for ln in info.stdout.splitlines()
+                     if ln.strip().startswith("dropped_"))
         nonzero = {k: v for k, v in drops.items() if v > 0}
         for k in nonzero:
-            if not any(ln.startswith(k) for ln in shown):
+            if not shown.get(k, "0").isdigit() or int(shown.get(k, "0")) == 0:
                 failed.append(f"{k} > 0 in RPC stats but not in `serfctl info`")
         flood_drops = {k: v for k, v in nonzero.items()
                        if any(w in k for w in FLOOD_DROP_WORDS)}
