@@ -59,10 +59,6 @@ echo "$SERF_SELF_NAME"
 # The client that never reads holds this many `stream` subscriptions on its connection:
 # with the flood that is several MiB due to it, far more than any per-client bound.
 STUCK_STREAMS = 64
-SLOW_WORDS = ("slow", "stream", "monitor", "subscriber", "client")
-
-# Words in a dropped_* counter name that tie it to events, queries or handlers.
-FLOOD_DROP_WORDS = ("query", "queries", "handler", "backlog", "relay", "user_event", "event")
 
 
 def _handler(tmp_path: Path) -> str:
@@ -187,11 +183,10 @@ def test_flood_of_events_and_long_queries_keeps_serfd_responsive_and_bounded(
         for k in nonzero:
             if not shown.get(k, "0").isdigit() or int(shown.get(k, "0")) == 0:
                 failed.append(f"{k} > 0 in RPC stats but not in `serfctl info`")
-        flood_drops = {k: v for k, v in nonzero.items()
-                       if any(w in k for w in FLOOD_DROP_WORDS)}
-        if not flood_drops:
-            failed.append("no dropped_* counter about queries/events/handlers is > 0 "
-                          f"(non-zero: {nonzero})")
+        # The runs that found no handler slot (16 busy for 1 s each) are cut and counted.
+        for name in ("dropped_handler_backlog_query", "dropped_handler_backlog_user"):
+            if not nonzero.get(name):
+                failed.append(f"{name} is not > 0 (non-zero: {nonzero})")
     assert not failed, "; ".join(failed)
 
 
@@ -213,8 +208,7 @@ def test_stream_client_that_never_reads_costs_no_memory_and_slows_nobody(
         print("  | dropped counters:", {k: v for k, v in sorted(drops.items())})
         # Several MiB were due to a client that read nothing: it must have lost records
         # (Serf: "dropping event to slow client"), and serfd must say so.
-        slow = {k: v for k, v in drops.items() if v > 0 and any(w in k for w in SLOW_WORDS)}
-        if not slow:
+        if not drops.get("dropped_stream_slow_client"):
             failed.append(f"nothing counted as dropped for the client that never reads "
                           f"({STUCK_STREAMS} streams + monitor)")
     assert not failed, "; ".join(failed)
