@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from serfd import goregexp
 from serfd.goregexp import GoRegexpError, RegexCache, TooLargeError, UnsupportedError
 from serfd.member import Member, MemberStatus
-from serfd.query import QueryParam, encode_filters, filters_match
+from serfd.query import PendingQuery, QueryParam, encode_filters, filters_match
 from serfd.rpc import filter_members
 
 ERR = "error"
@@ -364,3 +364,25 @@ def test_work_bound_holds_for_the_largest_programs() -> None:
         assert r.size <= goregexp.MAX_PROGRAM
         r.search(text)
         assert r.work <= 4 * r.size * (len(text) + 1), (pattern, r.work, r.size)
+
+
+def test_serf_counts_refused_filters_and_nobody_answers() -> None:
+    from serf_sim import build_cluster
+
+    sim = build_cluster(3, seed=4)
+    for expr, reason in (("(?=db)", "regex_invalid"), ("\\p{Greek}", "regex_unsupported"),
+                         ("x{1000}" * 3, "regex_too_large")):
+        pq = sim.serf("n0").query("q", b"", QueryParam(filter_tags={"role": expr}), sim.now)
+        sim.service("n0")
+        records: list[str] = []
+
+        def step(pq: PendingQuery = pq, records: list[str] = records) -> bool:
+            for n in sim.nodes:
+                list(sim.serf(n).drain_events())
+            records.extend(r.type for r in pq.drain())
+            return "done" in records
+
+        assert sim.run_until(sim.now + 10.0, step, every=0.01)
+        assert records == ["done"]  # no node answered
+        for n in ("n0", "n1", "n2"):
+            assert sim.serf(n).counters.get(reason, 0) >= 1, (n, reason, sim.serf(n).counters)
