@@ -10,16 +10,17 @@ the replacement: a parser for the syntax Go 1.19 accepts (the Go version that bu
 
 * :func:`compile` parses a pattern into a small tree, then compiles it into an NFA program
   (Thompson's construction: ``CHAR`` consumes one character of a class, ``SPLIT``/``JMP``
-  are free moves, ``ASSERT`` is a free move that needs a context such as "start of text",
-  ``MATCH`` ends). A pattern Go rejects raises :class:`GoRegexpError`; so does one we choose
+  are free moves, ``ASSERT`` is a free move only where its condition holds, such as
+  "start of text", ``MATCH`` ends). A pattern Go rejects raises :class:`GoRegexpError`; so does one we choose
   not to run (:class:`UnsupportedError` for Unicode script classes, :class:`TooLargeError`
   for a pattern, a nesting or a program beyond our bounds).
 * :meth:`Regexp.search` is Go's ``MatchString``: an unanchored search. It runs the NFA as a
   set of states, one bit per instruction in a Python int; a step is "threads whose class
-  holds the character" followed by the free moves. The free-move closure of every
-  instruction is computed once per context (strongly connected components, so loops of
-  empty moves such as ``(a*)*`` are fine). Each step costs at most one pass over the
-  program, so a search is O(len(program) x len(text)) whatever the pattern; the steps
+  holds the character" followed by the free moves. The SPLIT/JMP closure of every
+  instruction is computed once (strongly connected components, so loops of empty moves
+  such as ``(a*)*`` are fine); the ASSERTs reached are then followed, each at most once,
+  where the position satisfies them. Each step costs at most one pass over the program,
+  so a search is O(len(program) x len(text)) whatever the pattern; the steps
   actually taken are memoised (a lazy DFA), with a bounded cache, so the common case is one
   dict lookup per character. ``Regexp.work`` counts the engine's elementary steps so tests
   can check the bound without timing anything.
@@ -59,8 +60,12 @@ _log = logging.getLogger(__name__)
 MAX_REPEAT = 1000  # Go's regexp/syntax limit on a {n,m} count (and on nested counts' product)
 MAX_PATTERN = 1024  # characters; a query (filters included) is at most 1024 bytes in Serf
 MAX_DEPTH = 100  # group nesting (Go allows 1000; ours keeps the recursive parser shallow)
-MAX_PROGRAM = 2500  # NFA instructions; bounds a search at MAX_PROGRAM x len(text) steps
-DFA_BITS_BUDGET = 1 << 22  # cached transitions per program x program bits (memory bound)
+MAX_PROGRAM = 2000  # NFA instructions; bounds a search at MAX_PROGRAM x len(text) steps
+DFA_BITS_BUDGET = 1 << 20  # cached transitions per program x program bits (memory bound)
+DFA_MAX = 4096  # cached transitions per program, whatever its size
+CHUNKS_MAX = 4096  # memoised successor sets of eight instructions, per program
+CACHE_INSTRUCTIONS = 5000  # RegexCache: total program size it keeps compiled
+MAX_ASSERTS = 64  # ^ $ \A \z \b \B instructions (each may be resolved at every position)
 MAX_CLASS_ITEMS = 24  # parts of the distinct multi-character classes (tested per new character)
 CHAR_CACHE = 512  # characters whose class mask a program remembers
 
@@ -642,12 +647,17 @@ class _Compiler:
         self.op: list[int] = []
         self.a: list[int] = []  # SPLIT/JMP target, ASSERT kind, CHAR class index
         self.b: list[int] = []  # SPLIT second target
+        self.asserts = 0
         self.classes: list[CharClass] = []
         self.class_index: dict[CharClass, int] = {}
 
     def emit(self, op: int, a: int = 0, b: int = 0) -> int:
         if len(self.op) >= MAX_PROGRAM:
             raise TooLargeError(f"pattern compiles to more than {MAX_PROGRAM} instructions")
+        if op == _ASSERT:
+            self.asserts += 1
+            if self.asserts > MAX_ASSERTS:
+                raise TooLargeError(f"pattern has more than {MAX_ASSERTS} assertions")
         self.op.append(op)
         self.a.append(a)
         self.b.append(b)
@@ -685,6 +695,11 @@ class _Compiler:
         elif kind == "rep":
             sub, lo, hi = node[1], node[2], node[3]
             assert isinstance(sub, tuple) and isinstance(lo, int) and isinstance(hi, int)
+            if _empty_width(sub):
+                # Conditions on one position: x{n,m} is x when n >= 1, else always true.
+                if lo:
+                    self.gen(sub)
+                return
             for _ in range(lo):
                 self.gen(sub)
             if hi == -1:  # star: L: SPLIT(body, out); body; JMP L
@@ -705,11 +720,29 @@ class _Compiler:
         # "empty" emits nothing
 
 
-def _closure_table(op: list[int], a: list[int], b: list[int], ctx: int) -> tuple[list[int], int]:
-    """For each pc, the consuming instructions (and MATCH) reachable by free moves in ``ctx``.
+def _empty_width(node: _Node) -> bool:
+    # Matches only the empty string (anchors, boundaries, empty groups and their repeats).
+    kind = node[0]
+    if kind in ("assert", "empty"):
+        return True
+    if kind == "rep":
+        sub = node[1]
+        assert isinstance(sub, tuple)
+        return _empty_width(sub)
+    if kind in ("cat", "alt"):
+        subs = node[1]
+        assert isinstance(subs, list)
+        return all(_empty_width(x) for x in subs)
+    return False
 
-    Tarjan's strongly connected components, iteratively: members of a cycle of free moves
-    share one closure. Returns the table and the number of edges walked (work).
+
+def _closure_table(op: list[int], a: list[int], b: list[int]) -> tuple[list[int], int]:
+    """For each pc, the CHAR, MATCH and ASSERT instructions reachable by SPLIT and JMP moves.
+
+    An ASSERT is a leaf here: whether its move is free depends on the position, so the
+    search resolves it there (:meth:`Regexp._resolve`). Tarjan's strongly connected
+    components, iteratively: members of a cycle of free moves share one closure. Returns
+    the table and the number of edges walked (work).
     """
     n = len(op)
     index = [-1] * (n + 1)
@@ -727,10 +760,6 @@ def _closure_table(op: list[int], a: list[int], b: list[int], ctx: int) -> tuple
             return (a[pc], b[pc])
         if o == _JMP:
             return (a[pc],)
-        if o == _ASSERT:
-            k = a[pc]
-            ok = (not ctx & _WB) if k == _NWB else bool(ctx & k)
-            return (pc + 1,) if ok else ()
         return ()
 
     for root in range(n):
@@ -773,7 +802,7 @@ def _closure_table(op: list[int], a: list[int], b: list[int], ctx: int) -> tuple
                         break
                 v = 0
                 for w in members:
-                    if op[w] in (_CHAR, _MATCH):
+                    if op[w] in (_CHAR, _MATCH, _ASSERT):
                         v |= 1 << w
                     for x in succ(w):
                         if x != n and scc[x] != pc:
@@ -820,18 +849,39 @@ class Regexp:
         self._by_class = [(self._classes[idx], bits) for idx, bits in by_class.items()]
         self._literals = literals
         self._chain = chain
-        self._closures: dict[int, list[int]] = {}
+        self._table: list[int] | None = None  # free-move closures, computed at first use
+        self._asserts = sum(1 << pc for pc, o in enumerate(self._op) if o == _ASSERT)
         self._char_masks: dict[int, int] = {}
         self._dfa: dict[tuple[int, int, int], int] = {}
-        self._dfa_max = max(256, DFA_BITS_BUDGET // max(1, self.size))
+        self._chunks: dict[int, int] = {}  # (byte index << 8 | byte) -> successors
+        self._dfa_max = max(256, min(DFA_MAX, DFA_BITS_BUDGET // self.size))
 
-    def _closure(self, ctx: int) -> list[int]:
-        table = self._closures.get(ctx)
-        if table is None:
-            table, work = _closure_table(self._op, self._a, self._b, ctx)
+    def _closure(self) -> list[int]:
+        if self._table is None:
+            self._table, work = _closure_table(self._op, self._a, self._b)
             self.work += work
-            self._closures[ctx] = table
-        return table
+        return self._table
+
+    def _resolve(self, state: int, ctx: int) -> int:
+        # Follow the ASSERT instructions in ``state`` that hold at this position (each at
+        # most once), then drop them: what is left can consume a character, or is MATCH.
+        pending = state & self._asserts
+        if not pending:
+            return state
+        table = self._closure()
+        seen = 0
+        while pending:
+            low = pending & -pending
+            pending ^= low
+            seen |= low
+            pc = low.bit_length() - 1
+            k = self._a[pc]
+            if (not ctx & _WB) if k == _NWB else ctx & k:
+                more = table[pc + 1]
+                state |= more
+                pending |= more & self._asserts & ~seen
+            self.work += 1
+        return state & ~self._asserts
 
     def _char_mask(self, cp: int) -> int:
         mask = self._char_masks.get(cp)
@@ -871,20 +921,44 @@ class Regexp:
         live = state & self._char_mask(cp)
         nxt = (live & self._chain) << 1
         live &= ~self._chain
-        table = self._closure(ctx)
+        table = self._closure()
         work = 1
-        while live:
-            low = live & -live
-            nxt |= table[low.bit_length()]  # the instruction after the one that consumed
-            live ^= low
-            work += 1
+        if live.bit_count() <= 8:
+            while live:
+                low = live & -live
+                nxt |= table[low.bit_length()]  # the instruction after the one that consumed
+                live ^= low
+                work += 1
+        else:
+            # Many threads: take them eight instructions at a time, the union of each
+            # byte's successors memoised (bounded), so a step costs size/8 lookups.
+            chunks = self._chunks
+            data = live.to_bytes((live.bit_length() + 7) // 8, "little")
+            for i, byte in enumerate(data):
+                if byte:
+                    key = (i << 8) | byte
+                    v = chunks.get(key)
+                    if v is None:
+                        v = 0
+                        base = i * 8
+                        while byte:
+                            low = byte & -byte
+                            v |= table[base + low.bit_length()]
+                            byte ^= low
+                            work += 1
+                        if len(chunks) >= CHUNKS_MAX:
+                            chunks.clear()
+                        chunks[key] = v
+                    nxt |= v
+            work += len(data)
         self.work += work
-        return nxt | table[0]  # unanchored: a match may start at every position
+        # Unanchored: a match may start at every position.
+        return self._resolve(nxt | table[0], ctx)
 
     def search(self, text: str) -> bool:
         """Go's ``MatchString``: does the pattern match anywhere in ``text``?"""
         mb = self._match_bit
-        state = self._closure(self._ctx(text, 0))[0]
+        state = self._resolve(self._closure()[0], self._ctx(text, 0))
         dfa = self._dfa
         ctx_mask = self._ctx_mask
         for i, ch in enumerate(text):
@@ -939,6 +1013,7 @@ class RegexCache:
         self.size = size
         self.drops = drops if drops is not None else DropLog(_log, level=logging.INFO)
         self._lru: OrderedDict[str, Regexp | GoRegexpError] = OrderedDict()
+        self._kept = 0  # instructions of the programs in _lru (bounded by CACHE_INSTRUCTIONS)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -955,8 +1030,10 @@ class RegexCache:
                 hit = e
             if len(pattern) <= MAX_PATTERN:  # never keep an oversized key
                 self._lru[pattern] = hit
-                if len(self._lru) > self.size:
-                    self._lru.popitem(last=False)
+                self._kept += hit.size if isinstance(hit, Regexp) else 0
+                while len(self._lru) > self.size or self._kept > CACHE_INSTRUCTIONS:
+                    _, old = self._lru.popitem(last=False)
+                    self._kept -= old.size if isinstance(old, Regexp) else 0
         else:
             self._lru.move_to_end(pattern)
         if isinstance(hit, GoRegexpError):

@@ -163,6 +163,12 @@ CASES: list[tuple[str, str, bool | str]] = [
     ("(a*)*b", "aaaa", False),
     ("^(.|.)*X$", "a" * 40, False),
     ("(x{0,}){500}y", "y", True),
+    # Repeated assertions are one condition on one position.
+    ("\\B{999}x", "ax", True),
+    ("\\B{999}x", "x", False),
+    ("(?:\\b$){0,5}q", "q", True),
+    ("(?:\\b$)+", "a", True),
+    ("(?:\\b$)+", "a ", False),
 ]
 
 
@@ -196,7 +202,7 @@ def test_table_covers_where_python_re_differs() -> None:
 
 REJECTED = [
     "(a)\\1", "(?=x)", "(?<=x)y", "x++", "a**", "(?>a)", "x{1001}", "\\Z", "(", "[a", "[[:nope:]]",
-    "\\p{Greek}", "(?:a?){1000}a{1000}", "a" * (goregexp.MAX_PATTERN + 1),
+    "\\p{Greek}", "(?:a?){1000}a{1000}", "a\\b" * (goregexp.MAX_ASSERTS + 1), "a" * (goregexp.MAX_PATTERN + 1),
     "(" * (goregexp.MAX_DEPTH + 1) + ")" * (goregexp.MAX_DEPTH + 1),
 ]
 
@@ -358,7 +364,7 @@ def test_work_is_linear_in_pattern_and_text(pattern: str, unit: str) -> None:
 
 def test_work_bound_holds_for_the_largest_programs() -> None:
     text = "ab" * 256
-    for pattern in ("(?:[ab]?){999}Z", "[ab]*a[ab]{999}Z", "(?s)(.*.*.*.*.*.*.*.*){100}x",
+    for pattern in ("(?:[ab]?){999}Z", "[ab]*a[ab]{999}Z", "(?s)(.*.*.*.*.*.*.*.*){80}x",
                     "(?:(?:a?|b?)*(?:a|b)?){140}Z"):
         r = goregexp.compile(pattern)
         assert r.size <= goregexp.MAX_PROGRAM
@@ -386,3 +392,15 @@ def test_serf_counts_refused_filters_and_nobody_answers() -> None:
         assert records == ["done"]  # no node answered
         for n in ("n0", "n1", "n2"):
             assert sim.serf(n).counters.get(reason, 0) >= 1, (n, reason, sim.serf(n).counters)
+
+
+def test_caches_stay_within_their_bounds() -> None:
+    text = "".join(chr(0x41 + (i * 7919) % 0x2000) for i in range(512))
+    r = goregexp.compile("(?:[^a]?){900}(?:\\pL|\\d)*Z")
+    r.search(text)
+    assert len(r._dfa) <= r._dfa_max and len(r._chunks) <= goregexp.CHUNKS_MAX
+    assert len(r._char_masks) <= goregexp.CHAR_CACHE
+    cache = RegexCache()
+    for i in range(20):
+        cache.get(f"(?:a?){{{900 + i}}}")
+    assert cache._kept <= goregexp.CACHE_INSTRUCTIONS and len(cache._lru) <= 3
