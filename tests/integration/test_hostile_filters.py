@@ -50,11 +50,11 @@ def test_hostile_filters_do_not_stall_serfd(cluster: Cluster) -> None:
     def flood() -> None:
         i = 0
         while not stop.is_set():
-            _query(s, HOSTILE[i % len(HOSTILE)], "700ms")
+            _query(s, HOSTILE[i % len(HOSTILE)], "400ms")
             sent[0] += 1
             i += 1
 
-    workers = [threading.Thread(target=flood, daemon=True) for _ in range(2)]
+    workers = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
     for w in workers:
         w.start()
     slowest = 0.0
@@ -77,6 +77,7 @@ def test_hostile_filters_do_not_stall_serfd(cluster: Cluster) -> None:
         stop.set()
         for w in workers:
             w.join(timeout=30)
+    print(f"hostile queries sent: {sent[0]}; RPC polls: {polls}; slowest: {slowest * 1e3:.1f} ms")
     assert sent[0] >= 10, sent  # the flood did run
     assert polls >= 50, polls
 
