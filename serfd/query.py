@@ -24,7 +24,6 @@ Everything here is pure: times are passed in, nothing is sent from this module.
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 import msgpack  # type: ignore[import-untyped]
 
 from serfd.codec import STR, DecodeError, Field, encode_struct, obj_to_struct, pack_gossip
+from serfd.goregexp import GoRegexpError, RegexCache
 
 __all__ = [
     "INTERNAL_PREFIX",
@@ -79,17 +79,25 @@ def encode_filters(param: QueryParam) -> list[bytes] | None:
     return out or None
 
 
-def _go_search(expr: str, text: str) -> bool:
-    # Go's regexp.MatchString: an unanchored search. (RE2 and Python re differ in rare syntax.)
-    return re.search(expr, text) is not None
+# Compiled tag filters shared by callers that bring no cache of their own.
+DEFAULT_REGEXES = RegexCache()
 
 
-def filters_match(filters: Iterable[bytes] | None, name: str, tags: Mapping[str, str]) -> bool:
+def _go_search(expr: str, text: str, regexes: RegexCache, now: float) -> bool:
+    # Go's regexp.MatchString (an unanchored search), in linear time: see serfd/goregexp.py.
+    return regexes.search(expr, text, now)
+
+
+def filters_match(filters: Iterable[bytes] | None, name: str, tags: Mapping[str, str],
+                  regexes: RegexCache | None = None, now: float = 0.0) -> bool:
     """Serf's shouldProcessQuery for a node called ``name`` with ``tags``.
 
     Every filter must pass; a filter we cannot decode, an unknown filter type or a
-    regex that does not compile fails the query for this node (as Serf does).
+    regex that does not compile fails the query for this node (as Serf does). Tag
+    regexes are Go's syntax, matched in linear time; one we cannot run never matches
+    and is counted in ``regexes`` (default: a cache shared by the process).
     """
+    regexes = regexes if regexes is not None else DEFAULT_REGEXES
     for raw in filters or ():
         if not isinstance(raw, (bytes, bytearray)) or not raw:
             return False
@@ -107,8 +115,8 @@ def filters_match(filters: Iterable[bytes] | None, name: str, tags: Mapping[str,
         elif kind == _FILTER_TAG:
             try:
                 tf = obj_to_struct(_TAG_FILTER, obj)
-                matched = _go_search(tf["expr"], tags.get(tf["tag"], ""))
-            except (DecodeError, re.error):
+                matched = _go_search(tf["expr"], tags.get(tf["tag"], ""), regexes, now)
+            except (DecodeError, GoRegexpError):
                 return False
             if not matched:
                 return False

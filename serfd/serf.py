@@ -43,6 +43,7 @@ import msgpack  # type: ignore[import-untyped]
 
 from serfd.broadcast import TransmitLimitedQueue
 from serfd.codec import ANY, BYTES, STR, UINT16, DecodeError, Field, obj_to_struct, pack_gossip
+from serfd.goregexp import RegexCache
 from serfd.lamport import LamportClock
 from serfd.member import Member, MemberStatus
 from serfd.messages import META_MAX_SIZE, bytes_to_ip, ip_to_bytes
@@ -55,6 +56,7 @@ from serfd.query import (
     encode_filters,
     filters_match,
 )
+from serfd.ratelog import DropLog
 from serfd.serf_messages import (
     QUERY_FLAG_ACK,
     QUERY_FLAG_NO_BROADCAST,
@@ -276,6 +278,8 @@ class Serf:
         self._conflict_wanted = False
         self.conflict_lost = False  # we lost a name conflict vote: the agent must stop
         self.counters: dict[str, int] = {}
+        # Compiled query tag filters (Go syntax, linear time); refused ones counted here.
+        self.regexes = RegexCache(drops=DropLog(log, self.counters, level=logging.INFO))
         # Three broadcast queues as Serf has them; their size estimate is our member count.
         self._intent_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
         self._event_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
@@ -843,7 +847,7 @@ class Serf:
         expected = frozenset(
             m.name for m in self._members.values()
             if m.status == MemberStatus.ALIVE
-            and filters_match(filters, m.name, self.tags if m is me else m.tags)
+            and filters_match(filters, m.name, self.tags if m is me else m.tags, self.regexes, now)
         )
         pq = PendingQuery(ltime=msg.ltime, id=msg.id, name=name, deadline=now + timeout,
                           request_ack=param.request_ack, expected=expected)
@@ -925,7 +929,7 @@ class Serf:
         else:
             self._query_buffer[idx] = (msg.ltime, {msg.id})
         rebroadcast = not msg.flags & QUERY_FLAG_NO_BROADCAST
-        if not filters_match(msg.filters, self.config.node_name, self.tags):
+        if not filters_match(msg.filters, self.config.node_name, self.tags, self.regexes, now):
             return rebroadcast
         try:
             addr = (bytes_to_ip(msg.addr or b""), msg.port)
