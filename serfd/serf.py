@@ -27,6 +27,64 @@ Time is always passed in (``now``, seconds). Everything that takes time in Go
 ``handle_timer`` advances. Output for the driver: member events via
 ``next_event()``, join attempts via ``joins_to_attempt()`` and whatever the
 memberlist core wants sent.
+
+Bounds
+------
+Everything kept because of what a peer (or an RPC client) sent has a bound in count
+and in time; the numbers are ``SerfConfig`` fields. What a bound cuts is counted in
+``counters`` under the reason named here (``serfctl info`` shows ``dropped_<reason>``)
+and logged, one line per reason per 10 s (:class:`~serfd.ratelog.DropLog`). Serf
+itself bounds none of these unless said.
+
+* Queries we answer (``_answering``, keyed by LTime and ID): kept until the query's
+  deadline, which is at most ``max_query_timeout`` (300 s) away whatever the peer
+  asked (``query_timeout_capped``; Go's time.Duration allows 292 years). 300 s is
+  five times the default handler timeout (60 s, after which a handler is killed and
+  cannot answer), 15 times Serf's default query timeout for a 100,000-member LAN
+  cluster (0.2 s x 16 x ceil(log10(N+1)) = 19.2 s) and 6 times a WAN one (48 s);
+  an answer later than that could only come from an RPC client. At most
+  ``max_answering`` (256) at once: a new one evicts the oldest (``answering_full``),
+  so a flood of long queries cannot lock newer ones out. The relay factor we honour
+  is at most ``max_relay_factor`` (5, the most Consul, Serf's main user, accepts;
+  Serf takes up to 255): one answer costs at most 1 + 5 datagrams
+  (``query_relay_factor_capped``).
+* Queries we ask (``_asking``): at most ``max_asking`` (64) open; one more is an
+  error to the client (``asking_full``). A timeout over ``max_query_timeout`` is an
+  error too, as an answerer would not wait that long. Each keeps at most
+  ``max(max_query_answers, 4 x members)`` acks and as many responses, and at most
+  ``max(max_query_answer_bytes, 2 x members x query_response_size_limit)`` bytes of
+  names and payloads (``query_answers_cut``): a peer can forge answers from any
+  number of names. Serf's channel holds as many undrained answers as it had members
+  when the query started and drops the rest; its sets of names are unbounded.
+* Dedup rings: a query slot remembers at most ``max_query_ids_per_ltime`` (128) IDs
+  for its LTime and drops further queries (``query_ids_per_ltime``); a user-event
+  slot at most ``max_events_per_ltime`` (512) events (``user_events_per_ltime``),
+  and the whole event ring, which also travels in our push/pull, at most
+  ``max_event_buffer_bytes`` (2 MiB, ``event_buffer_full``). A user event over
+  Serf's hard 9 KiB limit is dropped (``user_event_too_large``), as is any Serf
+  message over ``max_message_size`` (64 KiB, a UDP datagram;
+  ``serf_message_too_large``). Old events and queries are dropped as in Serf
+  (``event_too_old``, ``query_too_old``), their warning now rate-limited.
+* Lamport clocks: Serf has no rule on how far a witnessed LTime may move a clock
+  (a cluster merging with an older one legitimately jumps by its whole history), so
+  neither do we; a clock saturates at 2^64-1 where Go's wraps (serfd.lamport).
+* Intents for unknown nodes (``_intents``): reaped after ``recent_intent_timeout``
+  (300 s, Serf's RecentIntentTimeout, checked every ``reap_interval``); at most
+  ``max_intents`` (8192) and ``max_intent_bytes`` (1 MiB of names): the oldest go
+  first (``intents_full``).
+* Prunes (``_prunes``): one per member, due BroadcastTimeout + LeavePropagateDelay
+  after the first prune-leave (Serf starts a goroutine per message).
+* Events for the agent (``_events``): user events and queries at most
+  ``max_pending_events`` (4096) undrained (``event_queue_full``); member events are
+  bounded by the member count. The agent drains after every input.
+* Broadcast queues: each at most ``max_queue_depth`` (4096, Serf's MaxQueueDepth),
+  pruned of its most-sent messages as soon as it is over (Serf checks every 30 s;
+  ``intent_queue_pruned``, ``event_queue_pruned``, ``query_queue_pruned``).
+* Relays: Serf forwards any relayed message to any address; we forward only a query
+  response (the only thing Serf relays) to the member the header names, at the
+  address we know for it (``relay_refused``). Nothing is kept.
+* The member list itself is Serf's design: any alive message adds a member, kept
+  until reaped (failed: ``reconnect_timeout``; left: ``tombstone_timeout``).
 """
 
 from __future__ import annotations
