@@ -42,7 +42,8 @@ itself bounds none of these unless said.
   five times the default handler timeout (60 s, after which a handler is killed and
   cannot answer), 15 times Serf's default query timeout for a 100,000-member LAN
   cluster (0.2 s x 16 x ceil(log10(N+1)) = 19.2 s) and 6 times a WAN one (48 s);
-  an answer later than that could only come from an RPC client. At most
+  an answer later than that could only come from an RPC client (the agent raises the
+  cap to its handler timeout when that is configured longer). At most
   ``max_answering`` (256) at once: a new one evicts the oldest (``answering_full``),
   so a flood of long queries cannot lock newer ones out. The relay factor we honour
   is at most ``max_relay_factor`` (5, the most Consul, Serf's main user, accepts;
@@ -148,6 +149,11 @@ class SerfError(Exception):
     """The caller asked for something Serf refuses (the message is Serf's own text)."""
 
 
+# The longest a query stays open, asked or answered (see "Bounds" above); the agent
+# raises it to its handler timeout when that is configured longer.
+DEFAULT_MAX_QUERY_TIMEOUT = 300.0
+
+
 @dataclass(frozen=True, slots=True)
 class SerfConfig:
     """Serf library settings (serf/config.go DefaultConfig, with the agent's overrides)."""
@@ -176,7 +182,7 @@ class SerfConfig:
     # Bounds on what peers (and RPC clients) make us keep or send; Serf has none of these
     # unless said. What they cut is counted (``counters``) and logged, rate-limited. See
     # "Bounds" in the module docstring for the reasons behind each number.
-    max_query_timeout: float = 300.0  # s: longest a query stays open, answered or asked
+    max_query_timeout: float = DEFAULT_MAX_QUERY_TIMEOUT  # s: a query open, asked or answered
     max_relay_factor: int = 5  # relayed copies per response we send (Consul's own limit)
     max_answering: int = 256  # queries being answered at once (_answering; oldest evicted)
     max_asking: int = 64  # queries we asked still open (_asking; more is an error)

@@ -23,7 +23,14 @@ from serfd.lamport import MAX_LTIME
 from serfd.messages import Alive, IndirectPing, MsgType, ip_to_bytes
 from serfd.packet import encode_packet
 from serfd.query import IncomingQuery, PendingQuery, QueryParam
-from serfd.serf import ENTRY_OVERHEAD, MemberEvent, Serf, SerfConfig, SerfError
+from serfd.serf import (
+    DEFAULT_MAX_QUERY_TIMEOUT,
+    ENTRY_OVERHEAD,
+    MemberEvent,
+    Serf,
+    SerfConfig,
+    SerfError,
+)
 from serfd.serf_messages import (
     QUERY_FLAG_ACK,
     MessageJoin,
@@ -493,7 +500,7 @@ class HostilePeer(RuleBasedStateMachine):
             self.ml.stream_reply(req.token, None, self.now)
         self.ml.user_sent.clear()
 
-    def _from_peer(self, data: bytes) -> None:
+    def _from_peer(self, data: bytes) -> list[tuple[tuple[str, int], bytes]]:
         before = len(self.ml.user_sent)
         self.ml.receive_datagram(_packet(bytes((MsgType.USER,)) + data), ("10.7.1.1", 7946),
                                  self.now)
@@ -503,6 +510,7 @@ class HostilePeer(RuleBasedStateMachine):
         assert relays(out) <= 2 * self.cfg.max_relay_factor
         assert len(out) <= 2 * (1 + self.cfg.max_relay_factor) + self.cfg.eager_fanout + 1
         self._flush()
+        return out
 
     def _ltime(self, clock: int, offset: int, extreme: int | None) -> int:
         if extreme is not None:
@@ -566,9 +574,10 @@ class HostilePeer(RuleBasedStateMachine):
           inner=st.one_of(st.binary(max_size=50), st.just(
               MessageQueryResponse(ltime=1, id=1, from_="x", flags=0, payload=None).encode())))
     def relay(self, dest: str, ip: str, inner: bytes) -> None:
-        before = len(self.ml.user_sent)
-        self._from_peer(_relay(ip, dest, inner))
-        assert len(self.ml.user_sent) - before <= 1
+        member = {m.name: m for m in self.serf.members()}.get(dest)
+        allowed = member is not None and member.addr == ip and inner[:1] == b"\x05"
+        out = self._from_peer(_relay(ip, dest, inner))
+        assert out == ([((ip, 7946), inner)] if allowed else [])
 
     @rule(data=st.one_of(st.binary(max_size=200), st.just(b"\x03" + b"z" * 20_000)))
     def garbage(self, data: bytes) -> None:
@@ -707,3 +716,16 @@ HostilePeer.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 test_hostile_peer_keeps_every_structure_within_its_bound = HostilePeer.TestCase
 
+
+
+def test_the_agent_keeps_queries_open_as_long_as_a_handler_may_answer() -> None:
+    from serfd.agent import Agent
+    from serfd.config import Config
+
+    def cap(handler_timeout: float) -> float:
+        cfg = Config(node_name="a", bind=("127.0.0.1", 7946), advertise=("127.0.0.1", 7946),
+                     handler_timeout=handler_timeout)
+        return Agent(cfg)._make_serf(0.0).config.max_query_timeout
+
+    assert cap(60.0) == DEFAULT_MAX_QUERY_TIMEOUT == 300.0
+    assert cap(900.0) == 900.0
