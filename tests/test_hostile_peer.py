@@ -355,8 +355,9 @@ def test_broadcast_queues_are_pruned_at_max_depth() -> None:
     for lt in range(1, 400):
         s.notify_msg(MessageUserEvent(ltime=lt, name="e", payload=None, cc=False).encode(), 1.0)
         s.notify_msg(MessageJoin(ltime=lt, node=f"ghost{lt}").encode(), 1.0)
-    assert len(s._event_q) == 100 and len(s._intent_q) == 100
-    assert s.counters["event_queue_pruned"] == 299 and s.counters["intent_queue_pruned"] == 299
+    for kind, q in (("event", s._event_q), ("intent", s._intent_q)):
+        assert 88 <= len(q) <= 100  # pruned an eighth below the limit each time
+        assert s.counters[f"{kind}_queue_pruned"] == 399 - len(q)
 
 
 def _relay(dest_ip: str, dest_name: str, inner: bytes) -> bytes:
