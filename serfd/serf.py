@@ -987,6 +987,8 @@ class Serf:
             raise SerfError("Feature not supported")
         timeout = param.timeout or self.default_query_timeout()
         cfg = self.config
+        if not 0 <= param.relay_factor <= 255:  # a uint8 on the wire
+            raise SerfError("relay factor must be between 0 and 255")
         if timeout > cfg.max_query_timeout:
             raise SerfError(f"query timeout of {timeout:g}s exceeds the maximum of "
                             f"{cfg.max_query_timeout:g}s")

@@ -162,6 +162,15 @@ def test_open_queries_are_capped_with_an_error() -> None:
     s.query("q", b"", QueryParam(timeout=5.0), 7.0)
 
 
+def test_asked_relay_factor_outside_a_uint8_is_an_error() -> None:
+    s = make_serf()
+    for bad in (256, -1):
+        with pytest.raises(SerfError, match="between 0 and 255"):
+            s.query("q", b"", QueryParam(timeout=1.0, relay_factor=bad), 1.0)
+    assert not s._asking
+    s.query("q", b"", QueryParam(timeout=1.0, relay_factor=255), 1.0)  # peers cap it
+
+
 def test_asked_timeout_over_the_maximum_is_an_error() -> None:
     s = make_serf()
     with pytest.raises(SerfError, match="exceeds the maximum"):
