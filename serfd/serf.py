@@ -86,7 +86,9 @@ itself bounds none of these unless said.
   response (the only thing Serf relays) to the member the header names, at the
   address we know for it (``relay_refused``). Nothing is kept.
 * The member list itself is Serf's design: any alive message adds a member, kept
-  until reaped (failed: ``reconnect_timeout``; left: ``tombstone_timeout``).
+  until reaped (failed: ``reconnect_timeout``; left: ``tombstone_timeout``). Name
+  conflicts (an alive for a known name from another address) are counted by
+  memberlist (``conflict``); their log lines are rate-limited here.
 """
 
 from __future__ import annotations
@@ -362,6 +364,9 @@ class Serf:
         self.conflict_lost = False  # we lost a name conflict vote: the agent must stop
         self.counters: dict[str, int] = {}
         self.drops = DropLog(log, self.counters)
+        # Name conflicts: memberlist counts them ("conflict"); these only limit the lines.
+        self._conflict_log = DropLog(log, {})
+        self._self_conflict_log = DropLog(log, {}, level=logging.ERROR)
         # Three broadcast queues as Serf has them; their size estimate is our member count.
         self._intent_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
         self._event_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
@@ -686,15 +691,21 @@ class Serf:
         self._events.append(MemberEvent("member-update", (m.snapshot(),)))
 
     def notify_conflict(self, existing: Node, other: Node) -> None:
+        # memberlist counts the refused alive ("conflict"); here only the log line, one
+        # per 10 s, as a peer can send as many conflicting alives as it likes.
+        now = self.memberlist.now()
         if existing.name == self.config.node_name:
-            log.error("name conflict: another node claims our name %s from %s:%d "
-                      "(resolution enabled: %s)", other.name, _node_addr(other), other.port,
-                      self.config.enable_name_conflict_resolution)
+            self._self_conflict_log.drop("self", now,
+                                         "name conflict: another node claims our name %s "
+                                         "from %s:%d (resolution enabled: %s)", other.name,
+                                         _node_addr(other), other.port,
+                                         self.config.enable_name_conflict_resolution)
             if self.config.enable_name_conflict_resolution:
                 self._start_conflict_resolution()
         else:
-            log.warning("name conflict for %s: %s:%d and %s:%d", existing.name,
-                        _node_addr(existing), existing.port, _node_addr(other), other.port)
+            self._conflict_log.drop("other", now, "name conflict for %s: %s:%d and %s:%d",
+                                    existing.name, _node_addr(existing), existing.port,
+                                    _node_addr(other), other.port)
 
     def _tags_of(self, node: Node) -> dict[str, str]:
         try:

@@ -481,6 +481,10 @@ class Memberlist:
     def has_left(self) -> bool:
         return self._left
 
+    def now(self) -> float:
+        """The latest time any input gave us (for callbacks that carry no time)."""
+        return self._clock
+
     # ------------------------------------------------------------------ driver interface
 
     def get_timer(self) -> float | None:

@@ -739,3 +739,22 @@ def test_the_agent_keeps_queries_open_as_long_as_a_handler_may_answer() -> None:
 
     assert cap(60.0) == DEFAULT_MAX_QUERY_TIMEOUT == 300.0
     assert cap(900.0) == 900.0
+
+
+def test_name_conflict_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    mlc = MemberlistConfig.from_profile("lan", name="me", advertise_addr="10.8.0.1",
+                                        enable_compression=False)
+    s = Serf(SerfConfig(node_name="me", memberlist=mlc, enable_name_conflict_resolution=False),
+             random.Random(1), 0.0)
+    vsn = bytes([1, 5, 2, 2, 5, 5])
+    first = Alive(1, "peer", ip_to_bytes("10.8.0.2"), 7946, b"", vsn)
+    s.memberlist.receive_datagram(_packet(first.encode()), ("10.8.0.2", 7946), 0.1)
+    with caplog.at_level(logging.WARNING, "serfd.serf"):
+        for i in range(200):
+            for name in ("peer", "me"):  # another node's name, and ours
+                other = Alive(5 + i, name, ip_to_bytes("10.8.0.66"), 7946, b"", vsn)
+                s.memberlist.receive_datagram(_packet(other.encode()), ("10.8.0.66", 7946),
+                                              1.0 + i / 100)
+    assert s.memberlist.counters["conflict"] == 400  # all counted
+    lines = [r for r in caplog.records if "name conflict" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.WARNING, logging.ERROR]
