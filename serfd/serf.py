@@ -826,6 +826,7 @@ class Serf:
                             "refusing to relay a response to %.64s at %s:%d: not a member there",
                             header["dest_name"], *dest_addr)
             return
+        log.debug("relaying a query response to %.64s at %s:%d", header["dest_name"], *dest_addr)
         self.memberlist.send_user_msg(dest_addr, inner)
 
     # ------------------------------------------------------------------ intents
