@@ -67,7 +67,15 @@ from serfd.query import IncomingQuery, QueryParam
 from serfd.ratelog import DropLog
 from serfd.reload import plan_reload
 from serfd.rpc import RPCError, RPCServer
-from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
+from serfd.serf import (
+    DEFAULT_MAX_QUERY_TIMEOUT,
+    MemberEvent,
+    Serf,
+    SerfConfig,
+    SerfError,
+    SerfState,
+    UserEvent,
+)
 from serfd.snapshot import SnapshotState, Snapshotter, format_addr, read_snapshot
 from serfd.stream import StreamReader, encode_stream
 from serfd.swim import MemberlistConfig, ProtocolError, StreamRequest
@@ -232,6 +240,8 @@ class Agent(EventsMixin):
             user_event_size_limit=cfg.user_event_size_limit,
             query_size_limit=cfg.query_size_limit,
             query_response_size_limit=cfg.query_response_size_limit,
+            # A handler may answer until it is killed: keep its queries open that long.
+            max_query_timeout=max(DEFAULT_MAX_QUERY_TIMEOUT, cfg.handler_timeout),
         )
         return Serf(sc, random.Random(), now)
 

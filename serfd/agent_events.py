@@ -30,7 +30,7 @@ from serfd.monitor import LogRing
 from serfd.query import INTERNAL_PREFIX, IncomingQuery, PendingQuery, QueryParam, QueryRecord
 from serfd.ratelog import DropLog
 from serfd.rpc import RPCError
-from serfd.serf import SerfError, SerfState
+from serfd.serf import DEFAULT_MAX_QUERY_TIMEOUT, SerfError, SerfState
 from serfd.serf_messages import MessageQueryResponse
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ class EventsMixin:
             user_event_size_limit=new.user_event_size_limit,
             query_size_limit=new.query_size_limit,
             query_response_size_limit=new.query_response_size_limit,
+            max_query_timeout=max(DEFAULT_MAX_QUERY_TIMEOUT, new.handler_timeout),
         )
         if old.handlers != new.handlers or old.handlers_dir != new.handlers_dir:
             log.info("reload: %d handler route%s in effect", len(handlers),

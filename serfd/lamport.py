@@ -1,6 +1,16 @@
-"""Lamport clocks as Serf keeps them (lamport.go): one each for members, events, queries."""
+"""Lamport clocks as Serf keeps them (lamport.go): one each for members, events, queries.
+
+LTimes are uint64 on the wire. A peer may send any value, including 2^64-1; Go's clock
+then wraps to 0 on the next step. Ours saturates at :data:`MAX_LTIME` instead, so
+every time we stamp can still be encoded (a clock past it made every later push/pull
+and user event fail to encode). Serf has no rule on how far a witnessed time may move
+a clock, and neither do we: a cluster that merges with an older one legitimately
+jumps by the other's whole history.
+"""
 
 from __future__ import annotations
+
+MAX_LTIME = 2**64 - 1  # LamportTime is a uint64
 
 
 class LamportClock:
@@ -17,10 +27,10 @@ class LamportClock:
 
     def increment(self) -> int:
         """Advance by one and return the new value."""
-        self._counter += 1
+        self._counter = min(self._counter + 1, MAX_LTIME)
         return self._counter
 
     def witness(self, ltime: int) -> None:
         """Record a time seen elsewhere: our clock ends up strictly greater than it."""
         if ltime >= self._counter:
-            self._counter = ltime + 1
+            self._counter = min(ltime + 1, MAX_LTIME)

@@ -17,6 +17,9 @@ asker's address, optionally also relayed through ``relay_factor`` random members
   which never gets a response, the ack alone.
 * The **answerer** sees an :class:`IncomingQuery` (an event for the handlers); its
   reply goes through ``Serf.respond``, which allows one response before the deadline.
+* Bounds (beyond Serf): a :class:`PendingQuery` keeps at most ``max_answers`` acks and
+  as many responses, and at most ``max_bytes`` of names and payloads over its life
+  (0 = no limit); what comes after is dropped and counted in ``cut``.
 
 Everything here is pure: times are passed in, nothing is sent from this module.
 """
@@ -46,6 +49,7 @@ __all__ = [
 
 INTERNAL_PREFIX = "_serf_"  # InternalQueryPrefix: answered by Serf itself, never by handlers
 QUERY_TIMEOUT_MULT = 16  # Serf's QueryTimeoutMult
+ANSWER_OVERHEAD = 64  # bytes charged per kept ack/response on top of name and payload
 
 _FILTER_NODE = 0  # filterNodeType
 _FILTER_TAG = 1  # filterTagType
@@ -148,6 +152,10 @@ class PendingQuery:
     responses: set[str] = field(default_factory=set)
     finished: bool = False
     records: deque[QueryRecord] = field(default_factory=deque)
+    max_answers: int = 0  # acks kept, and responses kept, at most (0 = no limit)
+    max_bytes: int = 0  # bytes of names and payloads kept over the query's life (0 = none)
+    used_bytes: int = 0
+    cut: int = 0  # answers dropped by these two limits
 
     @property
     def ack_only(self) -> bool:
@@ -158,15 +166,19 @@ class PendingQuery:
         """Record an ack or response; False if it is a duplicate or the query is over."""
         if self.finished:
             return False
+        seen = self.acks if is_ack else self.responses
+        if from_ in seen:
+            return False
+        cost = len(from_.encode("utf-8", "surrogateescape")) + len(payload) + ANSWER_OVERHEAD
+        if (self.max_answers and len(seen) >= self.max_answers) or (
+                self.max_bytes and self.used_bytes + cost > self.max_bytes):
+            self.cut += 1
+            return False
+        self.used_bytes += cost
+        seen.add(from_)
         if is_ack:
-            if from_ in self.acks:
-                return False
-            self.acks.add(from_)
             self.records.append(QueryRecord("ack", from_))
         else:
-            if from_ in self.responses:
-                return False
-            self.responses.add(from_)
             self.records.append(QueryRecord("response", from_, payload))
         return True
 

@@ -27,6 +27,68 @@ Time is always passed in (``now``, seconds). Everything that takes time in Go
 ``handle_timer`` advances. Output for the driver: member events via
 ``next_event()``, join attempts via ``joins_to_attempt()`` and whatever the
 memberlist core wants sent.
+
+Bounds
+------
+Everything kept because of what a peer (or an RPC client) sent has a bound in count
+and in time; the numbers are ``SerfConfig`` fields. What a bound cuts is counted in
+``counters`` under the reason named here (``serfctl info`` shows ``dropped_<reason>``)
+and logged, one line per reason per 10 s (:class:`~serfd.ratelog.DropLog`). Serf
+itself bounds none of these unless said.
+
+* Queries we answer (``_answering``, keyed by LTime and ID): kept until the query's
+  deadline, which is at most ``max_query_timeout`` (300 s) away whatever the peer
+  asked (``query_timeout_capped``; Go's time.Duration allows 292 years). 300 s is
+  five times the default handler timeout (60 s, after which a handler is killed and
+  cannot answer), 15 times Serf's default query timeout for a 100,000-member LAN
+  cluster (0.2 s x 16 x ceil(log10(N+1)) = 19.2 s) and 6 times a WAN one (48 s);
+  an answer later than that could only come from an RPC client (the agent raises the
+  cap to its handler timeout when that is configured longer). At most
+  ``max_answering`` (256) at once: a new one evicts the oldest (``answering_full``),
+  so a flood of long queries cannot lock newer ones out. The relay factor we honour
+  is at most ``max_relay_factor`` (5, the most Consul, Serf's main user, accepts;
+  Serf takes up to 255): one answer costs at most 1 + 5 datagrams
+  (``query_relay_factor_capped``).
+* Queries we ask (``_asking``): at most ``max_asking`` (64) open; one more is an
+  error to the client (``asking_full``). A timeout over ``max_query_timeout`` is an
+  error too, as an answerer would not wait that long. Each keeps at most
+  ``max(max_query_answers, 4 x members)`` acks and as many responses, and at most
+  ``max(max_query_answer_bytes, 2 x members x query_response_size_limit)`` bytes of
+  names and payloads (``query_answers_cut``): a peer can forge answers from any
+  number of names. Serf's channel holds as many undrained answers as it had members
+  when the query started and drops the rest; its sets of names are unbounded.
+* Dedup rings: a query slot remembers at most ``max_query_ids_per_ltime`` (128) IDs
+  for its LTime and drops further queries (``query_ids_per_ltime``); a user-event
+  slot at most ``max_events_per_ltime`` (512) events (``user_events_per_ltime``),
+  and the whole event ring, which also travels in our push/pull, at most
+  ``max_event_buffer_bytes`` (2 MiB, ``event_buffer_full``). A user event over
+  Serf's hard 9 KiB limit is dropped (``user_event_too_large``), as is any Serf
+  message over ``max_message_size`` (64 KiB, a UDP datagram;
+  ``serf_message_too_large``). Old events and queries are dropped as in Serf
+  (``event_too_old``, ``query_too_old``), their warning now rate-limited.
+* Lamport clocks: Serf has no rule on how far a witnessed LTime may move a clock
+  (a cluster merging with an older one legitimately jumps by its whole history), so
+  neither do we; a clock saturates at 2^64-1 where Go's wraps (serfd.lamport).
+* Intents for unknown nodes (``_intents``): reaped after ``recent_intent_timeout``
+  (300 s, Serf's RecentIntentTimeout, checked every ``reap_interval``); at most
+  ``max_intents`` (8192) and ``max_intent_bytes`` (1 MiB of names): the oldest go
+  first (``intents_full``).
+* Prunes (``_prunes``): one per member, due BroadcastTimeout + LeavePropagateDelay
+  after the first prune-leave (Serf starts a goroutine per message).
+* Events for the agent (``_events``): user events and queries at most
+  ``max_pending_events`` (4096) undrained (``event_queue_full``); member events are
+  bounded by the member count. The agent drains after every input.
+* Broadcast queues: each at most ``max_queue_depth`` (4096, Serf's MaxQueueDepth),
+  pruned of its most-sent messages down to 7/8 of that as soon as it is over (Serf
+  checks every 30 s and prunes to the limit; ``intent_queue_pruned``,
+  ``event_queue_pruned``, ``query_queue_pruned``).
+* Relays: Serf forwards any relayed message to any address; we forward only a query
+  response (the only thing Serf relays) to the member the header names, at the
+  address we know for it (``relay_refused``). Nothing is kept.
+* The member list itself is Serf's design: any alive message adds a member, kept
+  until reaped (failed: ``reconnect_timeout``; left: ``tombstone_timeout``). Name
+  conflicts (an alive for a known name from another address) are counted by
+  memberlist (``conflict``); their log lines are rate-limited here.
 """
 
 from __future__ import annotations
@@ -44,7 +106,7 @@ import msgpack  # type: ignore[import-untyped]
 from serfd.broadcast import TransmitLimitedQueue
 from serfd.codec import ANY, BYTES, STR, UINT16, DecodeError, Field, obj_to_struct, pack_gossip
 from serfd.goregexp import RegexCache
-from serfd.lamport import LamportClock
+from serfd.lamport import MAX_LTIME, LamportClock
 from serfd.member import Member, MemberStatus
 from serfd.messages import META_MAX_SIZE, bytes_to_ip, ip_to_bytes
 from serfd.query import (
@@ -91,6 +153,11 @@ class SerfError(Exception):
     """The caller asked for something Serf refuses (the message is Serf's own text)."""
 
 
+# The longest a query stays open, asked or answered (see "Bounds" above); the agent
+# raises it to its handler timeout when that is configured longer.
+DEFAULT_MAX_QUERY_TIMEOUT = 300.0
+
+
 @dataclass(frozen=True, slots=True)
 class SerfConfig:
     """Serf library settings (serf/config.go DefaultConfig, with the agent's overrides)."""
@@ -116,6 +183,23 @@ class SerfConfig:
     # sent at once to this many random members instead of waiting for the next gossip
     # tick; gossip still carries it as usual. 0 = Serf's behaviour.
     eager_fanout: int = 3
+    # Bounds on what peers (and RPC clients) make us keep or send; Serf has none of these
+    # unless said. What they cut is counted (``counters``) and logged, rate-limited. See
+    # "Bounds" in the module docstring for the reasons behind each number.
+    max_query_timeout: float = DEFAULT_MAX_QUERY_TIMEOUT  # s: a query open, asked or answered
+    max_relay_factor: int = 5  # relayed copies per response we send (Consul's own limit)
+    max_answering: int = 256  # queries being answered at once (_answering; oldest evicted)
+    max_asking: int = 64  # queries we asked still open (_asking; more is an error)
+    max_query_answers: int = 1024  # acks and responses one asked query keeps, at least
+    max_query_answer_bytes: int = 1 << 20  # their bytes (names + payloads), at least
+    max_query_ids_per_ltime: int = 128  # query IDs one dedup-ring slot remembers
+    max_events_per_ltime: int = 512  # user events one dedup-ring slot remembers
+    max_event_buffer_bytes: int = 2 << 20  # all events in the ring (also our push/pull)
+    max_intents: int = 8192  # buffered intents for nodes we do not know yet
+    max_intent_bytes: int = 1 << 20  # their names' bytes (with ENTRY_OVERHEAD each)
+    max_pending_events: int = 4096  # user events + queries not yet drained by the agent
+    max_queue_depth: int = 4096  # each broadcast queue (Serf MaxQueueDepth)
+    max_message_size: int = 64 * 1024  # one Serf message from a peer (a UDP datagram)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +223,7 @@ class UserEvent:
 SerfEvent = MemberEvent | UserEvent | IncomingQuery
 
 USER_EVENT_SANE_LIMIT = 9 * 1024  # Serf's UserEventSizeLimit constant: the hard maximum
+ENTRY_OVERHEAD = 64  # bytes charged per kept entry on top of its strings (byte budgets)
 
 
 @dataclass(slots=True)
@@ -192,18 +277,16 @@ _RELAY_HEADER = (Field("dest_addr", "DestAddr", ANY), Field("dest_name", "DestNa
 _UDP_ADDR = (Field("ip", "IP", BYTES), Field("port", "Port", UINT16))
 
 
-def _in_window(clock: LamportClock, min_time: int, buffer_size: int, ltime: int,
-               kind: str, name: str) -> bool:
-    """Witness ``ltime``; False if it is before ``min_time`` or older than the dedup ring
-    can remember (Serf's rule for both user events and queries)."""
-    clock.witness(ltime)
-    if ltime < min_time:
-        return False
-    cur = clock.time()
-    if cur > buffer_size and ltime < cur - buffer_size:
-        log.warning("received old %s %s from time %d (current: %d)", kind, name, ltime, cur)
-        return False
-    return True
+def _event_cost(name: str, payload: bytes | None) -> int:
+    return len(name.encode("utf-8", "surrogateescape")) + len(payload or b"") + ENTRY_OVERHEAD
+
+
+def _slot_cost(slot: UserEvents | None) -> int:
+    return 0 if slot is None else sum(_event_cost(r.name, r.payload) for r in slot.events)
+
+
+def _intent_cost(name: str) -> int:
+    return len(name.encode("utf-8", "surrogateescape")) + ENTRY_OVERHEAD
 
 
 def _node_addr(node: Node) -> str:
@@ -265,9 +348,12 @@ class Serf:
         self._left: list[_MemberState] = []
         self._intents: dict[str, _Intent] = {}
         self._events: deque[SerfEvent] = deque()
+        self._pending_user = 0  # user events and queries in _events (max_pending_events)
+        self._intent_bytes = 0  # charged for _intents (max_intent_bytes)
         self._join_requests: list[tuple[str, str, int]] = []
         # Event dedup ring (EventBuffer slots keyed by LTime % size).
         self._event_buffer: list[UserEvents | None] = [None] * config.event_buffer
+        self._event_bytes = 0  # what the ring holds, charged as _event_cost
         self._event_min_time = 0
         self._event_join_ignore = False
         self._query_buffer: list[tuple[int, set[int]] | None] = [None] * config.query_buffer
@@ -278,8 +364,12 @@ class Serf:
         self._conflict_wanted = False
         self.conflict_lost = False  # we lost a name conflict vote: the agent must stop
         self.counters: dict[str, int] = {}
+        self.drops = DropLog(log, self.counters)
         # Compiled query tag filters (Go syntax, linear time); refused ones counted here.
         self.regexes = RegexCache(drops=DropLog(log, self.counters, level=logging.INFO))
+        # Name conflicts: memberlist counts them ("conflict"); these only limit the lines.
+        self._conflict_log = DropLog(log, {})
+        self._self_conflict_log = DropLog(log, {}, level=logging.ERROR)
         # Three broadcast queues as Serf has them; their size estimate is our member count.
         self._intent_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
         self._event_q = TransmitLimitedQueue(config.memberlist.retransmit_mult, self._num_nodes)
@@ -287,7 +377,7 @@ class Serf:
         # Timed work.
         self._next_reap = now + config.reap_interval
         self._next_reconnect = now + config.reconnect_interval
-        self._prunes: list[tuple[float, str]] = []
+        self._prunes: dict[str, float] = {}  # member name -> when it is erased
         self._leave_phase = ""
         self._leave_deadline = 0.0
         self._leave_intent_sent = False
@@ -311,7 +401,12 @@ class Serf:
 
     def next_event(self) -> SerfEvent | None:
         """The next member or user event, or None."""
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        ev = self._events.popleft()
+        if not isinstance(ev, MemberEvent):
+            self._pending_user -= 1
+        return ev
 
     def joins_to_attempt(self) -> list[tuple[str, str, int]]:
         """Drain memberlist-level joins Serf wants (reconnects): (name, ip, port)."""
@@ -363,7 +458,7 @@ class Serf:
         msg = MessageJoin(ltime=ltime, node=self.config.node_name)
         self.clock.witness(ltime)
         self._handle_join_intent(msg, now)
-        self._intent_q.queue(msg.encode())
+        self._enqueue(self._intent_q, "intent", msg.encode(), now)
 
     def set_tags(self, tags: dict[str, str], now: float) -> None:
         """Replace our tags and gossip them (memberlist alive with a new incarnation)."""
@@ -390,7 +485,7 @@ class Serf:
             def sent() -> None:
                 self._leave_intent_sent = True
 
-            self._intent_q.queue(msg.encode(), on_finished=sent)
+            self._enqueue(self._intent_q, "intent", msg.encode(), now, on_finished=sent)
             self._leave_phase = "intent"
             self._leave_deadline = now + self.config.broadcast_timeout
         else:
@@ -429,7 +524,7 @@ class Serf:
         self._handle_leave_intent(msg, now)
         if not self._has_alive_members():
             return False
-        self._intent_q.queue(msg.encode())
+        self._enqueue(self._intent_q, "intent", msg.encode(), now)
         return True
 
     def intent_queue_empty(self) -> bool:
@@ -452,7 +547,7 @@ class Serf:
             times.append(ml)
         if self._leave_phase:
             times.append(self._leave_deadline)
-        times.extend(t for t, _ in self._prunes)
+        times.extend(self._prunes.values())
         times.extend(pq.deadline for pq in self._asking.values())
         times.extend(a.deadline for a in self._answering.values())
         return min(times)
@@ -467,9 +562,9 @@ class Serf:
             self._next_reconnect = now + self.config.reconnect_interval
             self._reconnect()
         if self._prunes:
-            due = [name for t, name in self._prunes if t <= now]
-            self._prunes = [(t, n) for t, n in self._prunes if t > now]
+            due = [name for name, t in self._prunes.items() if t <= now]
             for name in due:
+                del self._prunes[name]
                 m = self._members.get(name)
                 if m is not None:
                     self._erase(m)
@@ -494,6 +589,7 @@ class Serf:
         for name in [n for n, i in self._intents.items()
                      if now - i.wall > self.config.recent_intent_timeout]:
             del self._intents[name]
+            self._intent_bytes -= _intent_cost(name)
 
     def _reconnect(self) -> None:
         if not self._failed:
@@ -598,15 +694,21 @@ class Serf:
         self._events.append(MemberEvent("member-update", (m.snapshot(),)))
 
     def notify_conflict(self, existing: Node, other: Node) -> None:
+        # memberlist counts the refused alive ("conflict"); here only the log line, one
+        # per 10 s, as a peer can send as many conflicting alives as it likes.
+        now = self.memberlist.now()
         if existing.name == self.config.node_name:
-            log.error("name conflict: another node claims our name %s from %s:%d "
-                      "(resolution enabled: %s)", other.name, _node_addr(other), other.port,
-                      self.config.enable_name_conflict_resolution)
+            self._self_conflict_log.drop("self", now,
+                                         "name conflict: another node claims our name %s "
+                                         "from %s:%d (resolution enabled: %s)", other.name,
+                                         _node_addr(other), other.port,
+                                         self.config.enable_name_conflict_resolution)
             if self.config.enable_name_conflict_resolution:
                 self._start_conflict_resolution()
         else:
-            log.warning("name conflict for %s: %s:%d and %s:%d", existing.name,
-                        _node_addr(existing), existing.port, _node_addr(other), other.port)
+            self._conflict_log.drop("other", now, "name conflict for %s: %s:%d and %s:%d",
+                                    existing.name, _node_addr(existing), existing.port,
+                                    _node_addr(other), other.port)
 
     def _tags_of(self, node: Node) -> dict[str, str]:
         try:
@@ -643,7 +745,7 @@ class Serf:
             self.query_clock.witness(pp.query_ltime - 1)
         left = set(pp.left_members)
         for name in pp.left_members:
-            ltime = pp.status_ltimes.get(name, 0) + 1
+            ltime = min(pp.status_ltimes.get(name, 0) + 1, MAX_LTIME)  # Go would wrap to 0
             self._handle_leave_intent(MessageLeave(ltime=ltime, node=name), now)
         for name, ltime in pp.status_ltimes.items():
             if name not in left:
@@ -660,9 +762,14 @@ class Serf:
     def notify_msg(self, data: bytes, now: float) -> None:
         if not data:
             return
+        if len(data) > self.config.max_message_size:
+            self.drops.drop("serf_message_too_large", now,
+                            "dropping a %d-byte Serf message (type %d): over %d bytes",
+                            len(data), data[0], self.config.max_message_size)
+            return
         t = data[0]
         if t == SerfMsgType.RELAY:
-            self._handle_relay(data)
+            self._handle_relay(data, now)
             return
         if t not in (SerfMsgType.LEAVE, SerfMsgType.JOIN, SerfMsgType.USER_EVENT,
                      SerfMsgType.QUERY, SerfMsgType.QUERY_RESPONSE):
@@ -676,23 +783,26 @@ class Serf:
             return
         if isinstance(msg, MessageLeave):
             if self._handle_leave_intent(msg, now):
-                self._intent_q.queue(bytes(data))
+                self._enqueue(self._intent_q, "intent", bytes(data), now)
         elif isinstance(msg, MessageJoin):
             if self._handle_join_intent(msg, now):
-                self._intent_q.queue(bytes(data))
+                self._enqueue(self._intent_q, "intent", bytes(data), now)
         elif isinstance(msg, MessageUserEvent):
             if self._handle_user_event(msg, now):
-                self._event_q.queue(bytes(data))
+                self._enqueue(self._event_q, "event", bytes(data), now)
                 self._eager_push(bytes(data))
         elif isinstance(msg, MessageQuery):
             if self._handle_query(msg, now):
-                self._query_q.queue(bytes(data))
+                self._enqueue(self._query_q, "query", bytes(data), now)
                 self._eager_push(bytes(data))
         elif isinstance(msg, MessageQueryResponse):
             self._handle_query_response(msg, now)
 
-    def _handle_relay(self, data: bytes) -> None:
-        # [9][relayHeader][inner...]: forward the inner message unchanged over UDP.
+    def _handle_relay(self, data: bytes, now: float) -> None:
+        # [9][relayHeader][inner...]: forward the inner message unchanged over UDP. Serf
+        # forwards any inner message to any address; we forward only what Serf ever
+        # relays (a query response) and only to a member we know, so we are no open
+        # reflector. The direct response does not depend on relays.
         unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, max_buffer_size=len(data))
         unpacker.feed(data[1:])
         try:
@@ -707,7 +817,20 @@ class Serf:
         if not inner:
             self._count("bad_relay")
             return
-        self.memberlist.send_user_msg((ip, dest["port"]), inner)
+        dest_addr = (ip, dest["port"])
+        if inner[0] != SerfMsgType.QUERY_RESPONSE:
+            self.drops.drop("relay_refused", now,
+                            "refusing to relay a message of type %d to %s:%d", inner[0],
+                            *dest_addr)
+            return
+        m = self._members.get(header["dest_name"])
+        if m is None or (m.addr, m.port) != dest_addr:
+            self.drops.drop("relay_refused", now,
+                            "refusing to relay a response to %.64s at %s:%d: not a member there",
+                            header["dest_name"], *dest_addr)
+            return
+        log.debug("relaying a query response to %.64s at %s:%d", header["dest_name"], *dest_addr)
+        self.memberlist.send_user_msg(dest_addr, inner)
 
     # ------------------------------------------------------------------ intents
 
@@ -747,7 +870,7 @@ class Serf:
     def _prune(self, m: _MemberState, now: float) -> None:
         if m.status == MemberStatus.LEAVING:
             delay = self.config.broadcast_timeout + self.config.leave_propagate_delay
-            self._prunes.append((now + delay, m.name))
+            self._prunes.setdefault(m.name, now + delay)  # one per member: the first wins
             return
         log.info("EventMemberReap (forced): %s %s", m.name, m.addr)
         self._erase(m)
@@ -766,16 +889,56 @@ class Serf:
 
     def _upsert_intent(self, node: str, kind: int, ltime: int, now: float) -> bool:
         cur = self._intents.get(node)
-        if cur is None or ltime > cur.ltime:
-            self._intents[node] = _Intent(kind, ltime, now)
-            return True
-        return False
+        if cur is not None and ltime <= cur.ltime:
+            return False
+        cfg = self.config
+        cost = _intent_cost(node)
+        if cur is not None:
+            del self._intents[node]  # re-inserted last: the dict stays in arrival order
+            self._intent_bytes -= cost
+        elif cost > cfg.max_intent_bytes:
+            self.drops.drop("intents_full", now, "dropping intent for a %d-byte node name",
+                            cost - ENTRY_OVERHEAD)
+            return False
+        while self._intents and (len(self._intents) >= cfg.max_intents
+                                 or self._intent_bytes + cost > cfg.max_intent_bytes):
+            old = next(iter(self._intents))
+            del self._intents[old]
+            self._intent_bytes -= _intent_cost(old)
+            self.drops.drop("intents_full", now,
+                            "%d intents for unknown nodes buffered: forgetting the oldest (%.64s)",
+                            len(self._intents) + 1, old)
+        self._intents[node] = _Intent(kind, ltime, now)
+        self._intent_bytes += cost
+        return True
 
     # ------------------------------------------------------------------ events and queries
 
+    def _in_window(self, clock: LamportClock, min_time: int, buffer_size: int, ltime: int,
+                   kind: str, name: str, now: float) -> bool:
+        """Witness ``ltime``; False if it is before ``min_time`` or older than the dedup ring
+        can remember (Serf's rule for both user events and queries)."""
+        clock.witness(ltime)
+        if ltime < min_time:
+            return False
+        cur = clock.time()
+        if cur > buffer_size and ltime < cur - buffer_size:
+            self.drops.drop(f"{kind}_too_old", now,
+                            "received old %s %s from time %d (current: %d)", kind, name, ltime,
+                            cur)
+            return False
+        return True
+
     def _handle_user_event(self, msg: MessageUserEvent, now: float) -> bool:
-        if not _in_window(self.event_clock, self._event_min_time, len(self._event_buffer),
-                          msg.ltime, "event", msg.name):
+        cost = _event_cost(msg.name, msg.payload)
+        if cost - ENTRY_OVERHEAD > USER_EVENT_SANE_LIMIT:
+            # No Serf sends one this big (its hard limit on an encoded event).
+            self.drops.drop("user_event_too_large", now,
+                            "dropping user event %.64s of %d bytes: over Serf's limit of %d",
+                            msg.name, cost - ENTRY_OVERHEAD, USER_EVENT_SANE_LIMIT)
+            return False
+        if not self._in_window(self.event_clock, self._event_min_time, len(self._event_buffer),
+                               msg.ltime, "event", msg.name, now):
             return False
         idx = msg.ltime % len(self._event_buffer)
         slot = self._event_buffer[idx]
@@ -784,10 +947,24 @@ class Serf:
             for prev in slot.events:
                 if prev.name == rec.name and (prev.payload or b"") == (rec.payload or b""):
                     return False
-            self._event_buffer[idx] = UserEvents(msg.ltime, slot.events + (rec,))
+            if len(slot.events) >= self.config.max_events_per_ltime:
+                self.drops.drop("user_events_per_ltime", now,
+                                "dropping user event %.64s: already %d events at LTime %d",
+                                msg.name, len(slot.events), msg.ltime)
+                return False
+            freed = 0
+            events = slot.events + (rec,)
         else:
-            self._event_buffer[idx] = UserEvents(msg.ltime, (rec,))
-        self._events.append(UserEvent(msg.ltime, msg.name, msg.payload or b"", msg.cc))
+            freed = _slot_cost(slot)
+            events = (rec,)
+        if self._event_bytes - freed + cost > self.config.max_event_buffer_bytes:
+            self.drops.drop("event_buffer_full", now,
+                            "dropping user event %.64s: the event buffer holds %d bytes",
+                            msg.name, self._event_bytes)
+            return False
+        self._event_bytes += cost - freed
+        self._event_buffer[idx] = UserEvents(msg.ltime, events)
+        self._deliver(UserEvent(msg.ltime, msg.name, msg.payload or b"", msg.cc), now)
         return True
 
     def user_event(self, name: str, payload: bytes, coalesce: bool, now: float) -> None:
@@ -811,7 +988,7 @@ class Serf:
                 "before encoding")
         self.event_clock.increment()
         self._handle_user_event(msg, now)
-        self._event_q.queue(raw)
+        self._enqueue(self._event_q, "event", raw, now)
         self._eager_push(raw)
 
     def default_query_timeout(self) -> float:
@@ -824,6 +1001,17 @@ class Serf:
         if self.config.protocol < 4:
             raise SerfError("Feature not supported")
         timeout = param.timeout or self.default_query_timeout()
+        cfg = self.config
+        if not 0 <= param.relay_factor <= 255:  # a uint8 on the wire
+            raise SerfError("relay factor must be between 0 and 255")
+        if timeout > cfg.max_query_timeout:
+            raise SerfError(f"query timeout of {timeout:g}s exceeds the maximum of "
+                            f"{cfg.max_query_timeout:g}s")
+        if len(self._asking) >= cfg.max_asking:
+            self.drops.drop("asking_full", now, "refusing query %s: %d queries in progress",
+                            name, len(self._asking))
+            raise SerfError(f"too many queries in progress ({len(self._asking)}): "
+                            "try again when one finishes")
         filters = encode_filters(param)
         me = self._members.get(self.config.node_name)
         addr = self.config.memberlist.advertise_addr
@@ -849,11 +1037,17 @@ class Serf:
             if m.status == MemberStatus.ALIVE
             and filters_match(filters, m.name, self.tags if m is me else m.tags, self.regexes, now)
         )
+        # An ack and a response per member, twice over for members that join meanwhile;
+        # a response as big as ours may be per member (Serf caps neither).
+        members = len(self._members)
         pq = PendingQuery(ltime=msg.ltime, id=msg.id, name=name, deadline=now + timeout,
-                          request_ack=param.request_ack, expected=expected)
+                          request_ack=param.request_ack, expected=expected,
+                          max_answers=max(cfg.max_query_answers, 4 * members),
+                          max_bytes=max(cfg.max_query_answer_bytes,
+                                        2 * members * cfg.query_response_size_limit))
         self._asking[msg.ltime] = pq
         self._handle_query(msg, now)
-        self._query_q.queue(raw)
+        self._enqueue(self._query_q, "query", raw, now)
         self._eager_push(raw)
         return pq
 
@@ -868,7 +1062,9 @@ class Serf:
         ans = self._answering.get((q.ltime, q.id))
         if ans is None and now > q.deadline:
             raise SerfError("response is past the deadline")
-        if ans is None or ans.responded:
+        if ans is None:
+            raise SerfError("query was dropped: too many queries being answered at once")
+        if ans.responded:
             raise SerfError("response already sent")
         if now > ans.deadline:
             raise SerfError("response is past the deadline")
@@ -886,7 +1082,7 @@ class Serf:
 
     def _relay_response(self, ans: _Answering, resp: MessageQueryResponse) -> None:
         # Serf's relayResponse: a relay-wrapped copy via up to RelayFactor random members.
-        k = ans.relay_factor
+        k = ans.relay_factor  # at most max_relay_factor (see _handle_query)
         if k == 0 or len(self._members) < k + 1:
             return
         header = pack_gossip({
@@ -904,6 +1100,21 @@ class Serf:
         for m in self._rng.sample(peers, min(k, len(peers))):
             self.memberlist.send_user_msg((m.addr, m.port), raw)
 
+    def _enqueue(self, q: TransmitLimitedQueue, kind: str, raw: bytes, now: float,
+                 on_finished: Callable[[], None] | None = None) -> None:
+        # Serf prunes each queue to MaxQueueDepth every QueueCheckInterval (30 s); we do
+        # it as soon as one is over, so the bound holds at every instant, and an eighth
+        # deeper, so that a flood costs one sort per limit/8 messages, not one each.
+        q.queue(raw, on_finished=on_finished)
+        limit = self.config.max_queue_depth
+        if len(q) > limit:
+            keep = limit - limit // 8
+            n = len(q) - keep
+            q.prune(keep)
+            self.drops.drop(f"{kind}_queue_pruned", now,
+                            "%s broadcast queue over %d: dropped its %d most-sent messages",
+                            kind, limit, n, n=n)
+
     def _eager_push(self, raw: bytes) -> None:
         # Beyond Serf: send a new broadcast at once to a few members (see eager_fanout).
         k = self.config.eager_fanout
@@ -917,13 +1128,19 @@ class Serf:
 
     def _handle_query(self, msg: MessageQuery, now: float) -> bool:
         """Dedup, filter, ack and deliver a query; True if it should be re-gossiped."""
-        if not _in_window(self.query_clock, self._query_min_time, len(self._query_buffer),
-                          msg.ltime, "query", msg.name):
+        if not self._in_window(self.query_clock, self._query_min_time, len(self._query_buffer),
+                               msg.ltime, "query", msg.name, now):
             return False
         idx = msg.ltime % len(self._query_buffer)
         slot = self._query_buffer[idx]
         if slot is not None and slot[0] == msg.ltime:
             if msg.id in slot[1]:
+                return False
+            if len(slot[1]) >= self.config.max_query_ids_per_ltime:
+                # Not remembered, so not handled either: it could loop through gossip.
+                self.drops.drop("query_ids_per_ltime", now,
+                                "dropping query %.64s: already %d queries at LTime %d",
+                                msg.name, len(slot[1]), msg.ltime)
                 return False
             slot[1].add(msg.id)
         else:
@@ -936,8 +1153,28 @@ class Serf:
         except ValueError:
             self._count("bad_query_addr")
             return rebroadcast
-        deadline = now + max(0, msg.timeout) / 1e9
-        ans = _Answering(addr, msg.source_node, msg.relay_factor, deadline)
+        cfg = self.config
+        timeout = max(0, msg.timeout) / 1e9
+        if timeout > cfg.max_query_timeout:
+            self.drops.drop("query_timeout_capped", now,
+                            "query %.64s from %.64s asks for %gs: answering for at most %gs",
+                            msg.name, msg.source_node, timeout, cfg.max_query_timeout)
+            timeout = cfg.max_query_timeout
+        relay = msg.relay_factor
+        if relay > cfg.max_relay_factor:
+            self.drops.drop("query_relay_factor_capped", now,
+                            "query %.64s from %.64s asks for %d relays: sending at most %d",
+                            msg.name, msg.source_node, relay, cfg.max_relay_factor)
+            relay = cfg.max_relay_factor
+        deadline = now + timeout
+        while len(self._answering) >= cfg.max_answering:
+            # The oldest goes: a flood of long queries cannot lock out new ones.
+            key = next(iter(self._answering))
+            del self._answering[key]
+            self.drops.drop("answering_full", now,
+                            "answering %d queries at once: forgetting the oldest (LTime %d)",
+                            cfg.max_answering, key[0])
+        ans = _Answering(addr, msg.source_node, relay, deadline)
         self._answering[(msg.ltime, msg.id)] = ans
         if msg.flags & QUERY_FLAG_ACK:
             ack = MessageQueryResponse(ltime=msg.ltime, id=msg.id, from_=self.config.node_name,
@@ -948,7 +1185,7 @@ class Serf:
         if msg.name.startswith(INTERNAL_PREFIX):
             self._internal_query(q, now)
         else:
-            self._events.append(q)
+            self._deliver(q, now)
         return rebroadcast
 
     def _internal_query(self, q: IncomingQuery, now: float) -> None:
@@ -976,22 +1213,29 @@ class Serf:
                 except SerfError as e:
                     log.error("failed to respond to %s query: %s", kind, e)
             return
-        log.warning("unhandled internal query '%s'", kind)
+        self.drops.drop("unhandled_internal_query", now, "unhandled internal query '%.64s'",
+                        kind)
 
     def _handle_query_response(self, resp: MessageQueryResponse, now: float) -> None:
         pq = self._asking.get(resp.ltime)
         if pq is None:
-            log.warning("reply for non-running query (LTime: %d, ID: %d) From: %s",
-                        resp.ltime, resp.id, resp.from_)
-            self._count("query_response_unexpected")
+            self.drops.drop("query_response_unexpected", now,
+                            "reply for non-running query (LTime: %d, ID: %d) From: %.64s",
+                            resp.ltime, resp.id, resp.from_)
             return
         if pq.id != resp.id:
-            log.warning("query reply ID mismatch (Local: %d, Response: %d)", pq.id, resp.id)
-            self._count("query_response_unexpected")
+            self.drops.drop("query_response_unexpected", now,
+                            "query reply ID mismatch (Local: %d, Response: %d)", pq.id, resp.id)
             return
         if now > pq.deadline:
             return
+        cut = pq.cut
         pq.add(resp.from_, bool(resp.flags & QUERY_FLAG_ACK), resp.payload or b"")
+        if pq.cut > cut:
+            self.drops.drop("query_answers_cut", now,
+                            "query %s has kept %d answers (%d bytes), its limit: dropping "
+                            "the one from %.64s", pq.name, len(pq.acks) + len(pq.responses),
+                            pq.used_bytes, resp.from_)
         if pq.complete():
             self._close_query(pq)
 
@@ -1055,7 +1299,21 @@ class Serf:
 
     def drain_events(self) -> Iterable[SerfEvent]:
         while self._events:
-            yield self._events.popleft()
+            ev = self.next_event()
+            assert ev is not None
+            yield ev
+
+    def _deliver(self, ev: UserEvent | IncomingQuery, now: float) -> bool:
+        # Member events are bounded by the member count; user events and queries by
+        # max_pending_events (the agent drains after every input, so this is a guard).
+        if self._pending_user >= self.config.max_pending_events:
+            self.drops.drop("event_queue_full", now,
+                            "event queue full (%d user events and queries waiting): "
+                            "dropping %s", self._pending_user, ev.name)
+            return False
+        self._pending_user += 1
+        self._events.append(ev)
+        return True
 
 
 __all__ = [

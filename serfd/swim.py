@@ -57,6 +57,7 @@ Order of events
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -87,6 +88,7 @@ from serfd.messages import (
 )
 from serfd.packet import decode_packet, encode_packet
 from serfd.profiles import LAN, Profile, get_profile
+from serfd.ratelog import DropLog
 from serfd.stream import (
     decode_push_pull,
     decode_user_stream,
@@ -108,6 +110,7 @@ __all__ = [
 ]
 
 Addr = tuple[str, int]
+log = logging.getLogger("serfd.swim")
 NodeState = NodeStateType
 
 COMPOUND_HEADER_OVERHEAD = 2  # memberlist compoundHeaderOverhead
@@ -169,6 +172,9 @@ class MemberlistConfig:
     # instead of letting it wait for the next GossipInterval tick (extra packets, batched
     # at most every EAGER_GOSSIP_GAP x GossipInterval; the retransmit budget is untouched).
     eager_gossip: bool = False
+    # Beyond memberlist: indirect pings we run for peers at once (each holds an ack
+    # handler and one or two timers for ProbeTimeout); more are refused and counted.
+    max_indirect_pings: int = 1024
 
     @classmethod
     def from_profile(cls, profile: str | Profile, **overrides: Any) -> MemberlistConfig:
@@ -389,6 +395,8 @@ class Memberlist:
         self.rng = rng
         self.name = config.name
         self.counters: dict[str, int] = {}
+        self.drops = DropLog(log, self.counters)
+        self._indirect = 0  # indirect pings served and not yet over (max_indirect_pings)
 
         self._map: dict[str, _Rec] = {}
         self._nodes: list[_Rec] = []
@@ -472,6 +480,10 @@ class Memberlist:
 
     def has_left(self) -> bool:
         return self._left
+
+    def now(self) -> float:
+        """The latest time any input gave us (for callbacks that carry no time)."""
+        return self._clock
 
     # ------------------------------------------------------------------ driver interface
 
@@ -1054,6 +1066,11 @@ class Memberlist:
 
     def _serve_indirect_ping(self, ind: IndirectPing, src: Addr, now: float) -> None:
         cfg = self.config
+        if self._indirect >= cfg.max_indirect_pings:
+            self.drops.drop("indirect_ping_refused", now,
+                            "%d indirect pings in progress: refusing one for %.64s from %s:%d",
+                            self._indirect, ind.node, *src)
+            return
         target = (bytes_to_ip(ind.target or b""), ind.port or cfg.bind_port)
         requester = self._reply_addr(ind.source_addr, ind.source_port, src)
         seq = self._next_seq()
@@ -1063,7 +1080,12 @@ class Memberlist:
             acked[0] = True
             self._send_msg(Ack(ind.seq_no, None).encode(), requester)
 
+        def done(t: float) -> None:
+            self._indirect -= 1
+
+        self._indirect += 1
         self._expect_ack(seq, _AckHandler(on_ack, None), now + cfg.probe_timeout)
+        self._at(now + cfg.probe_timeout, done)
         ping = Ping(seq, ind.node, self._self_addr, cfg.advertise_port, self.name)
         self._send_msg(ping.encode(), target)
         if ind.nack:
