@@ -914,6 +914,7 @@ class Agent(EventsMixin):
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
             "serfd": {"version": __version__, **self._snapshot_stats(),
+                      **{k: str(v) for k, v in sorted(self.serf.memberlist.activity.items())},
                       **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }
 

@@ -52,6 +52,11 @@ Order of events
   one random alive node over a stream.
 * Acks, nacks, pings and indirect pings are answered inline; outgoing pings, acks,
   indirect pings and nacks piggyback queued broadcasts.
+* Catch-up (serfd, ``catch_up``): a ping or indirect ping from a node we do not know as
+  live means the sender takes us for a member, and the ack we send it carries our own
+  broadcasts (a refutation of our death after a restart, say). We then push/pull with
+  it, as a reconnect would; memberlist waits for its next periodic push/pull (up to
+  PushPullInterval) and meanwhile the cluster sees us alive while we know nobody.
 """
 
 from __future__ import annotations
@@ -110,8 +115,9 @@ __all__ = [
 ]
 
 Addr = tuple[str, int]
-log = logging.getLogger("serfd.swim")
 NodeState = NodeStateType
+
+log = logging.getLogger("serfd.memberlist")
 
 COMPOUND_HEADER_OVERHEAD = 2  # memberlist compoundHeaderOverhead
 EAGER_GOSSIP_GAP = 0.25  # serfd: eager pushes at most every quarter GossipInterval
@@ -175,6 +181,11 @@ class MemberlistConfig:
     # Beyond memberlist: indirect pings we run for peers at once (each holds an ack
     # handler and one or two timers for ProbeTimeout); more are refused and counted.
     max_indirect_pings: int = 1024
+    # Beyond memberlist: a node that probes us, or asks us to probe for it, while we do
+    # not know it as live gets a push/pull (Join=true, as a reconnect) from us, at most
+    # one at a time and one per ProbeInterval. Our ack tells it we are alive; this makes
+    # us learn the cluster as fast as it learns of us (see _catch_up).
+    catch_up: bool = True
 
     @classmethod
     def from_profile(cls, profile: str | Profile, **overrides: Any) -> MemberlistConfig:
@@ -395,6 +406,7 @@ class Memberlist:
         self.rng = rng
         self.name = config.name
         self.counters: dict[str, int] = {}
+        self.activity: dict[str, int] = {}  # what we did beyond memberlist (not drops)
         self.drops = DropLog(log, self.counters)
         self._indirect = 0  # indirect pings served and not yet over (max_indirect_pings)
 
@@ -421,6 +433,9 @@ class Memberlist:
         self._fresh: list[bytes] = []  # broadcasts queued since the last eager round
         self._clock = now  # the latest time any input told us
         self._last_eager = now - EAGER_GOSSIP_GAP * config.gossip_interval
+        self._catch_up_token: int | None = None  # the catch-up push/pull in flight
+        self._catch_up_deadline = now  # ... which is given up on after this instant
+        self._catch_up_next = now  # no new catch-up before this instant
 
         use_keyring = config.keyring is not None
         self._keyring_in = config.keyring if use_keyring else None
@@ -693,6 +708,8 @@ class Memberlist:
         if pending is None:
             return
         kind, data = pending
+        if token == self._catch_up_token:
+            self._catch_up_token = None
         if kind == "push_pull":
             self._push_pull_reply(plain, bool(data), now)
         elif kind == "ping":
@@ -1062,7 +1079,9 @@ class Memberlist:
             self._count("ping_wrong_node")
             return
         ack = Ack(p.seq_no, self.delegate.ack_payload())
-        self._send_msg(ack.encode(), self._reply_addr(p.source_addr, p.source_port, src))
+        reply_to = self._reply_addr(p.source_addr, p.source_port, src)
+        self._send_msg(ack.encode(), reply_to)
+        self._catch_up(p.source_node, reply_to, now)
 
     def _serve_indirect_ping(self, ind: IndirectPing, src: Addr, now: float) -> None:
         cfg = self.config
@@ -1073,6 +1092,7 @@ class Memberlist:
             return
         target = (bytes_to_ip(ind.target or b""), ind.port or cfg.bind_port)
         requester = self._reply_addr(ind.source_addr, ind.source_port, src)
+        self._catch_up(ind.source_node, requester, now)
         seq = self._next_seq()
         acked = [False]
 
@@ -1095,6 +1115,33 @@ class Memberlist:
                     self._send_msg(Nack(ind.seq_no).encode(), requester)
 
             self._at(now + cfg.probe_timeout, maybe_nack)
+
+    def _catch_up(self, sender: str | None, addr: Addr, now: float) -> None:
+        """Push/pull with a sender that takes us for a member but that we do not know.
+
+        The case this is for: we restarted with no state and no join, and our old peers
+        still gossip our death to us (GossipToTheDeadTime) and finish the probes they had
+        started. We refute the death, a ping arrives, and its ack carries our new alive:
+        from then on the cluster sees us alive, nobody reconnects to us, and nothing
+        would tell us about them until a periodic push/pull (30 s on LAN) picks us.
+        The sender is named by the peer, so the cost is bounded: one exchange in flight,
+        one per ProbeInterval; what is skipped meanwhile is counted.
+        """
+        if not self.config.catch_up or not sender or sender == self.name or self._left:
+            return
+        rec = self._map.get(sender)
+        if rec is not None and not rec.dead_or_left():
+            return
+        busy = self._catch_up_token is not None and now < self._catch_up_deadline
+        if busy or now < self._catch_up_next:
+            self._count("catch_up_deferred")
+            return
+        self._catch_up_next = now + self.config.probe_interval
+        self._catch_up_deadline = now + self.config.tcp_timeout
+        self.activity["catch_up_push_pull"] = self.activity.get("catch_up_push_pull", 0) + 1
+        log.info("%s takes us for a member but is not one here: push/pull with %s:%d",
+                 sender, addr[0], addr[1])
+        self._catch_up_token = self.start_push_pull(addr, True, now)
 
     def _expect_ack(self, seq: int, handler: _AckHandler, expires: float) -> None:
         self._acks[seq] = handler

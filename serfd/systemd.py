@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import sdnotify  # type: ignore[import-untyped]
 
@@ -140,8 +140,15 @@ class Notifier:
                 os.close(self._ready_fd)
             self._ready_fd = None
 
-    async def keepalive(self, status_fn: Callable[[], str]) -> None:
-        """Forever: WATCHDOG=1 every watchdog interval, STATUS= when it changed."""
+    async def keepalive(
+        self,
+        status_fn: Callable[[], str],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """Forever: WATCHDOG=1 every watchdog interval, STATUS= when it changed.
+
+        ``sleep`` waits one interval on the running loop (a test passes a fake clock).
+        """
         interval = self.watchdog if self.watchdog is not None else STATUS_REFRESH
         interval = min(interval, STATUS_REFRESH)
         if self.watchdog is not None:
@@ -153,4 +160,4 @@ class Notifier:
                 self.status(status_fn())
             except Exception:  # a status bug must not stop the watchdog pings
                 log.exception("building the STATUS line failed")
-            await asyncio.sleep(interval)
+            await sleep(interval)

@@ -38,9 +38,11 @@ class SerfSim(Sim):
     """A Sim whose nodes are Serf instances; their events are collected per node."""
 
     def add_serf(self, name: str, tags: dict[str, str] | None = None,
-                 **serf_overrides: Any) -> Serf:
-        i = len(self.by_addr) + 1
-        addr = (f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}", 7946)
+                 addr: tuple[str, int] | None = None, **serf_overrides: Any) -> Serf:
+        """Start a Serf called ``name``; with ``addr``, (re)start it there, with no state."""
+        if addr is None:
+            i = len(self.by_addr) + 1
+            addr = (f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}", 7946)
         mlc = MemberlistConfig(name=name, advertise_addr=addr[0], advertise_port=addr[1],
                                enable_compression=False, **self.config)
         cfg = SerfConfig(node_name=name, memberlist=mlc, tags=dict(tags or {}), **serf_overrides)
@@ -50,6 +52,14 @@ class SerfSim(Sim):
         self.by_addr[addr] = node
         self._service(node)
         return serf
+
+    def _service(self, node: SimNode) -> None:
+        core = node.core
+        if isinstance(core, SerfCore):
+            # Serf's reconnects, as the agent runs them: a push/pull with Join=true.
+            for _name, ip, port in core.serf.joins_to_attempt():
+                core.ml.start_push_pull((ip, port), True, self.now)
+        super()._service(node)
 
     def serf(self, name: str) -> Serf:
         return self.nodes[name].core.serf  # type: ignore[attr-defined, no-any-return]

@@ -210,6 +210,50 @@ def test_indirect_ping_forwards_ack_or_nacks_after_probe_timeout() -> None:
     assert msgs[0] == Nack(41) and addr == PEER
 
 
+def test_probed_by_an_unknown_member_we_push_pull_with_it_bounded() -> None:
+    """serfd's catch-up: a prober we do not know as live learns we are alive from our
+    ack, so we learn the cluster from it (Join=true, as a reconnect). A peer names the
+    prober, so it is one exchange in flight and one per ProbeInterval, the rest counted."""
+    m, _, _ = core()
+    feed(m, alive("a", 1))
+    m.datagrams_to_send()
+    feed(m, Ping(1, "me", ip_to_bytes("10.0.0.2"), 7946, "a").encode(), now=1.0)
+    assert m.streams_to_open() == []  # a known live prober: nothing to learn
+    for i in range(50):  # a burst of pings naming strangers (or a spoofer)
+        src = ip_to_bytes(f"10.0.1.{i}")
+        feed(m, Ping(10 + i, "me", src, 7946, f"x{i}").encode(), now=1.0 + i / 1000)
+    (req,) = m.streams_to_open()
+    assert (req.kind, req.addr) == ("push_pull", ("10.0.1.0", 7946))
+    assert decode_push_pull(req.plain)[0].join
+    assert m.activity["catch_up_push_pull"] == 1
+    assert m.counters["catch_up_deferred"] == 49
+    # The reply teaches us the cluster; the next stranger waits for ProbeInterval (1 s).
+    reply = encode_push_pull(
+        True, [PushNodeState("x0", ip_to_bytes("10.0.1.0"), 7946, b"", 4, 0, DEFAULT_VSN)], b""
+    )
+    m.stream_reply(req.token, reply, 1.1)
+    assert m.get_node("x0").state == ALIVE  # type: ignore[union-attr]
+    feed(m, Ping(90, "me", ip_to_bytes("10.0.2.1"), 7946, "y").encode(), now=1.5)
+    assert m.streams_to_open() == []
+    feed(m, IndirectPing(91, ip_to_bytes("10.0.0.2"), 7946, "a", True,
+                         ip_to_bytes("10.0.2.1"), 7946, "y").encode(), now=2.1)
+    (req,) = m.streams_to_open()  # an indirect probe request counts too
+    assert req.addr == ("10.0.2.1", 7946)
+    # A push/pull that never reports back frees the slot after TCPTimeout (10 s).
+    feed(m, Ping(92, "me", ip_to_bytes("10.0.2.2"), 7946, "z").encode(), now=5.0)
+    assert m.streams_to_open() == []
+    feed(m, Ping(93, "me", ip_to_bytes("10.0.2.2"), 7946, "z").encode(), now=12.2)
+    assert len(m.streams_to_open()) == 1
+    assert m.activity["catch_up_push_pull"] == 3
+
+
+def test_catch_up_off_is_memberlist() -> None:
+    m, _, _ = core(catch_up=False)
+    feed(m, Ping(1, "me", ip_to_bytes("10.0.1.1"), 7946, "stranger").encode())
+    assert m.streams_to_open() == []
+    assert "catch_up_push_pull" not in m.activity
+
+
 # ------------------------------------------------------------------ probing
 
 
