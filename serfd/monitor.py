@@ -137,14 +137,16 @@ class LogRing(logging.Handler):
         try:
             for seq, levelno, line in items:
                 for level, cb, start in list(self._subs.values()):
-                    if levelno < level or seq <= start:
-                        continue
-                    try:
-                        cb(line)
-                    except Exception:  # noqa: BLE001 - a broken client must not break logging
-                        self._count("monitor_callback_errors")
+                    if levelno >= level and seq > start:
+                        self._call(cb, line)
         finally:
             self._delivering = False
+
+    def _call(self, cb: Callable[[str], None], line: str) -> None:
+        try:
+            cb(line)
+        except Exception:  # noqa: BLE001 - a broken client must not break logging; counted
+            self._count("monitor_callback_errors")
 
     def subscribe(self, level: int, cb: Callable[[str], None]) -> Callable[[], None]:
         """Replay the ring (lines >= level) to cb, then send it live lines; returns unsubscribe.
@@ -162,10 +164,7 @@ class LogRing(logging.Handler):
         self._delivering = True
         try:
             for line in replay:
-                try:
-                    cb(line)
-                except Exception:  # noqa: BLE001 - a broken client must not break logging
-                    self._count("monitor_callback_errors")
+                self._call(cb, line)
         finally:
             self._delivering = False
 

@@ -119,7 +119,8 @@ class Slice:
         return f"{self.prefix}.{i + 1}"
 
 
-def _bindable(ip: str, ports: Iterable[int]) -> bool:
+def bindable(ip: str, ports: Iterable[int]) -> bool:
+    """Whether every port is free on ip, for both TCP and UDP."""
     for port in ports:
         for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             with socket.socket(socket.AF_INET, kind) as s:
@@ -160,7 +161,7 @@ class AddressAllocator:
             except OSError:
                 os.close(fd)
                 continue
-            if all(_bindable(sl.host(i), (GOSSIP_PORT, RPC_PORT)) for i in range(probe_hosts)):
+            if all(bindable(sl.host(i), (GOSSIP_PORT, RPC_PORT)) for i in range(probe_hosts)):
                 self._held[sl] = fd
                 return sl
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from dropins import restart, start_serfd
-from harness import GOSSIP_PORT, RPC_PORT, Cluster, RPCClient, SerfdAgent, wait_until
+from harness import GOSSIP_PORT, RPC_PORT, Cluster, RPCClient, SerfdAgent, bindable, wait_until
 
 from serfd.snapshot import read_snapshot
 from serfd.statelock import LOCK_NAME
@@ -183,16 +183,6 @@ def test_full_disk_under_the_snapshot_is_survived_shown_and_recovered(
             notify.close()
 
 
-def _free(ip: str, port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((ip, port))
-            except OSError:
-                return False
-    return True
-
-
 def test_second_serfd_on_the_same_state_dir_exits_2_before_binding(cluster: Cluster) -> None:
     first = cluster.serfd("pyd0")
     first.wait_ready()
@@ -201,7 +191,7 @@ def test_second_serfd_on_the_same_state_dir_exits_2_before_binding(cluster: Clus
     assert (f"serfd: state directory {first.state_dir} is in use by serfd pid {first.pid}"
             in second.log_path.read_text())
     assert not second.socket_path.exists()
-    assert _free(second.ip, GOSSIP_PORT) and _free(second.ip, RPC_PORT)
+    assert bindable(second.ip, (GOSSIP_PORT, RPC_PORT))
     assert first.running() and first.members()
 
     first.kill()  # SIGKILL: the lock file stays behind, naming a dead pid

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from harness import bindable
 
 from serfd import lzw
 from serfd.codec import DecodeError
@@ -80,17 +81,6 @@ class Agent:
         return {m["name"]: m for m in json.loads(out)["members"]}
 
 
-def _bindable(ip: str) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        for port in (GOSSIP_PORT, RPC_PORT):
-            with socket.socket(socket.AF_INET, kind) as s:
-                try:
-                    s.bind((ip, port))
-                except OSError:
-                    return False
-    return True
-
-
 def _wait_for(what: str, fn: Callable[[], T | None], timeout: float = 8.0) -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -113,7 +103,7 @@ def _run_agent(host: int, name: str, *extra: str) -> Iterator[Agent]:
         (
             f"127.31.{b}"
             for b in range(77, 120)
-            if all(_bindable(f"127.31.{b}.{h}") for h in (host, host + 1))
+            if all(bindable(f"127.31.{b}.{h}", (GOSSIP_PORT, RPC_PORT)) for h in (host, host + 1))
         ),
         None,
     )
