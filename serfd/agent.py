@@ -96,6 +96,9 @@ STREAM_BYTES_BUDGET = 64 * 1024 * 1024
 # Seconds a closing stream may take to hand its last bytes to the peer before it is
 # aborted (asyncio's close() waits for a peer that never reads forever).
 CLOSE_TIMEOUT = 1.0
+# Ours: key changes asked by peers (_serf_install-key etc.) waiting for the keyring lock
+# and the file write; a rotation needs one at a time, so beyond this many are refused.
+MAX_KEY_CHANGES = 16
 
 
 class _OverBudget(ConnectionError):
@@ -180,6 +183,7 @@ class Agent(EventsMixin):
         self._inbound_streams = 0  # _on_stream tasks (MAX_INBOUND_STREAMS)
         self._outbound_streams = 0  # _outbound_stream + _reconnect tasks (MAX_OUTBOUND_STREAMS)
         self._stream_bytes = 0  # bytes held by stream reads in progress (STREAM_BYTES_BUDGET)
+        self._key_changes = 0  # _answer_key_change tasks (MAX_KEY_CHANGES)
         self.stream_drops = DropLog(log, self.counters)
         self._stop = asyncio.Event()
         self._exit_code = 0
@@ -680,10 +684,22 @@ class Agent(EventsMixin):
     def _on_key_query(self, op: str, q: Any) -> bytes | None:
         if op == "list-keys" or self.keyring is None:
             return self.key_responder.answer(op, q.payload)
+        if self._key_changes >= MAX_KEY_CHANGES:
+            self.stream_drops.drop("key_change_refused", self._now(),
+                                   "%d key changes in progress: refusing %s from %s",
+                                   self._key_changes, op, q.source_node)
+            return encode_key_response(False, "too many key changes in progress", None, "")
+        self._key_changes += 1
         self._spawn(self._answer_key_change(op, q))  # the file is written off the loop
         return None
 
     async def _answer_key_change(self, op: str, q: Any) -> None:
+        try:
+            await self._change_key(op, q)
+        finally:
+            self._key_changes -= 1
+
+    async def _change_key(self, op: str, q: Any) -> None:
         async with self._keyring_lock:
             answer = self.key_responder.answer(op, q.payload)  # changes the keyring in memory
             assert answer is not None

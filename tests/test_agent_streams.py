@@ -9,6 +9,7 @@ core's stream requests and the exchange itself are faked where a peer would be n
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import tempfile
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 
 import serfd.agent as agent_mod
-from serfd.agent import MAX_INBOUND_STREAMS, MAX_OUTBOUND_STREAMS, Agent
+from serfd.agent import MAX_INBOUND_STREAMS, MAX_KEY_CHANGES, MAX_OUTBOUND_STREAMS, Agent
 from serfd.config import Config
+from serfd.keymanager import decode_key_response, request_payload
+from serfd.query import IncomingQuery
 from serfd.stream import encode_user_stream
 from serfd.swim import StreamRequest
 from serfd.systemd import Notifier
@@ -164,5 +167,36 @@ def test_a_peer_that_never_reads_our_reply_does_not_hold_the_stream() -> None:
             await until(lambda: serving() == 0, "serfd to let go", limit=15.0)
             assert agent._inbound_streams == 0
             w.close()
+
+    asyncio.run(main())
+
+
+def test_key_changes_asked_by_peers_wait_in_a_bounded_line() -> None:
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="agk") as d:
+            key = base64.b64encode(bytes(range(16))).decode()
+            cfg = Config(node_name="a", bind=("127.0.0.1", 0), state_dir=Path(d),
+                         rpc_socket=Path(d) / "s.sock", log_level="warn", encrypt_key=key)
+            agent = Agent(cfg, notifier=Notifier())
+            await agent.start()
+            try:
+                answered: list[bytes] = []
+                agent.serf.respond = (  # type: ignore[method-assign]
+                    lambda q, payload, now: answered.append(payload))
+                await agent._keyring_lock.acquire()  # a rotation in progress holds it
+                new = request_payload(bytes(range(1, 17)))
+                out = [agent._on_key_query("install-key", IncomingQuery(
+                    7, i, "_serf_install-key", new, "peer", agent._now() + 60.0))
+                    for i in range(MAX_KEY_CHANGES + 4)]
+                assert out[:MAX_KEY_CHANGES] == [None] * MAX_KEY_CHANGES
+                refused = [decode_key_response(o[1:]) for o in out[MAX_KEY_CHANGES:] if o]
+                assert len(refused) == 4 and not any(r.result for r in refused)
+                assert agent.counters["key_change_refused"] == 4
+                agent._keyring_lock.release()
+                await until(lambda: len(answered) == MAX_KEY_CHANGES, "the waiting changes")
+                assert agent._key_changes == 0
+                assert all(decode_key_response(a[1:]).result for a in answered)
+            finally:
+                await agent._shutdown()
 
     asyncio.run(main())
