@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from serfd.ratelog import DropLog
 
 __all__ = [
+    "BudgetError",
     "GoRegexpError",
     "RegexCache",
     "Regexp",
@@ -65,6 +66,13 @@ DFA_BITS_BUDGET = 1 << 20  # cached transitions per program x program bits (memo
 DFA_MAX = 4096  # cached transitions per program, whatever its size
 CHUNKS_MAX = 4096  # memoised successor sets of eight instructions, per program
 CACHE_INSTRUCTIONS = 5000  # RegexCache: total program size it keeps compiled
+RESULT_CACHE = 256  # RegexCache: (pattern, text) verdicts it remembers
+# RegexCache with a budget (the peers' query filters): engine work, in the units of
+# Regexp.work plus a compiled program's size, allowed per second and at once. One work
+# unit is 0.3-1.6 us here, so the rate is at most about 8 % of a core and the burst about
+# 0.3 s; an ordinary tag filter costs tens of units.
+WORK_PER_SECOND = 50_000
+WORK_BURST = 200_000
 MAX_ASSERTS = 64  # ^ $ \A \z \b \B instructions (each may be resolved at every position)
 MAX_CLASS_ITEMS = 24  # parts of the distinct multi-character classes (tested per new character)
 CHAR_CACHE = 512  # characters whose class mask a program remembers
@@ -80,6 +88,10 @@ class UnsupportedError(GoRegexpError):
 
 class TooLargeError(GoRegexpError):
     """A pattern beyond our bounds: too long, nested too deep, or compiling to too big a program."""
+
+
+class BudgetError(GoRegexpError):
+    """Not run now: the cache's work budget is spent (a flood of costly distinct patterns)."""
 
 
 # ---------------------------------------------------------------------------- classes
@@ -1009,11 +1021,19 @@ class RegexCache:
     (beyond our bounds), once per lookup, with a rate-limited log line.
     """
 
-    def __init__(self, size: int = 64, drops: DropLog | None = None) -> None:
+    def __init__(self, size: int = 64, drops: DropLog | None = None,
+                 work_per_second: float | None = None, burst: float = WORK_BURST) -> None:
         self.size = size
         self.drops = drops if drops is not None else DropLog(_log, level=logging.INFO)
         self._lru: OrderedDict[str, Regexp | GoRegexpError] = OrderedDict()
         self._kept = 0  # instructions of the programs in _lru (bounded by CACHE_INSTRUCTIONS)
+        self._results: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        # A token bucket of engine work (None: unlimited, for trusted callers).
+        self._rate = work_per_second
+        self._burst = burst
+        self._tokens = burst
+        self._refilled: float | None = None
+        self.work = 0  # work charged so far (compiles and searches that missed the caches)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -1024,10 +1044,12 @@ class RegexCache:
         """The compiled pattern; raises its GoRegexpError (counted) if it cannot be run."""
         hit = self._lru.get(pattern)
         if hit is None:
+            self._spend(pattern, now)
             try:
                 hit = compile(pattern)
             except GoRegexpError as e:
                 hit = e
+            self._charge(hit.size if isinstance(hit, Regexp) else len(pattern))
             if len(pattern) <= MAX_PATTERN:  # never keep an oversized key
                 self._lru[pattern] = hit
                 self._kept += hit.size if isinstance(hit, Regexp) else 0
@@ -1045,5 +1067,42 @@ class RegexCache:
         return hit
 
     def search(self, pattern: str, text: str, now: float = 0.0) -> bool:
-        """MatchString through the cache; GoRegexpError (counted) if the pattern cannot run."""
-        return self.get(pattern, now).search(text)
+        """MatchString through the caches; GoRegexpError (counted) if the pattern cannot run.
+
+        With a budget, a search or compile that misses the caches while the budget is
+        spent raises BudgetError (counted as ``regex_budget``; nothing is remembered).
+        """
+        key = (pattern, text)
+        verdict = self._results.get(key)
+        if verdict is not None:
+            self._results.move_to_end(key)
+            return verdict
+        regexp = self.get(pattern, now)
+        self._spend(pattern, now)
+        before = regexp.work
+        verdict = regexp.search(text)
+        self._charge(regexp.work - before)
+        if len(text) <= 4 * MAX_PATTERN:  # keys stay small: the table is bounded in bytes
+            self._results[key] = verdict
+            if len(self._results) > RESULT_CACHE:
+                self._results.popitem(last=False)
+        return verdict
+
+    def _spend(self, pattern: str, now: float) -> None:
+        # Refill the bucket for the time since the last refill; refuse if it is empty.
+        if self._rate is None:
+            return
+        if self._refilled is not None and now > self._refilled:
+            self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+        if self._refilled is None or now > self._refilled:
+            self._refilled = now
+        if self._tokens <= 0:
+            self.drops.drop("regex_budget", now,
+                            "regex work budget spent (%d units/s): not running %.80r",
+                            int(self._rate), pattern)
+            raise BudgetError("regex work budget spent")
+
+    def _charge(self, work: int) -> None:
+        self.work += work
+        if self._rate is not None:
+            self._tokens -= work

@@ -105,7 +105,7 @@ import msgpack  # type: ignore[import-untyped]
 
 from serfd.broadcast import TransmitLimitedQueue
 from serfd.codec import ANY, BYTES, STR, UINT16, DecodeError, Field, obj_to_struct, pack_gossip
-from serfd.goregexp import RegexCache
+from serfd.goregexp import WORK_PER_SECOND, RegexCache
 from serfd.lamport import MAX_LTIME, LamportClock
 from serfd.member import Member, MemberStatus
 from serfd.messages import META_MAX_SIZE, bytes_to_ip, ip_to_bytes
@@ -366,7 +366,9 @@ class Serf:
         self.counters: dict[str, int] = {}
         self.drops = DropLog(log, self.counters)
         # Compiled query tag filters (Go syntax, linear time); refused ones counted here.
-        self.regexes = RegexCache(drops=DropLog(log, self.counters, level=logging.INFO))
+        # Peers choose these patterns: their engine work has a budget per second.
+        self.regexes = RegexCache(drops=DropLog(log, self.counters, level=logging.INFO),
+                                  work_per_second=WORK_PER_SECOND)
         # Name conflicts: memberlist counts them ("conflict"); these only limit the lines.
         self._conflict_log = DropLog(log, {})
         self._self_conflict_log = DropLog(log, {}, level=logging.ERROR)

@@ -404,3 +404,50 @@ def test_caches_stay_within_their_bounds() -> None:
     for i in range(20):
         cache.get(f"(?:a?){{{900 + i}}}")
     assert cache._kept <= goregexp.CACHE_INSTRUCTIONS and len(cache._lru) <= 3
+
+
+def test_work_budget_refuses_a_flood_of_costly_patterns_and_refills() -> None:
+    cache = RegexCache(work_per_second=1000, burst=20_000)
+    text = "a" * 500
+    refused = 0
+    costs: list[int] = []
+    for k in range(100, 160):  # distinct costly programs: none is cached
+        before = cache.work
+        try:
+            cache.search(f"(?:a?){{{k}}}b", text, now=0.0)
+        except goregexp.BudgetError:
+            refused += 1
+        costs.append(cache.work - before)
+    # Work stops once the bucket is empty: at most the burst plus the one that emptied it.
+    assert refused > 0 and cache.counters["regex_budget"] == refused
+    assert cache.work <= 20_000 + max(costs)
+    # A verdict already known costs nothing, budget or not.
+    spent = cache.work
+    assert cache.search("(?:a?){100}b", text, now=0.0) is False
+    assert cache.work == spent
+    # The budget refills with time: 30 s at 1000/s is room for more.
+    assert cache.search("(?:a?){170}b", text, now=30.0) is False
+    assert cache.work > spent
+
+
+def test_filters_from_peers_are_budgeted_but_rpc_filters_are_not() -> None:
+    from serf_sim import build_cluster
+
+    sim = build_cluster(2, seed=5)
+    me = sim.serf("n1")
+    now = sim.now
+    text = "x" * 300
+    me.tags["role"] = text
+    costs = [0]
+    for k in range(400):  # a flood of distinct costly filters, all in one instant
+        f = encode_filters(QueryParam(filter_tags={"role": f"(?:x?){{{200 + k}}}y"}))
+        before = me.regexes.work
+        assert not filters_match(f, "n1", me.tags, me.regexes, now)
+        costs.append(me.regexes.work - before)
+    assert me.counters.get("regex_budget", 0) > 0
+    assert me.regexes.work <= goregexp.WORK_BURST + max(costs)
+    # The process-wide cache (RPC members-filtered, local callers) has no budget.
+    unbudgeted = RegexCache()
+    for k in range(60):
+        unbudgeted.search(f"(?:x?){{{200 + k}}}y", text)
+    assert "regex_budget" not in unbudgeted.counters
