@@ -18,8 +18,10 @@ Measured on the receiver from the first command until ``--window`` s after the f
 (gossip from one peer keeps delivering it for about that long):
 
 * event-loop latency: the round trip of RPC ``members`` on its own connection every
-  50 ms, p50/p99/max (a call with no answer counts as its elapsed time). Neither serf
-  nor serfd exposes a loop-lag figure of its own, so this is the measure for both;
+  50 ms, p50/p99/max (a call with no answer counts as its elapsed time): the measure
+  both implementations share;
+* serfd's own event-loop lag (``loop_lag_p99_ms``/``max`` of ``serfctl info``: how late
+  a 100 ms sleep on its loop woke, over the last minute), read at the end of the window;
 * RSS (``VmRSS``) just before the flood, its peak in the window, and at the end;
 * CPU seconds of the receiver process (utime+stime) in the window; time from the end of
   the flood (and after the queries arrived) to the end of the first 2 s under 5 % of a
@@ -78,6 +80,8 @@ COLUMNS = [  # key, header, format
     ("idle_s", "idle after (s)", "{:.1f}"),
     ("runs", "handler runs", "{:.0f}"),
     ("acked", "queries acked", "{:.0f}"),
+    ("lag_p99_ms", "loop lag p99 (ms)", "{:.0f}"),
+    ("lag_max_ms", "loop lag max (ms)", "{:.0f}"),
 ]
 
 
@@ -130,6 +134,8 @@ def run_rep(impl: str, kind: str, alloc: AddressAllocator,
             time.sleep(max(0.0, flood_end + args.window - time.monotonic()))
             idle = wait_idle(watcher, since, flood_end + args.window, IDLE_WINDOW, IDLE_CPU)
             end = watcher.sample()
+            # serfd samples its own loop's lateness over the last minute (serf has no loop).
+            lag = recv.stats().get("serfd", {}) if impl == "serfd" else {}
         finally:
             watcher.stop()
             fl.close()
@@ -151,6 +157,8 @@ def run_rep(impl: str, kind: str, alloc: AddressAllocator,
             "idle_s": math.inf if idle is None else idle - flood_end,
             "runs": runs,
             "acked": res.acks.get("recv", 0),
+            "lag_p99_ms": float(lag.get("loop_lag_p99_ms", "nan")),
+            "lag_max_ms": float(lag.get("loop_lag_max_ms", "nan")),
         }
 
 
@@ -200,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|" + "---|" * len(COLUMNS))
     for kind in args.flood:
         for impl in args.impl:
-            cells = [fmt.format(med(impl, kind, k)) for k, _, fmt in COLUMNS]
+            cells = [fmt.format(v) if math.isfinite(v := med(impl, kind, k)) else "–"
+                     for k, _, fmt in COLUMNS]
             print(f"| {kind} | {impl} | " + " | ".join(cells) + " |")
         if set(args.impl) == set(IMPLS):
             cells = []

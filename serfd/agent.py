@@ -61,6 +61,7 @@ from serfd.keyring import (
     write_keyring_file,
 )
 from serfd.logsetup import set_level
+from serfd.looplag import LoopLag
 from serfd.member import Member, MemberStatus
 from serfd.messages import ErrResp, MsgType
 from serfd.query import IncomingQuery, QueryParam
@@ -184,6 +185,7 @@ class Agent(EventsMixin):
         self._outbound_streams = 0  # _outbound_stream + _reconnect tasks (MAX_OUTBOUND_STREAMS)
         self._stream_bytes = 0  # bytes held by stream reads in progress (STREAM_BYTES_BUDGET)
         self._key_changes = 0  # _answer_key_change tasks (MAX_KEY_CHANGES)
+        self.loop_lag = LoopLag()
         self.stream_drops = DropLog(log, self.counters)
         self._stop = asyncio.Event()
         self._exit_code = 0
@@ -293,6 +295,7 @@ class Agent(EventsMixin):
         adv = self._advertise()
         log.info("serfd %s: node %s bound to %s:%d, advertising %s:%d", __version__,
                  self.config.node_name, host, port, adv[0], adv[1])
+        self._spawn(self.loop_lag.run(asyncio.get_running_loop().time))
         self._pump()
 
     async def run(self) -> int:
@@ -929,7 +932,7 @@ class Agent(EventsMixin):
             },
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
-            "serfd": {"version": __version__, **self._snapshot_stats(),
+            "serfd": {"version": __version__, **self._snapshot_stats(), **self.loop_lag.stats(),
                       **{k: str(v) for k, v in sorted(self.serf.memberlist.activity.items())},
                       **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }
