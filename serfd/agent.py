@@ -185,6 +185,7 @@ class Agent(EventsMixin):
         self._outbound_streams = 0  # _outbound_stream + _reconnect tasks (MAX_OUTBOUND_STREAMS)
         self._stream_bytes = 0  # bytes held by stream reads in progress (STREAM_BYTES_BUDGET)
         self._key_changes = 0  # _answer_key_change tasks (MAX_KEY_CHANGES)
+        self._started = False  # start() finished: the Serf layer and sockets exist
         self.loop_lag = LoopLag()
         self.stream_drops = DropLog(log, self.counters)
         self._stop = asyncio.Event()
@@ -296,15 +297,20 @@ class Agent(EventsMixin):
         log.info("serfd %s: node %s bound to %s:%d, advertising %s:%d", __version__,
                  self.config.node_name, host, port, adv[0], adv[1])
         self._spawn(self.loop_lag.run(asyncio.get_running_loop().time))
+        self._started = True
         self._pump()
 
     async def run(self) -> int:
         """Start, join, serve until a signal or RPC leave; returns the exit code."""
-        await self.start()
+        # Signals are ours before any socket exists, so a stop during start-up is clean.
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        await self.start()
+        if self._stop.is_set():  # a signal came while we were starting: no cluster to leave
+            await self._shutdown()
+            return self._exit_code
         # Ready once every socket is bound; a join may never succeed (it shows in STATUS).
         self.notifier.ready(self.status_line())
         self._spawn(self.notifier.keepalive(self.status_line))
@@ -316,7 +322,17 @@ class Agent(EventsMixin):
         await self._shutdown()
         return self._exit_code
 
+    def _on_sighup(self) -> None:
+        if not self._started:
+            log.warning("caught SIGHUP while starting: the configuration is being read anyway")
+            return
+        self._spawn(self.reload())
+
     def _on_signal(self, sig: int) -> None:
+        if not self._started:
+            log.info("caught %s while starting: stopping", signal.Signals(sig).name)
+            self._stop.set()
+            return
         if self.serf.state != SerfState.ALIVE:
             log.warning("second signal: exiting without waiting for the leave")
             self._exit_code = 1

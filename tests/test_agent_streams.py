@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import signal
 import contextlib
 import socket
 import tempfile
@@ -200,3 +201,24 @@ def test_key_changes_asked_by_peers_wait_in_a_bounded_line() -> None:
                 await agent._shutdown()
 
     asyncio.run(main())
+
+
+def test_a_stop_signal_during_start_up_ends_the_run_cleanly() -> None:
+    async def main() -> int:
+        with tempfile.TemporaryDirectory(prefix="ags") as d:
+            cfg = Config(node_name="a", bind=("127.0.0.1", 0), state_dir=Path(d),
+                         rpc_socket=Path(d) / "s.sock", log_level="warn")
+            agent = Agent(cfg, notifier=Notifier())
+            real_start = agent.start
+
+            async def start_with_a_signal() -> None:
+                agent._on_signal(signal.SIGTERM)  # as the loop would run it mid-start
+                agent._on_sighup()  # ignored until started
+                await real_start()
+
+            agent.start = start_with_a_signal  # type: ignore[method-assign]
+            code = await asyncio.wait_for(agent.run(), 30)
+            assert agent._udp is not None and agent._udp.is_closing()
+            return code
+
+    assert asyncio.run(main()) == 0
