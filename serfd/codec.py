@@ -38,7 +38,7 @@ __all__ = [
 
 
 class DecodeError(ValueError):
-    """The peer sent bytes we cannot make sense of (counted and dropped, never raised to the loop)."""
+    """A peer sent bytes we cannot make sense of (counted and dropped, never raised to the loop)."""
 
 
 # Field kinds. Ints are range-checked against their Go type.

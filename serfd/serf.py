@@ -955,7 +955,7 @@ class Serf:
                                 msg.name, len(slot.events), msg.ltime)
                 return False
             freed = 0
-            events = slot.events + (rec,)
+            events = (*slot.events, rec)
         else:
             freed = _slot_cost(slot)
             events = (rec,)
