@@ -684,9 +684,12 @@ class Agent(EventsMixin):
                                  self.serf.config.query_response_size_limit)
         self.key_responder = KeyResponder(self.keyring, response_fits=fits)
         self._keyring_lock = asyncio.Lock()
+
+        def hook(op: str) -> Callable[[IncomingQuery, float], bytes | None]:
+            return lambda q, now: self._on_key_query(op, q)
+
         for op in KEY_QUERIES:
-            self.serf.internal_query_hooks[op] = (
-                lambda q, now, op=op: self._on_key_query(op, q))
+            self.serf.internal_query_hooks[op] = hook(op)
 
     def _on_key_query(self, op: str, q: Any) -> bytes | None:
         if op == "list-keys" or self.keyring is None:
