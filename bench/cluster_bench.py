@@ -20,6 +20,7 @@ PR_SET_PDEATHSIG, even if the benchmark itself is SIGKILLed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -88,10 +89,8 @@ def poll_all(
                 members = clients[a.name].members()
             except Exception:  # noqa: BLE001 - reconnect next round
                 clients[a.name].close()
-                try:
+                with contextlib.suppress(OSError):
                     clients[a.name] = RPCClient(a.rpc_target, timeout=2.0)
-                except OSError:
-                    pass
                 continue
             if done(members):
                 last = time.monotonic() - t0

@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|" + "---|" * len(COLUMNS))
     for kind in args.flood:
         for impl in args.impl:
-            cells = [fmt.format(v) if math.isfinite(v := med(impl, kind, k)) else "–"
+            cells = [fmt.format(v) if math.isfinite(v := med(impl, kind, k)) else "–"  # noqa: RUF001 - a dash for "no figure"
                      for k, _, fmt in COLUMNS]
             print(f"| {kind} | {impl} | " + " | ".join(cells) + " |")
         if set(args.impl) == set(IMPLS):

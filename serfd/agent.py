@@ -213,7 +213,8 @@ class Agent(EventsMixin):
         if host in ("0.0.0.0", "::"):
             ip = _private_ipv4()
             if ip is None:
-                raise SystemExit("serfd: no private IPv4 address found to advertise; set `advertise`")
+                raise SystemExit(
+                    "serfd: no private IPv4 address found to advertise; set `advertise`")
             return ip, port
         return host, port
 
@@ -539,8 +540,10 @@ class Agent(EventsMixin):
         out = self.keyring if self.config.gossip_verify_outgoing else None
         return encode_stream(plain, compress=self.config.enable_compression, keyring=out)
 
+    # The timeout is a deadline shared by connect, write and read: the write keeps a 50 ms
+    # floor and the read uses the deadline per chunk, which asyncio.timeout() would not keep.
     async def _exchange(self, host: str, port: int, plain: bytes, expect_reply: bool,
-                        timeout: float) -> bytes | None:
+                        timeout: float) -> bytes | None:  # noqa: ASYNC109 - see above
         deadline = self._now() + timeout
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         try:
@@ -677,7 +680,8 @@ class Agent(EventsMixin):
                 log.info("joined %d of the configured nodes", n)
                 return
             except RPCError as e:
-                log.warning("join attempt %d failed: %s", attempts, str(e).strip().replace("\n", " "))
+                log.warning("join attempt %d failed: %s", attempts,
+                            str(e).strip().replace("\n", " "))
             if self.config.retry_max_attempts and attempts >= self.config.retry_max_attempts:
                 log.error("giving up joining after %d attempts", attempts)
                 self._exit_code = 1
@@ -696,9 +700,12 @@ class Agent(EventsMixin):
                                  self.serf.config.query_response_size_limit)
         self.key_responder = KeyResponder(self.keyring, response_fits=fits)
         self._keyring_lock = asyncio.Lock()
+
+        def hook(op: str) -> Callable[[IncomingQuery, float], bytes | None]:
+            return lambda q, now: self._on_key_query(op, q)
+
         for op in KEY_QUERIES:
-            self.serf.internal_query_hooks[op] = (
-                lambda q, now, op=op: self._on_key_query(op, q))
+            self.serf.internal_query_hooks[op] = hook(op)
 
     def _on_key_query(self, op: str, q: Any) -> bytes | None:
         if op == "list-keys" or self.keyring is None:

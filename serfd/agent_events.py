@@ -55,9 +55,10 @@ class EventsMixin:
     _stop: asyncio.Event
     _exit_code: int
 
-    def _spawn(self, coro: object) -> None: ...  # provided by Agent
-    def _pump(self) -> None: ...  # provided by Agent
-    def _now(self) -> float: ...  # provided by Agent
+    if TYPE_CHECKING:  # provided by Agent
+        def _spawn(self, coro: object) -> None: ...
+        def _pump(self) -> None: ...
+        def _now(self) -> float: ...
 
     # ------------------------------------------------------------------ setup
 

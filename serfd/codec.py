@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 __all__ = [
     "DecodeError",
@@ -38,7 +38,7 @@ __all__ = [
 
 
 class DecodeError(ValueError):
-    """The peer sent bytes we cannot make sense of (counted and dropped, never raised to the loop)."""
+    """A peer sent bytes we cannot make sense of (counted and dropped, never raised to the loop)."""
 
 
 # Field kinds. Ints are range-checked against their Go type.

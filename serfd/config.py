@@ -243,7 +243,8 @@ def _ip_literal(host: str, whole: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         raise ValueError(
-            f"{_q(whole)}: {_q(host)} is not an IP address literal (host names are not allowed here)"
+            f"{_q(whole)}: {_q(host)} is not an IP address literal "
+            "(host names are not allowed here)"
         ) from None
 
 
@@ -322,7 +323,8 @@ _OCTAL_MODE = re.compile(r"(?:0o)?([0-7]{3,4})")
 
 def _socket_mode(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(  # noqa: TRY004 - reported as a config error like the others
+        # ValueError, not TypeError: reported as a config error like the others.
+        raise ValueError(
             'expected an octal string such as "0660", got integer '
             "(a TOML integer loses its octal meaning)"
         )
@@ -340,7 +342,8 @@ def _encrypt_key(value: object) -> str:
     try:
         decode_key(s)
     except KeyringError as exc:
-        raise ValueError(f"invalid encryption key: {exc} (make one with `serfctl keygen`)") from None
+        raise ValueError(
+            f"invalid encryption key: {exc} (make one with `serfctl keygen`)") from None
     return s
 
 

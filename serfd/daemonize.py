@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-import daemon  # type: ignore[import-untyped]
+import daemon
 
 from serfd.config import Config
 from serfd.statelock import StateDirLock

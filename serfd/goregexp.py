@@ -11,9 +11,9 @@ the replacement: a parser for the syntax Go 1.19 accepts (the Go version that bu
 * :func:`compile` parses a pattern into a small tree, then compiles it into an NFA program
   (Thompson's construction: ``CHAR`` consumes one character of a class, ``SPLIT``/``JMP``
   are free moves, ``ASSERT`` is a free move only where its condition holds, such as
-  "start of text", ``MATCH`` ends). A pattern Go rejects raises :class:`GoRegexpError`; so does one we choose
-  not to run (:class:`UnsupportedError` for Unicode script classes, :class:`TooLargeError`
-  for a pattern, a nesting or a program beyond our bounds).
+  "start of text", ``MATCH`` ends). A pattern Go rejects raises :class:`GoRegexpError`; so does
+  one we choose not to run (:class:`UnsupportedError` for Unicode script classes,
+  :class:`TooLargeError` for a pattern, a nesting or a program beyond our bounds).
 * :meth:`Regexp.search` is Go's ``MatchString``: an unanchored search. It runs the NFA as a
   set of states, one bit per instruction in a Python int; a step is "threads whose class
   holds the character" followed by the free moves. The SPLIT/JMP closure of every
@@ -836,7 +836,7 @@ class Regexp:
         self.work = 0  # elementary steps taken by every search so far (for tests)
         self._match_bit = 1 << (self.size - 1)  # the final MATCH
         self._ctx_mask = 0
-        for o, k in zip(self._op, self._a):
+        for o, k in zip(self._op, self._a, strict=True):
             if o == _ASSERT:
                 self._ctx_mask |= _WB if k == _NWB else k
         # Consuming instructions by class; "chain" = followed by another consuming one, so its

@@ -36,8 +36,8 @@ class LoopLag:
             return {}
         xs = sorted(self.samples)
 
-        def rank(p: float) -> float:
-            return xs[min(len(xs) - 1, max(0, -(-len(xs) * p // 100) - 1))]
+        def rank(percent: int) -> float:
+            return xs[min(len(xs) - 1, max(0, -(-len(xs) * percent // 100) - 1))]
 
         return {
             "loop_lag_p50_ms": f"{rank(50) * 1e3:.1f}",

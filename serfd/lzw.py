@@ -104,7 +104,7 @@ def compress(data: bytes) -> bytes:
 
 
 def decompress(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
-    """Decompress a Go LZW stream; ``DecodeError`` if malformed, unterminated or over ``max_size``."""
+    """Decompress a Go LZW stream; ``DecodeError`` if malformed, unterminated or over max_size."""
     out = bytearray()
     # table[c] is the expansion of code c; 256 and 257 are never looked up. Entries
     # left over from before a clear are never read: valid codes are <= hi and every

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from serfd.codec import STR, DecodeError, Field, encode_struct, obj_to_struct, pack_gossip
 from serfd.goregexp import GoRegexpError, RegexCache

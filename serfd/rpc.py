@@ -810,7 +810,8 @@ class RPCServer:
     def _key_handler(self, op: str) -> Callable[[_Conn, dict[str, Any]], Awaitable[_Reply]]:
         async def handler(conn: _Conn, req: dict[str, Any]) -> _Reply:
             # Serf always answers a body: {Keys, Messages, NumErr, NumNodes, NumResp}.
-            empty = {"Keys": None, "Messages": {}, "NumErr": 0, "NumNodes": 0, "NumResp": 0}
+            empty: dict[str, Any] = {"Keys": None, "Messages": {}, "NumErr": 0, "NumNodes": 0,
+                                     "NumResp": 0}
             call = getattr(self.agent, "key_request", None)
             if call is None:
                 return _Reply("Keyring is empty (encryption not enabled)", body=empty)

@@ -101,7 +101,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from serfd.broadcast import TransmitLimitedQueue
 from serfd.codec import ANY, BYTES, STR, UINT16, DecodeError, Field, obj_to_struct, pack_gossip
@@ -955,7 +955,7 @@ class Serf:
                                 msg.name, len(slot.events), msg.ltime)
                 return False
             freed = 0
-            events = slot.events + (rec,)
+            events = (*slot.events, rec)
         else:
             freed = _slot_cost(slot)
             events = (rec,)

@@ -287,7 +287,8 @@ def decode_serf_message(data: bytes) -> AnySerfMessage:
 def encode_tags(tags: dict[str, str]) -> bytes:
     """Tags as node meta for Serf protocol >= 3: 0xFF + msgpack map (serf.go encodeTags)."""
     return b"\xff" + pack_gossip(
-        {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape") for k, v in tags.items()}
+        {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape")
+         for k, v in tags.items()}
     )
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from serfd.codec import DecodeError, obj_to_struct
 from serfd.messages import MsgType, PushNodeState, PushPullHeader, UserMsgHeader

@@ -791,7 +791,7 @@ class Memberlist:
                 rec.state = _ALIVE
                 rec.state_change = now
 
-        if old_state == _DEAD or old_state == _LEFT:
+        if old_state in (_DEAD, _LEFT):
             self.delegate.notify_join(rec.snapshot(), now)
         elif not _same(old_meta, rec.meta):
             self.delegate.notify_update(rec.snapshot(), now)
@@ -1056,10 +1056,7 @@ class Memberlist:
             self._count("probe_tcp_only")
             self._probe_finish(probe, -1, now)
             return
-        if probe.expected_nacks > 0:
-            delta = max(0, probe.expected_nacks - probe.nacks)
-        else:
-            delta = 1
+        delta = max(0, probe.expected_nacks - probe.nacks) if probe.expected_nacks > 0 else 1
         self._count("probe_failed")
         self._probe_finish(probe, delta, now)
         self._suspect(Suspect(probe.incarnation, probe.name, self.name), now)

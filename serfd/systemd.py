@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-import sdnotify  # type: ignore[import-untyped]
+import sdnotify
 
 log = logging.getLogger("serfd.systemd")
 

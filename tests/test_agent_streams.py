@@ -64,7 +64,7 @@ def test_outbound_streams_and_reconnects_are_capped() -> None:
             started: list[tuple[str, int]] = []
 
             async def stalled(host: str, port: int, plain: bytes, expect_reply: bool,
-                              timeout: float) -> bytes | None:
+                              timeout: float) -> bytes | None:  # noqa: ASYNC109 - as _exchange
                 started.append((host, port))
                 await gate.wait()
                 return None

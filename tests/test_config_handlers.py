@@ -73,12 +73,15 @@ tiemout = "1s"
     with pytest.raises(ConfigError) as e:
         load_config(tmp_path)
     errs = e.value.errors
-    assert f"{path}: user_event_size_limit: 10000 is out of range: must be between 1 and 9216" in errs
+    assert (f"{path}: user_event_size_limit: 10000 is out of range: must be between 1 and 9216"
+            in errs)
     assert any(x.startswith(f"{path}: query_size_limit: 0 is out of range") for x in errs)
     assert any(x.startswith(f"{path}: handlers.member-jion: invalid event filter 'member-jion'")
                for x in errs)
-    assert f"{path}: handlers.user: expected a command string or an array of strings, got integer" in errs
+    assert (f"{path}: handlers.user: expected a command string or an array of strings, "
+            "got integer") in errs
     assert f"{path}: handlers.query: [1]: expected a string, got integer" in errs
-    assert any(x.startswith(f"{path}: handler_limits.max_concurrent: 0 is out of range") for x in errs)
+    assert any(x.startswith(f"{path}: handler_limits.max_concurrent: 0 is out of range")
+               for x in errs)
     assert any(x.startswith(f"{path}: handler_limits.timeout:") for x in errs)
     assert any(x.startswith(f"{path}: handler_limits.tiemout: unknown key") for x in errs)

@@ -19,7 +19,8 @@ def test_lag_is_how_much_later_than_asked_the_loop_woke() -> None:
 
     async def main() -> None:
         task = asyncio.ensure_future(lag.run(lambda: now[0], sleep))
-        while len(lag.samples) < 50 or now[0] < 9.9:
+        # sleep(0) only hands the loop to the fake-clock task: no time passes, nothing to await.
+        while len(lag.samples) < 50 or now[0] < 9.9:  # noqa: ASYNC110 - see above
             await asyncio.sleep(0)
         task.cancel()
 
@@ -43,18 +44,16 @@ def test_percentiles_by_nearest_rank() -> None:
 
 
 def test_agent_reports_a_stalled_loop() -> None:
-    from test_agent_streams import running_agent
+    from test_agent_streams import running_agent, until
 
     async def main() -> None:
         async with running_agent() as agent:
-            while not agent.loop_lag.samples:
-                await asyncio.sleep(0.01)
+            await until(lambda: bool(agent.loop_lag.samples), "a first loop lag sample")
             # The loop is stuck here: the probe asleep since before wakes at least
             # 0.4 s minus its own interval (0.1 s) too late.
             time.sleep(0.4)  # noqa: ASYNC251 - blocking the loop is the point
             n = len(agent.loop_lag.samples)
-            while len(agent.loop_lag.samples) == n:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(agent.loop_lag.samples) != n, "a sample after the stall")
             assert float(agent.stats()["serfd"]["loop_lag_max_ms"]) >= 299.0
 
     asyncio.run(main())

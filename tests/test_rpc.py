@@ -304,7 +304,7 @@ def test_members_filtered_tags_matches_trace_d2_bytes(srv: ServerThread) -> None
     )
     expected = H(
         "82a54572726f72a0a353657107"
-        + "81a74d656d6265727392"
+        "81a74d656d6265727392"
         + member_hex(0, [("role", "web"), ("idx", "0")])
         + member_hex(1, [("idx", "1"), ("role", "web")])
     )
@@ -324,7 +324,7 @@ def test_members_filtered_status_and_name_match_trace_d3_bytes(srv: ServerThread
     )
     expected = H(
         "82a54572726f72a0a353657108"
-        + "81a74d656d6265727392"
+        "81a74d656d6265727392"
         + member_hex(1, [("idx", "1"), ("role", "web")])
         + member_hex(2, [("role", "db"), ("idx", "2")])
     )

@@ -108,7 +108,8 @@ try:
     s.connect(path)
 except PermissionError:
     print("refused"); sys.exit(0)
-s.sendall(bytes.fromhex("82a7436f6d6d616e64a968616e647368616b65a353657100") + bytes.fromhex("81a756657273696f6e01"))
+s.sendall(bytes.fromhex("82a7436f6d6d616e64a968616e647368616b65a353657100")
+          + bytes.fromhex("81a756657273696f6e01"))
 print("answered" if s.recv(100) else "closed")
 """
 

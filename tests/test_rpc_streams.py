@@ -263,7 +263,7 @@ def test_rpc_clients_beyond_the_cap_are_refused() -> None:
         wait_for(lambda: len(s.server._conns) == 19, what="a slot to free")
         c = Raw(s.socket_path)
         c.handshake()
-        for c2 in held + [c]:
+        for c2 in [*held, c]:
             c2.close()
     finally:
         s.close()

@@ -50,7 +50,7 @@ def test_event_once_per_node_through_gossip_and_push_pull() -> None:
     sim = build_cluster(5, seed=3)
     sim.serf("n2").user_event("deploy", b"v2", True, sim.now)
     sim.service("n2")
-    counts = {n: 0 for n in sim.nodes}
+    counts = dict.fromkeys(sim.nodes, 0)
     # Long enough for several anti-entropy push/pulls (30 s each), which carry the event again.
     for _ in range(90):
         sim.run_for(1.0)
@@ -58,7 +58,7 @@ def test_event_once_per_node_through_gossip_and_push_pull() -> None:
             for e in user_events(sim, n):
                 assert (e.name, e.payload) == ("deploy", b"v2")
                 counts[n] += 1
-    assert counts == {n: 1 for n in sim.nodes}
+    assert counts == dict.fromkeys(sim.nodes, 1)
     assert sum(sim.serf(n).counters.get("query_response_unexpected", 0) for n in sim.nodes) == 0
 
 
@@ -84,9 +84,11 @@ def test_user_event_size_limits() -> None:
     sim = build_cluster(2, seed=1)
     s = sim.serf("n0")
     before = s.event_clock.time()
-    with pytest.raises(SerfError, match="^user event exceeds configured limit of 512 bytes before encoding$"):
+    with pytest.raises(SerfError,
+                       match=r"^user event exceeds configured limit of 512 bytes before encoding$"):
         s.user_event("big", b"x" * 510, False, sim.now)
-    with pytest.raises(SerfError, match="^encoded user event exceeds configured limit of 512 bytes after encoding$"):
+    with pytest.raises(SerfError, match=r"^encoded user event exceeds configured limit "
+                                        r"of 512 bytes after encoding$"):
         s.user_event("big", b"x" * 500, False, sim.now)
     assert s.event_clock.time() == before
     assert s.stats()["event_queue"] == "0"
@@ -182,24 +184,25 @@ def test_respond_once_and_before_deadline() -> None:
     sim.service("n0")
     sim.run_for(0.1)
     q = next(e for e in sim.events_of("n1") if isinstance(e, IncomingQuery))
-    with pytest.raises(SerfError, match="^response exceeds limit of 1024 bytes$"):
+    with pytest.raises(SerfError, match=r"^response exceeds limit of 1024 bytes$"):
         s1.respond(q, b"x" * 1024, sim.now)
     s1.respond(q, b"hi", sim.now)
-    with pytest.raises(SerfError, match="^response already sent$"):
+    with pytest.raises(SerfError, match=r"^response already sent$"):
         s1.respond(q, b"again", sim.now)
     q2 = next(e for e in sim.events_of("n0") if isinstance(e, IncomingQuery))
     sim.run_for(2.0)
-    with pytest.raises(SerfError, match="^response is past the deadline$"):
+    with pytest.raises(SerfError, match=r"^response is past the deadline$"):
         s0.respond(q2, b"late", sim.now)
     recs = pq.drain()
-    assert [(r.type, r.from_, r.payload) for r in recs] == [("response", "n1", b"hi"), ("done", "", b"")]
+    assert [(r.type, r.from_, r.payload) for r in recs] == [("response", "n1", b"hi"),
+                                                            ("done", "", b"")]
 
 
 def test_query_size_limit_nothing_sent() -> None:
     sim = build_cluster(2, seed=4)
     s = sim.serf("n0")
     before = s.query_clock.time()
-    with pytest.raises(SerfError, match="^query exceeds limit of 1024 bytes$"):
+    with pytest.raises(SerfError, match=r"^query exceeds limit of 1024 bytes$"):
         s.query("q", b"x" * 1000, QueryParam(), sim.now)
     assert s.query_clock.time() == before and s.pending_query_count() == 0
     assert sim.nodes["n0"].core.datagrams_to_send() == []

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
+from serfctl.__main__ import columnize, go_json, main
+from serfd.member import Member
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "integration"))
 
-from fake_agent import ServerThread
-
-from serfctl.__main__ import columnize, go_json, main
-from serfd.member import Member
+from fake_agent import ServerThread  # noqa: E402 - found through the sys.path lines above
 
 SERF = shutil.which("serf")
 needs_serf = pytest.mark.skipif(
@@ -82,7 +82,7 @@ node0  127.78.1.1:7946  alive   idx=0,role=web  Protocol Version: 5  Available P
 node1  127.78.1.2:7946  alive   idx=1,role=web  Protocol Version: 5  Available Protocol Range: [2, 5]
 node2  127.78.1.3:7946  left    idx=2,role=db   Protocol Version: 5  Available Protocol Range: [2, 5]
 node3  127.78.1.4:7946  failed  idx=3,role=db   Protocol Version: 5  Available Protocol Range: [2, 5]
-"""
+"""  # noqa: E501 - `serf members -detailed` output, byte for byte
 
 LEFT_JSON = """\
 {

@@ -303,6 +303,7 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real agent in-process: the disk fills (every write fails ENOSPC), it keeps
     serving, STATUS and stats say so, then it recovers and clears both."""
+    from test_agent_streams import until
     from test_sd_notify_reload import free_port, write_base
 
     from serfd.agent import Agent
@@ -323,8 +324,8 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
     async def main() -> None:
         agent = Agent(load_config(d), config_dir=d)
         run = asyncio.ensure_future(agent.run())
-        while not hasattr(agent, "rpc") or agent.snapshot is None:
-            await asyncio.sleep(0.02)
+        await until(lambda: hasattr(agent, "rpc") and agent.snapshot is not None,
+                    "the agent to start")
         assert "snapshot" not in agent.status_line()
         assert agent.stats()["serfd"]["snapshot_error"] == ""
         full["on"] = True

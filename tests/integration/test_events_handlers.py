@@ -19,7 +19,7 @@ out="{dir}/$SERF_SELF_NAME.$1.log"
   echo "== $SERF_EVENT user=$SERF_USER_EVENT ltime=$SERF_USER_LTIME self=$SERF_SELF_NAME role=$SERF_SELF_ROLE tag_idx=$SERF_TAG_IDX notify=${{NOTIFY_SOCKET:-none}}"
   cat
 }} >> "$out"
-"""
+"""  # noqa: E501 - the handler's record line, one echo kept whole
 QUERY = """#!/bin/sh
 printf '%s:' "$SERF_SELF_NAME"
 cat

@@ -174,7 +174,7 @@ def test_flood_of_events_and_long_queries_keeps_serfd_responsive_and_bounded(
     drops: dict[str, int] = {}
     if d1.running():
         drops = dropped_counters(d1.stats())
-        print("  | dropped counters:", {k: v for k, v in sorted(drops.items())})
+        print("  | dropped counters:", dict(sorted(drops.items())))
         info = d1.serfctl("info")
         assert info.returncode == 0, info.stderr
         shown = dict(ln.strip().partition(" = ")[::2] for ln in info.stdout.splitlines()
@@ -205,7 +205,7 @@ def test_stream_client_that_never_reads_costs_no_memory_and_slows_nobody(
     failed = _check_bounds(fig, d1)
     if d1.running():
         drops = dropped_counters(d1.stats())
-        print("  | dropped counters:", {k: v for k, v in sorted(drops.items())})
+        print("  | dropped counters:", dict(sorted(drops.items())))
         # Several MiB were due to a client that read nothing: it must have lost records
         # (Serf: "dropping event to slow client"), and serfd must say so.
         if not drops.get("dropped_stream_slow_client"):

@@ -1,4 +1,7 @@
-"""Reconnect to failed members and reap old ones (reconnect_interval/_timeout, tombstone_timeout)."""
+"""Reconnect to failed members and reap old ones.
+
+reconnect_interval, reconnect_timeout and tombstone_timeout.
+"""
 
 from __future__ import annotations
 

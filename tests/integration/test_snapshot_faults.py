@@ -31,8 +31,8 @@ from serfd.statelock import LOCK_NAME
 
 def _tmpfs_missing() -> str | None:
     if os.geteuid() != 0:
-        return "mounting a tmpfs needs root (CAP_SYS_ADMIN); this test runs as uid " \
-               f"{os.geteuid()}"
+        return ("mounting a tmpfs needs root (CAP_SYS_ADMIN); this test runs as uid "
+                f"{os.geteuid()}")
     for tool in ("mount", "umount"):
         if shutil.which(tool) is None:
             return f"`{tool}` not found on PATH (util-linux)"
@@ -139,8 +139,8 @@ def test_full_disk_under_the_snapshot_is_survived_shown_and_recovered(
             s2.wait_ready()
             s3.wait_ready()
             assert d.join([s2.bind_addr, s3.bind_addr]) == 2
-            cluster.wait_statuses([d], {n: "alive" for n in ("pyd0", "gosrf1", "gosrf2",
-                                                             "gosrf3")}, 10)
+            cluster.wait_statuses(
+                [d], dict.fromkeys(("pyd0", "gosrf1", "gosrf2", "gosrf3"), "alive"), 10)
             # And one leaving while the disk is full.
             assert s1.stop_graceful() == 0
             cluster.wait_statuses([d], {"gosrf1": "left"}, 10)

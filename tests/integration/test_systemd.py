@@ -58,7 +58,8 @@ TOOLS = {
 
 def _missing() -> list[str]:
     path = "/usr/sbin:/usr/bin:/sbin:/bin"
-    missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool, path=path)]
+    missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items()
+               if not shutil.which(tool, path=path)]
     if not Path("/usr/share/dh-python/dhpython/build/plugin_pyproject.py").exists():
         missing.append("pybuild's pyproject plugin (pybuild-plugin-pyproject)")
     if not Path("/sys/fs/cgroup/systemd").is_dir():
@@ -71,7 +72,7 @@ if os.geteuid() != 0:
 if _missing():
     pytest.skip("the systemd system test needs: " + ", ".join(_missing()), allow_module_level=True)
 
-import nspawn  # after the skips: only useful when they pass
+import nspawn  # noqa: E402 - after the skips: only useful when they pass
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,8 @@ def test_apt_install_starts_serfd_and_waits_for_ready(seed: nspawn.Container) ->
     assert "# merged from: /etc/serfd.d/50-test.toml\n" in effective
     for page in ("man8/serfd.8.gz", "man1/serfctl.1.gz", "man5/serfd.toml.5.gz"):
         seed.run(f"test -f /usr/share/man/{page}")
-    seed.run("test -x /etc/serfd.d/handlers/example-handler && test -f /etc/serfd.d/handlers/README")
+    seed.run("test -x /etc/serfd.d/handlers/example-handler"
+             " && test -f /etc/serfd.d/handlers/README")
 
 
 def test_a_second_serfd_on_the_state_directory_is_refused(seed: nspawn.Container) -> None:
@@ -254,7 +256,8 @@ def test_broken_reload_keeps_the_old_config(seed: nspawn.Container) -> None:
 
 
 def test_restart_only_setting_is_named_in_status(seed: nspawn.Container) -> None:
-    seed.run("printf 'profile = \"wan\"\\n' > /etc/serfd.d/80-profile.toml && systemctl reload serfd")
+    seed.run("printf 'profile = \"wan\"\\n' > /etc/serfd.d/80-profile.toml"
+             " && systemctl reload serfd")
     assert show(seed, "StatusText").endswith("restart needed for: profile")
     assert "profile changed on disk but needs a restart" in seed.run(
         "journalctl -u serfd -p warning -o cat").stdout
@@ -283,7 +286,8 @@ def cluster(lab: nspawn.Lab, seed: nspawn.Container, deb: Path) -> dict[str, nsp
         others = [cidr.split("/")[0] for n, cidr in NODES.items() if n != name]
         join = ", ".join(f'"{ip}"' for ip in others)
         # A join list and a key: node name, bind, advertise, state are the package defaults.
-        c.run(f"mkdir -p /etc/serfd.d && printf 'join = [{join}]\\nencrypt_key = \"{CLUSTER_KEY}\"\\n'"
+        c.run("mkdir -p /etc/serfd.d && "
+              f"printf 'join = [{join}]\\nencrypt_key = \"{CLUSTER_KEY}\"\\n'"
               " > /etc/serfd.d/50-deploy.toml")
         if name in drop_ins:
             c.run("mkdir -p /etc/systemd/system/serfd.service.d && printf "
@@ -383,8 +387,8 @@ def test_apt_purge_removes_service_config_and_state(seed: nspawn.Container) -> N
     assert seed.run("pgrep -u serfd", check=False).returncode == 1  # nothing runs as serfd
     assert seed.run("systemctl list-unit-files serfd.service --no-legend",
                     check=False).stdout.strip() == ""
-    for path in ("/etc/serfd.d", "/var/lib/serfd", "/run/serfd", "/lib/systemd/system/serfd.service",
-                 "/usr/bin/serfd", "/usr/bin/serfctl",
+    for path in ("/etc/serfd.d", "/var/lib/serfd", "/run/serfd",
+                 "/lib/systemd/system/serfd.service", "/usr/bin/serfd", "/usr/bin/serfctl",
                  "/etc/systemd/system/multi-user.target.wants/serfd.service"):
         assert seed.run(f"test -e {path}", check=False).returncode == 1, path
     assert seed.run("dpkg-query -W -f '${Status}' serfd", check=False).stdout in (
