@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import signal
 import contextlib
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
