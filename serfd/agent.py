@@ -64,12 +64,13 @@ from serfd.logsetup import set_level
 from serfd.looplag import LoopLag
 from serfd.member import Member, MemberStatus
 from serfd.messages import ErrResp, MsgType
-from serfd.query import IncomingQuery, QueryParam
+from serfd.query import IncomingQuery, QueryParam, QueryRecordType
 from serfd.ratelog import DropLog
 from serfd.reload import plan_reload
 from serfd.rpc import RPCError, RPCServer
 from serfd.serf import (
     DEFAULT_MAX_QUERY_TIMEOUT,
+    EventType,
     MemberEvent,
     Serf,
     SerfConfig,
@@ -400,7 +401,7 @@ class Agent(EventsMixin):
         """Drain the core's output and re-arm the timer. Called after every input."""
         serf = self.serf
         ml = serf.memberlist
-        if serf._leave_phase:
+        if serf.leave_in_progress():
             serf.poll(self._now())
         if self._udp is not None:
             for data, addr in ml.datagrams_to_send():
@@ -769,7 +770,7 @@ class Agent(EventsMixin):
         self._pump()
         while True:
             for rec in pq.drain():
-                if rec.type == "response":
+                if rec.type is QueryRecordType.RESPONSE:
                     tally(result, rec.from_, rec.payload)
             if pq.finished or result.num_resp >= result.num_nodes:
                 break
@@ -811,9 +812,9 @@ class Agent(EventsMixin):
             return
         if isinstance(ev, MemberEvent):
             for m in ev.members:
-                if ev.type == "member-join":
+                if ev.type is EventType.MEMBER_JOIN:
                     snap.member_alive(m.name, format_addr(m.addr, m.port))
-                elif ev.type in ("member-leave", "member-failed"):
+                elif ev.type in (EventType.MEMBER_LEAVE, EventType.MEMBER_FAILED):
                     snap.member_gone(m.name)
             snap.clock(self.serf.clock.time())
         elif isinstance(ev, UserEvent):

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from serfd.member import Member
-from serfd.serf import MemberEvent, UserEvent
+from serfd.serf import MEMBER_EVENT_TYPES, EventType, MemberEvent, UserEvent
 
 __all__ = ["COALESCE_PERIOD", "QUIESCENT_PERIOD", "MemberCoalescer", "UserCoalescer"]
 
@@ -42,7 +42,6 @@ QUIESCENT_PERIOD = 1.0  # agent: QuiescentPeriod
 MAX_PENDING = 4096  # members (or user events) in one batch before it is flushed early
 MAX_DELIVERED = 65536  # members whose last delivered event type is remembered
 
-_MEMBER_TYPES = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
 
 
 @dataclass(slots=True)
@@ -75,15 +74,15 @@ class MemberCoalescer:
     max_pending: int = MAX_PENDING
     max_delivered: int = MAX_DELIVERED
     _window: _Window = field(init=False)
-    _latest: dict[str, tuple[str, Member]] = field(default_factory=dict)
-    _delivered: dict[str, str] = field(default_factory=dict)
+    _latest: dict[str, tuple[EventType, Member]] = field(default_factory=dict)
+    _delivered: dict[str, EventType] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._window = _Window(self.period, self.quiescent)
 
     @staticmethod
     def handles(ev: object) -> bool:
-        return isinstance(ev, MemberEvent) and ev.type in _MEMBER_TYPES
+        return isinstance(ev, MemberEvent) and ev.type in MEMBER_EVENT_TYPES
 
     def add(self, ev: MemberEvent, now: float) -> None:
         for m in ev.members:
@@ -103,13 +102,14 @@ class MemberCoalescer:
         if due is None or (now < due and not force):
             return []
         self._window.reset()
-        grouped: dict[str, list[Member]] = {}
+        grouped: dict[EventType, list[Member]] = {}
         delivered = self._delivered
         for name, (etype, member) in self._latest.items():
-            if delivered.get(name) == etype and etype != "member-update":
+            if delivered.get(name) is etype and etype is not EventType.MEMBER_UPDATE:
                 continue
             delivered.pop(name, None)  # re-inserted last: the oldest are forgotten first
-            if etype != "member-reap":  # a reaped member is gone: nothing to compare with
+            # A reaped member is gone: nothing to compare with.
+            if etype is not EventType.MEMBER_REAP:
                 delivered[name] = etype
             grouped.setdefault(etype, []).append(member)
         self._latest.clear()

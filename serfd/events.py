@@ -10,28 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serfd.query import IncomingQuery
-from serfd.serf import MemberEvent, UserEvent
+from serfd.serf import EventType, MemberEvent, UserEvent
 
 __all__ = ["EVENT_TYPES", "EventFilter", "event_type", "matches_any", "parse_filters"]
 
-EVENT_TYPES = (
-    "member-join",
-    "member-leave",
-    "member-failed",
-    "member-update",
-    "member-reap",
-    "user",
-    "query",
-)
+EVENT_TYPES = tuple(t.value for t in EventType)  # Serf's order: member-join ... query
 
 AnyEvent = MemberEvent | UserEvent | IncomingQuery
 
 
-def event_type(ev: AnyEvent) -> str:
-    """Serf's EventType().String(): member-*, ``user`` or ``query``."""
+def event_type(ev: AnyEvent) -> EventType:
+    """Serf's EventType(): member-*, ``user`` or ``query`` (the value is its String())."""
     if isinstance(ev, MemberEvent):
         return ev.type
-    return "user" if isinstance(ev, UserEvent) else "query"
+    return EventType.USER if isinstance(ev, UserEvent) else EventType.QUERY
 
 
 @dataclass(frozen=True, slots=True)

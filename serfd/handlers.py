@@ -131,7 +131,7 @@ def event_stdin(ev: AnyEvent) -> bytes:
 def event_env(ev: AnyEvent, self_member: Member, base: Mapping[str, str]) -> dict[str, str]:
     """The environment of a handler run: ``base`` (minus NOTIFY_SOCKET) plus SERF_*."""
     env = {k: v for k, v in base.items() if k != "NOTIFY_SOCKET"}
-    env["SERF_EVENT"] = event_type(ev)
+    env["SERF_EVENT"] = event_type(ev).value
     env["SERF_SELF_NAME"] = self_member.name
     env["SERF_SELF_ROLE"] = self_member.tags.get("role", "")
     for name, val in self_member.tags.items():
@@ -291,7 +291,9 @@ class HandlerRunner:
         return argv
 
     async def _exec(self, h: Handler, ev: AnyEvent) -> None:
-        what = event_type(ev) + (f" {ev.name}" if isinstance(ev, UserEvent | IncomingQuery) else "")
+        what = event_type(ev).value
+        if isinstance(ev, UserEvent | IncomingQuery):
+            what += f" {ev.name}"
         env = event_env(ev, self._self_member(), os.environ)
         cwd = str(self.handlers_dir) if self.handlers_dir.is_dir() else None
         self.counters["runs"] += 1

@@ -30,6 +30,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import msgpack
 
@@ -42,6 +43,7 @@ __all__ = [
     "PendingQuery",
     "QueryParam",
     "QueryRecord",
+    "QueryRecordType",
     "default_query_timeout",
     "encode_filters",
     "filters_match",
@@ -129,11 +131,19 @@ def filters_match(filters: Iterable[bytes] | None, name: str, tags: Mapping[str,
     return True
 
 
+class QueryRecordType(StrEnum):
+    """What one record of an asked query is; the value is the RPC record's ``Type``."""
+
+    ACK = "ack"
+    RESPONSE = "response"
+    DONE = "done"  # the last record of every query, exactly once
+
+
 @dataclass(frozen=True, slots=True)
 class QueryRecord:
     """One record for the asker's client: ``ack``, ``response`` or ``done``."""
 
-    type: str
+    type: QueryRecordType
     from_: str = ""
     payload: bytes = b""
 
@@ -177,9 +187,9 @@ class PendingQuery:
         self.used_bytes += cost
         seen.add(from_)
         if is_ack:
-            self.records.append(QueryRecord("ack", from_))
+            self.records.append(QueryRecord(QueryRecordType.ACK, from_))
         else:
-            self.records.append(QueryRecord("response", from_, payload))
+            self.records.append(QueryRecord(QueryRecordType.RESPONSE, from_, payload))
         return True
 
     def complete(self) -> bool:
@@ -196,7 +206,7 @@ class PendingQuery:
         """Close the query: append the one ``done`` record."""
         if not self.finished:
             self.finished = True
-            self.records.append(QueryRecord("done"))
+            self.records.append(QueryRecord(QueryRecordType.DONE))
 
     def drain(self) -> list[QueryRecord]:
         """The records since the last drain, in arrival order."""

@@ -858,7 +858,7 @@ class RPCServer:
 
         def on_record(rec: QueryRecord) -> None:
             conn.push(seq, lambda: {"From": rec.from_, "Payload": rec.payload or None,
-                                    "Type": rec.type})
+                                    "Type": rec.type.value})
 
         try:
             self.agent.query(req["Name"], req["Payload"], param, on_record)
@@ -941,7 +941,7 @@ def _event_record(ev: Any) -> dict[str, Any]:
     if isinstance(ev, UserEvent):
         return {"Coalesce": ev.coalesce, "Event": "user", "LTime": ev.ltime,
                 "Name": ev.name, "Payload": ev.payload or None}
-    return {"Event": ev.type, "Members": [encode_member(m) for m in ev.members]}
+    return {"Event": ev.type.value, "Members": [encode_member(m) for m in ev.members]}
 
 
 # ---------------------------------------------------------------------------

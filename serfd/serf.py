@@ -114,6 +114,7 @@ from serfd.query import (
     IncomingQuery,
     PendingQuery,
     QueryParam,
+    QueryRecordType,
     default_query_timeout,
     encode_filters,
     filters_match,
@@ -147,6 +148,33 @@ class SerfState(enum.Enum):
     LEAVING = "leaving"
     LEFT = "left"
     SHUTDOWN = "shutdown"
+
+
+class EventType(enum.StrEnum):
+    """Serf's event kinds; the value is Serf's own name for them, as handlers see it in
+    ``SERF_EVENT`` and RPC clients in a stream record's ``Event``."""
+
+    MEMBER_JOIN = "member-join"
+    MEMBER_LEAVE = "member-leave"
+    MEMBER_FAILED = "member-failed"
+    MEMBER_UPDATE = "member-update"
+    MEMBER_REAP = "member-reap"
+    USER = "user"
+    QUERY = "query"
+
+
+MEMBER_EVENT_TYPES = frozenset({EventType.MEMBER_JOIN, EventType.MEMBER_LEAVE,
+                                EventType.MEMBER_FAILED, EventType.MEMBER_UPDATE,
+                                EventType.MEMBER_REAP})
+
+
+class LeavePhase(enum.Enum):
+    """Where a graceful leave is (Serf's Leave, as steps the timer advances)."""
+
+    NONE = "none"  # not leaving (or done: the state is LEFT)
+    INTENT = "intent"  # our leave intent is queued; waiting for it to go out
+    MEMBERLIST = "memberlist"  # memberlist broadcasts our dead{From=self}
+    PROPAGATE = "propagate"  # LeavePropagateDelay before the state becomes LEFT
 
 
 class SerfError(Exception):
@@ -206,7 +234,7 @@ class SerfConfig:
 class MemberEvent:
     """member-join / member-leave / member-failed / member-update / member-reap."""
 
-    type: str
+    type: EventType  # one of MEMBER_EVENT_TYPES
     members: tuple[Member, ...]
 
 
@@ -380,7 +408,7 @@ class Serf:
         self._next_reap = now + config.reap_interval
         self._next_reconnect = now + config.reconnect_interval
         self._prunes: dict[str, float] = {}  # member name -> when it is erased
-        self._leave_phase = ""
+        self._leave_phase = LeavePhase.NONE
         self._leave_deadline = 0.0
         self._leave_intent_sent = False
         self.leave_error: str | None = None
@@ -488,19 +516,19 @@ class Serf:
                 self._leave_intent_sent = True
 
             self._enqueue(self._intent_q, "intent", msg.encode(), now, on_finished=sent)
-            self._leave_phase = "intent"
+            self._leave_phase = LeavePhase.INTENT
             self._leave_deadline = now + self.config.broadcast_timeout
         else:
             self._start_memberlist_leave(now)
 
     def _start_memberlist_leave(self, now: float) -> None:
         self.memberlist.leave(now)
-        self._leave_phase = "memberlist"
+        self._leave_phase = LeavePhase.MEMBERLIST
         self._leave_deadline = now + self.config.broadcast_timeout
 
     def _advance_leave(self, now: float) -> None:
         phase = self._leave_phase
-        if phase == "intent":
+        if phase is LeavePhase.INTENT:
             if self._leave_intent_sent:
                 self._start_memberlist_leave(now)
             elif now >= self._leave_deadline:
@@ -508,15 +536,15 @@ class Serf:
                 # see a graceful dead{From=self} rather than a failure.
                 self.leave_error = "timeout while waiting for graceful leave"
                 self._start_memberlist_leave(now)
-        if self._leave_phase == "memberlist" and (
+        if self._leave_phase is LeavePhase.MEMBERLIST and (
             self.memberlist.leave_broadcast_done() or now >= self._leave_deadline
         ):
             if not self.memberlist.leave_broadcast_done():
                 self.leave_error = "timeout waiting for leave broadcast"
-            self._leave_phase = "propagate"
+            self._leave_phase = LeavePhase.PROPAGATE
             self._leave_deadline = now + self.config.leave_propagate_delay
-        if self._leave_phase == "propagate" and now >= self._leave_deadline:
-            self._leave_phase = ""
+        if self._leave_phase is LeavePhase.PROPAGATE and now >= self._leave_deadline:
+            self._leave_phase = LeavePhase.NONE
             self.state = SerfState.LEFT
 
     def force_leave(self, node: str, prune: bool, now: float) -> bool:
@@ -547,7 +575,7 @@ class Serf:
         ml = self.memberlist.get_timer()
         if ml is not None:
             times.append(ml)
-        if self._leave_phase:
+        if self._leave_phase is not LeavePhase.NONE:
             times.append(self._leave_deadline)
         times.extend(self._prunes.values())
         times.extend(pq.deadline for pq in self._asking.values())
@@ -570,15 +598,19 @@ class Serf:
                 m = self._members.get(name)
                 if m is not None:
                     self._erase(m)
-        if self._leave_phase:
+        if self._leave_phase is not LeavePhase.NONE:
             self._advance_leave(now)
         self._expire_queries(now)
         if self._conflict_wanted:
             self._run_conflict_resolution(now)
 
+    def leave_in_progress(self) -> bool:
+        """A graceful leave is under way (:meth:`poll` advances it as queues drain)."""
+        return self._leave_phase is not LeavePhase.NONE
+
     def poll(self, now: float) -> None:
         """Advance things that wait on queue progress rather than time (leave phases)."""
-        if self._leave_phase:
+        if self._leave_phase is not LeavePhase.NONE:
             self._advance_leave(now)
 
     def _reap(self, now: float) -> None:
@@ -611,7 +643,7 @@ class Serf:
             self._failed.remove(m)
         if m in self._left:
             self._left.remove(m)
-        self._events.append(MemberEvent("member-reap", (m.snapshot(),)))
+        self._events.append(MemberEvent(EventType.MEMBER_REAP, (m.snapshot(),)))
 
     # ------------------------------------------------------------------ memberlist delegate
 
@@ -661,7 +693,7 @@ class Serf:
             if m in self._left:
                 self._left.remove(m)
         log.info("EventMemberJoin: %s %s", m.name, m.addr)
-        self._events.append(MemberEvent("member-join", (m.snapshot(),)))
+        self._events.append(MemberEvent(EventType.MEMBER_JOIN, (m.snapshot(),)))
 
     def notify_leave(self, node: Node, now: float) -> None:
         m = self._members.get(node.name)
@@ -671,16 +703,17 @@ class Serf:
             m.status = MemberStatus.LEFT
             m.leave_time = now
             self._left.append(m)
-            kind = "member-leave"
+            kind = EventType.MEMBER_LEAVE
         elif m.status == MemberStatus.ALIVE:
             m.status = MemberStatus.FAILED
             m.leave_time = now
             self._failed.append(m)
-            kind = "member-failed"
+            kind = EventType.MEMBER_FAILED
         else:
             log.warning("bad state when leave: %s %s", m.name, m.status.label)
             return
-        log.info("Event%s: %s %s", "MemberLeave" if kind == "member-leave" else "MemberFailed",
+        log.info("Event%s: %s %s",
+                 "MemberLeave" if kind is EventType.MEMBER_LEAVE else "MemberFailed",
                  m.name, m.addr)
         self._events.append(MemberEvent(kind, (m.snapshot(),)))
 
@@ -693,7 +726,7 @@ class Serf:
         m.tags = self._tags_of(node)
         m.versions = _node_versions(node)
         log.info("EventMemberUpdate: %s", m.name)
-        self._events.append(MemberEvent("member-update", (m.snapshot(),)))
+        self._events.append(MemberEvent(EventType.MEMBER_UPDATE, (m.snapshot(),)))
 
     def notify_conflict(self, existing: Node, other: Node) -> None:
         # memberlist counts the refused alive ("conflict"); here only the log line, one
@@ -859,7 +892,7 @@ class Serf:
                 self._failed.remove(m)
             self._left.append(m)
             log.info("EventMemberLeave (forced): %s %s", m.name, m.addr)
-            self._events.append(MemberEvent("member-leave", (m.snapshot(),)))
+            self._events.append(MemberEvent(EventType.MEMBER_LEAVE, (m.snapshot(),)))
             if msg.prune:
                 self._prune(m, now)
             return True
@@ -1275,7 +1308,7 @@ class Serf:
         ml = self.config.memberlist
         responses = matching = 0
         for rec in pq.drain():
-            if rec.type != "response":
+            if rec.type is not QueryRecordType.RESPONSE:
                 continue
             if not rec.payload or rec.payload[0] != SerfMsgType.CONFLICT_RESPONSE:
                 log.error("invalid conflict query response type: %r", rec.payload[:1])
@@ -1319,7 +1352,10 @@ class Serf:
 
 
 __all__ = [
+    "MEMBER_EVENT_TYPES",
+    "EventType",
     "IncomingQuery",
+    "LeavePhase",
     "MemberEvent",
     "Serf",
     "SerfConfig",

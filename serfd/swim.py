@@ -67,6 +67,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any, Protocol
 
 from serfd.broadcast import TransmitLimitedQueue
@@ -110,6 +111,7 @@ __all__ = [
     "Node",
     "NodeState",
     "ProtocolError",
+    "StreamKind",
     "StreamRequest",
     "push_pull_scale",
 ]
@@ -251,6 +253,14 @@ class Node:
         return self.vsn[5]
 
 
+class StreamKind(StrEnum):
+    """Why memberlist opens a TCP stream (the value shows in the driver's log lines)."""
+
+    PUSH_PULL = "push_pull"  # a join or the periodic state exchange
+    PING = "ping"  # the TCP fallback of a failed UDP probe
+    USER = "user"  # a reliable user message (Serf's SendReliable)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamRequest:
     """A TCP exchange for the driver: connect to ``addr``, send ``plain`` (wrapped in
@@ -262,7 +272,7 @@ class StreamRequest:
     plain: bytes
     expect_reply: bool
     deadline: float
-    kind: str  # "push_pull", "ping" or "user"
+    kind: StreamKind
 
 
 class Delegate(Protocol):
@@ -424,7 +434,7 @@ class Memberlist:
         self._probe: _Probe | None = None
         self._probe_tick_pending = False
         self._tokens = 0
-        self._pending_streams: dict[int, tuple[str, Any]] = {}
+        self._pending_streams: dict[int, tuple[StreamKind, Any]] = {}
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
         self._timer_seq = 0
         self._out_datagrams: list[tuple[bytes, Addr]] = []
@@ -633,13 +643,15 @@ class Memberlist:
     def send_user_msg_stream(self, addr: Addr, data: bytes, now: float) -> int:
         """memberlist SendReliable: a user message over TCP; returns the stream token."""
         plain = encode_user_stream(data)
-        return self._open_stream(addr, plain, False, now + self.config.tcp_timeout, "user")
+        return self._open_stream(addr, plain, False, now + self.config.tcp_timeout,
+                                 StreamKind.USER)
 
     def start_push_pull(self, addr: Addr, join: bool, now: float) -> int:
         """Ask for a push/pull with ``addr``; the reply comes back through ``stream_reply``."""
         plain = self.push_pull_payload(join)
-        token = self._open_stream(addr, plain, True, now + self.config.tcp_timeout, "push_pull")
-        self._pending_streams[token] = ("push_pull", join)
+        token = self._open_stream(addr, plain, True, now + self.config.tcp_timeout,
+                                  StreamKind.PUSH_PULL)
+        self._pending_streams[token] = (StreamKind.PUSH_PULL, join)
         return token
 
     def push_pull_payload(self, join: bool) -> bytes:
@@ -710,9 +722,9 @@ class Memberlist:
         kind, data = pending
         if token == self._catch_up_token:
             self._catch_up_token = None
-        if kind == "push_pull":
+        if kind is StreamKind.PUSH_PULL:
             self._push_pull_reply(plain, bool(data), now)
-        elif kind == "ping":
+        elif kind is StreamKind.PING:
             self._tcp_ping_reply(data, plain, now)
 
     # ------------------------------------------------------------------ transition rules
@@ -1021,9 +1033,9 @@ class Memberlist:
             self._send_msg(ind.encode(), peer.address)
         if not cfg.disable_tcp_pings and probe.pmax >= 3:
             token = self._open_stream(
-                probe.address, probe.ping.encode(), True, probe.deadline, "ping"
+                probe.address, probe.ping.encode(), True, probe.deadline, StreamKind.PING
             )
-            self._pending_streams[token] = ("ping", probe)
+            self._pending_streams[token] = (StreamKind.PING, probe)
             probe.tcp_pending = True
 
     def _probe_deadline(self, probe: _Probe, now: float) -> None:
@@ -1291,7 +1303,7 @@ class Memberlist:
         self._out_datagrams.append((data, addr))
 
     def _open_stream(
-        self, addr: Addr, plain: bytes, expect_reply: bool, deadline: float, kind: str
+        self, addr: Addr, plain: bytes, expect_reply: bool, deadline: float, kind: StreamKind
     ) -> int:
         self._tokens += 1
         token = self._tokens

@@ -25,7 +25,7 @@ from serfd.config import Config
 from serfd.keymanager import decode_key_response, request_payload
 from serfd.query import IncomingQuery
 from serfd.stream import encode_user_stream
-from serfd.swim import StreamRequest
+from serfd.swim import StreamKind, StreamRequest
 from serfd.systemd import Notifier
 
 
@@ -73,7 +73,7 @@ def test_outbound_streams_and_reconnects_are_capped() -> None:
             ml = agent.serf.memberlist
             now = agent._now()
             requests = [StreamRequest(10_000 + i, ("127.0.0.2", 7946), b"\x00", True,
-                                      now + 3600.0, "ping") for i in range(200)]
+                                      now + 3600.0, StreamKind.PING) for i in range(200)]
             replies: list[tuple[int, bytes | None]] = []
             once = [requests]
             ml.streams_to_open = lambda: once.pop() if once else []  # type: ignore[method-assign]

@@ -19,7 +19,7 @@ from serfd.handlers import BACKLOG, MEMBER_BACKLOG, Handler, HandlerRunner, pars
 from serfd.member import Member
 from serfd.query import IncomingQuery
 from serfd.ratelog import DropLog
-from serfd.serf import MemberEvent, UserEvent
+from serfd.serf import EventType, MemberEvent, UserEvent
 
 SELF = Member("self", "127.0.0.1", 7946, {})
 
@@ -132,7 +132,7 @@ def test_member_events_per_handler_are_bounded_and_stay_in_order() -> None:
                         max_concurrent=8, clock=clock, counters=counters)
         n = MEMBER_BACKLOG + 100
         for i in range(n):
-            r.dispatch(MemberEvent("member-join", (Member(f"m{i}", "10.0.0.1", 7946, {}),)))
+            r.dispatch(MemberEvent(EventType.MEMBER_JOIN, (Member(f"m{i}", "10.0.0.1", 7946, {}),)))
         await settle()
         # One runs, MEMBER_BACKLOG wait; the oldest waiting ones were dropped.
         assert len(r.ran) == 1 and len(r.tasks) == 1
@@ -156,7 +156,7 @@ def test_member_chains_share_the_slots() -> None:
         handlers = parse_handlers({f"member-join,user:h{i}": f"h{i}" for i in range(6)})
         r = StuckRunner(handlers, max_concurrent=2, clock=FakeClock(), counters=counters)
         for i in range(3):
-            r.dispatch(MemberEvent("member-join", (Member(f"m{i}", "10.0.0.1", 7946, {}),)))
+            r.dispatch(MemberEvent(EventType.MEMBER_JOIN, (Member(f"m{i}", "10.0.0.1", 7946, {}),)))
         await settle()
         assert r.running == 2 and len(r.tasks) == 2
         r.gate.set()
@@ -191,7 +191,7 @@ def test_coalescing_batches_are_flushed_early_when_full() -> None:
             d.event(UserEvent(i, f"name{i}", b"", True))
             assert d._user._count < 50
         for i in range(1000):
-            d.event(MemberEvent("member-join", (Member(f"m{i}", "10.0.0.1", 7946, {}),)))
+            d.event(MemberEvent(EventType.MEMBER_JOIN, (Member(f"m{i}", "10.0.0.1", 7946, {}),)))
             assert len(d._member._latest) < 50
         for i in range(120):  # one name, one LTime, many payloads
             d.event(UserEvent(5000, "same", str(i).encode(), True))
@@ -209,13 +209,13 @@ def test_member_coalescer_forgets_reaped_members_and_caps_its_memory() -> None:
     c = MemberCoalescer(max_delivered=100)
     t = 0.0
     for i in range(1000):
-        c.add(MemberEvent("member-join", (Member(f"m{i}", "10.0.0.1", 7946, {}),)), t)
+        c.add(MemberEvent(EventType.MEMBER_JOIN, (Member(f"m{i}", "10.0.0.1", 7946, {}),)), t)
         t += 10.0
         assert c.flush(t)
     assert len(c._delivered) == 100
-    c.add(MemberEvent("member-reap", (Member("m999", "10.0.0.1", 7946, {}),)), t)
+    c.add(MemberEvent(EventType.MEMBER_REAP, (Member("m999", "10.0.0.1", 7946, {}),)), t)
     assert c.flush(t + 10.0)
     assert "m999" not in c._delivered and len(c._delivered) == 99
     # A repeated join for a remembered member is still skipped, as in Serf.
-    c.add(MemberEvent("member-join", (Member("m998", "10.0.0.1", 7946, {}),)), t + 20.0)
+    c.add(MemberEvent(EventType.MEMBER_JOIN, (Member("m998", "10.0.0.1", 7946, {}),)), t + 20.0)
     assert c.flush(t + 30.0) == []
