@@ -54,6 +54,7 @@ from serfd.keymanager import (
     tally,
 )
 from serfd.keyring import (
+    DecryptError,
     Keyring,
     KeyringError,
     KeyringFileError,
@@ -497,18 +498,18 @@ class Agent(EventsMixin):
             deadline = self._now() + self.serf.config.memberlist.tcp_timeout
             try:
                 plain = await self._read_message(reader, deadline)
+            except DecryptError as e:
+                # Most likely a node with another key (or none): say so, and tell the
+                # peer in an error response, as memberlist does.
+                self.stream_drops.drop("tcp_bad_message", self._now(),
+                                       "refused stream from %s: %s", peer, e)
+                with contextlib.suppress(OSError):  # incl. TimeoutError: best effort
+                    writer.write(self._encode_stream(ErrResp(error=str(e)).encode()))
+                    await asyncio.wait_for(writer.drain(), 1.0)
+                return
             except DecodeError as e:
-                if "ncrypt" in str(e) or "decrypt" in str(e):
-                    # Most likely a node with another key (or none): say so, and tell the
-                    # peer in an error response, as memberlist does.
-                    self.stream_drops.drop("tcp_bad_message", self._now(),
-                                           "refused stream from %s: %s", peer, e)
-                    with contextlib.suppress(OSError):  # incl. TimeoutError: best effort
-                        writer.write(self._encode_stream(ErrResp(error=str(e)).encode()))
-                        await asyncio.wait_for(writer.drain(), 1.0)
-                else:
-                    self._count("tcp_bad_message")
-                    log.debug("bad stream from %s: %s", peer, e)
+                self._count("tcp_bad_message")
+                log.debug("bad stream from %s: %s", peer, e)
                 return
             except _OverBudget as e:
                 self.stream_drops.drop("tcp_over_budget", self._now(),

@@ -57,6 +57,7 @@ def _invalid_tag() -> type[Exception]:
 
 __all__ = [
     "KEY_SIZES",
+    "DecryptError",
     "Keyring",
     "KeyringError",
     "KeyringFileError",
@@ -80,6 +81,13 @@ ERR_KEY_SIZE = "key size must be 16, 24 or 32 bytes"
 ERR_NOT_IN_KEYRING = "Requested key is not in the keyring"
 ERR_REMOVE_PRIMARY = "Removing the primary key is not allowed"
 ERR_EMPTY_PRIMARY = "Empty primary key not allowed"
+
+
+class DecryptError(DecodeError):
+    """Encrypted gossip we cannot open, or a peer whose encryption does not match ours.
+
+    Most likely a node with another key (or none); the message is memberlist's text,
+    which the agent logs and sends back in a stream's error response."""
 
 
 class KeyringError(ValueError):
@@ -214,14 +222,14 @@ class Keyring:
         return bytes((self.version,)) + nonce + sealed
 
     def decrypt(self, data: bytes, aad: bytes) -> bytes:
-        """Open a payload with the first key that fits; ``DecodeError`` when none does."""
+        """Open a payload with the first key that fits; :class:`DecryptError` when none does."""
         if not data:
-            raise DecodeError("Cannot decrypt empty payload")
+            raise DecryptError("Cannot decrypt empty payload")
         vsn = data[0]
         if vsn > MAX_VERSION:
-            raise DecodeError(f"Unsupported encryption version {vsn}")
+            raise DecryptError(f"Unsupported encryption version {vsn}")
         if len(data) < encrypted_length(vsn, 0):
-            raise DecodeError(f"Payload is too small to decrypt: {len(data)}")
+            raise DecryptError(f"Payload is too small to decrypt: {len(data)}")
         nonce = bytes(data[VERSION_SIZE:VERSION_SIZE + NONCE_SIZE])
         sealed = bytes(data[VERSION_SIZE + NONCE_SIZE:])
         for key in self._keys:
@@ -232,10 +240,10 @@ class Keyring:
             if vsn == 0:
                 # Go slices off plain[-1] bytes unchecked (a panic on a bad pad); we refuse.
                 if not plain or plain[-1] > len(plain):
-                    raise DecodeError("bad PKCS#7 padding")
+                    raise DecryptError("bad PKCS#7 padding")
                 plain = plain[: len(plain) - plain[-1]]
             return plain
-        raise DecodeError("No installed keys could decrypt the message")
+        raise DecryptError("No installed keys could decrypt the message")
 
     def __repr__(self) -> str:  # never print key material
         return f"<Keyring {len(self._keys)} keys, vsn {self.version}>"

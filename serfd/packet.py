@@ -103,7 +103,7 @@ class Keyring(Protocol):
         ...
 
     def decrypt(self, data: bytes, aad: bytes) -> bytes:
-        """Try every key; raise ``DecodeError`` when none fits."""
+        """Try every key; raise ``DecodeError`` (``serfd.keyring.DecryptError``) when none fits."""
         ...
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 
 from serfd.codec import DecodeError, obj_to_struct
+from serfd.keyring import DecryptError
 from serfd.messages import MsgType, PushNodeState, PushPullHeader, UserMsgHeader
 from serfd.packet import Keyring, compress_message, decompress_message
 
@@ -257,7 +258,7 @@ class StreamReader:
         if t == MsgType.ENCRYPT:
             return self._encrypted()
         if self._keyring is not None and self._verify_incoming:
-            raise DecodeError("Encryption is configured but remote state is not encrypted")
+            raise DecryptError("Encryption is configured but remote state is not encrypted")
         if self._framer is None:
             self._framer = _Framer(t, self._max_size)
             self._fed = 1
@@ -276,7 +277,7 @@ class StreamReader:
     def _encrypted(self) -> bytes | None:
         buf = self._buf
         if self._keyring is None:
-            raise DecodeError("Remote state is encrypted and encryption is not configured")
+            raise DecryptError("Remote state is encrypted and encryption is not configured")
         if len(buf) < ENCRYPT_HEADER_SIZE:
             return None
         (length,) = _U32.unpack_from(buf, 1)

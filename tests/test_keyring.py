@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from serfd.codec import DecodeError
 from serfd.keyring import (
+    DecryptError,
     Keyring,
     KeyringError,
     KeyringFileError,
@@ -110,6 +111,38 @@ def test_wrong_aad_or_tampering_is_refused() -> None:
 def test_short_or_unknown_payloads(data: bytes, match: str) -> None:
     with pytest.raises(DecodeError, match=match):
         Keyring([K16]).decrypt(data, b"")
+
+
+def test_decryption_failures_are_decrypt_errors_and_other_garbage_is_not() -> None:
+    """The agent tells a key mismatch (refused with an error response) from garbage by
+    the type: every way a payload fails to open is a DecryptError (a DecodeError)."""
+    nonce = os.urandom(12)
+    failures = [
+        b"",
+        b"\x02" + bytes(40),
+        b"\x01" + bytes(27),
+        Keyring([K32]).encrypt(b"m", b""),  # another key
+        b"\x00" + nonce + AESGCM(K16).encrypt(nonce, b"a" * 15 + bytes([200]), None),
+    ]
+    for data in failures:
+        with pytest.raises(DecryptError) as exc:
+            Keyring([K16]).decrypt(data, b"")
+        assert isinstance(exc.value, DecodeError)
+    # Streams: encryption on one side only is a mismatch too; a bad frame is not.
+    r = StreamReader()
+    r.feed(encode_stream(Ping(seq_no=1, node="n").encode(), compress=False,
+                         keyring=Keyring([K16])))
+    with pytest.raises(DecryptError, match="encryption is not configured"):
+        r.message()
+    r = StreamReader(keyring=Keyring([K16]))
+    r.feed(Ping(seq_no=1, node="n").encode())
+    with pytest.raises(DecryptError, match="not encrypted"):
+        r.message()
+    r = StreamReader()
+    r.feed(b"\xfe" + bytes(8))
+    with pytest.raises(DecodeError) as exc2:
+        r.message()
+    assert not isinstance(exc2.value, DecryptError)
 
 
 def test_key_operations_use_memberlist_errors() -> None:
