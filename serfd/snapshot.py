@@ -220,8 +220,64 @@ RETRY_MIN = 0.5  # seconds before the first retry of a failing disk
 RETRY_MAX = 10.0  # the retry backoff doubles up to this, never more
 FAULT_LOG_INTERVAL = 60.0  # a fault that persists is logged again at most this often
 
-_Item = tuple[object, ...]
-_STOP: _Item = ("stop",)
+# The records the loop queues for the writer thread, one class per kind.
+
+
+@dataclass(frozen=True, slots=True)
+class _Alive:
+    """``alive: <name> <addr>``."""
+
+    name: str
+    addr: str  # "ip:port" (format_addr)
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """``not-alive: <name>`` (left or failed)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """``clock: <n>`` when it grew (n is the member clock's time - 1)."""
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class _EventClock:
+    """``event-clock: <ltime>`` when it grew."""
+
+    ltime: int
+
+
+@dataclass(frozen=True, slots=True)
+class _QueryClock:
+    """``query-clock: <ltime>`` when it grew."""
+
+    ltime: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Leave:
+    """``leave``: we left gracefully."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reset:
+    """After a cut: the whole state to rewrite (None: compact what the writer has)."""
+
+    state: SnapshotState | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """Flush, fsync and end the writer thread."""
+
+
+_Item = _Alive | _Gone | _Clock | _EventClock | _QueryClock | _Leave | _Reset | _Stop
+_STOP = _Stop()
 
 
 class FileOps:
@@ -299,7 +355,7 @@ class _Inbox:
     def replace_all(self, item: _Item) -> None:
         """Drop every queued record in favour of ``item`` (a stop request stays, last)."""
         with self._cond:
-            stop = any(it is _STOP for it in self._items)
+            stop = any(isinstance(it, _Stop) for it in self._items)
             self._items.clear()
             self._items.append(item)
             if stop:
@@ -410,24 +466,24 @@ class Snapshotter:
         self._thread.start()
 
     def member_alive(self, name: str, addr: str) -> None:
-        self._put(("alive", name, addr))
+        self._put(_Alive(name, addr))
 
     def member_gone(self, name: str) -> None:
-        self._put(("gone", name))
+        self._put(_Gone(name))
 
     def user_event(self, ltime: int) -> None:
-        self._put(("event", ltime))
+        self._put(_EventClock(ltime))
 
     def query(self, ltime: int) -> None:
-        self._put(("query", ltime))
+        self._put(_QueryClock(ltime))
 
     def clock(self, member_clock_time: int) -> None:
         """The member clock's current time (recorded as time - 1, when it grew)."""
-        self._put(("clock", member_clock_time - 1))
+        self._put(_Clock(member_clock_time - 1))
 
     def leave(self) -> None:
         self._left = True
-        self._put(("leave",))
+        self._put(_Leave())
 
     @property
     def queued(self) -> int:
@@ -460,7 +516,7 @@ class Snapshotter:
         else:
             state = self._state_fn()
             state.left = state.left or self._left
-        self._inbox.replace_all(("reset", state))
+        self._inbox.replace_all(_Reset(state))
         self._lost = False
         self.log.info("snapshot %s: the writer caught up; rewriting it from the agent's "
                       "state", self.path)
@@ -546,10 +602,10 @@ class Snapshotter:
         it, write it; True once a stop was handled. The thread loops on this; a test may
         call it instead of starting the thread."""
         items = self._inbox.take(timeout)
-        stop = any(it is _STOP for it in items)
+        stop = any(isinstance(it, _Stop) for it in items)
         out: list[str] = []
         for it in items:
-            if it is not _STOP:
+            if not isinstance(it, _Stop):
                 out.extend(self._record(it))
         now = self._now()
         compacted = False
@@ -558,7 +614,7 @@ class Snapshotter:
         if out and not compacted and self._fd >= 0 and not self._stale:
             self._append("".join(out).encode("utf-8", "surrogateescape"), now)
         if self._fd >= 0 and not self._stale:
-            self._sync_if_due(now, force=stop or any(it[0] == "leave" for it in items))
+            self._sync_if_due(now, force=stop or any(isinstance(it, _Leave) for it in items))
         if stop:
             if self._fd < 0 or self._stale:
                 self._say(logging.ERROR, "snapshot %s: stopping with the file behind the last "
@@ -567,10 +623,9 @@ class Snapshotter:
         return stop
 
     def _record(self, it: _Item) -> list[str]:
-        kind = it[0]
-        if kind == "reset":
-            st = it[1]
-            if isinstance(st, SnapshotState):
+        if isinstance(it, _Reset):
+            st = it.state
+            if st is not None:
                 self._alive = dict(st.alive)
                 self._last_clock = max(self._last_clock, st.last_clock)
                 self._last_event = max(self._last_event, st.last_event_clock)
@@ -580,39 +635,35 @@ class Snapshotter:
                     self._alive.clear()
             self._stale = True
             return []
-        if kind == "clock":
-            v = int(it[1])  # type: ignore[call-overload]
-            if v > self._last_clock:
-                self._last_clock = v
-                return [f"clock: {v}\n"]
+        if isinstance(it, _Clock):
+            if it.value > self._last_clock:
+                self._last_clock = it.value
+                return [f"clock: {it.value}\n"]
             return []
-        if kind == "leave":
+        if isinstance(it, _Leave):
             self._leaving = True
             if not self.rejoin_after_leave:
                 self._alive.clear()
             return ["leave\n"]
         if self._leaving:
             return []  # after a leave only clocks are recorded (snapshot.go)
-        if kind == "alive":
-            name, addr = str(it[1]), str(it[2])
-            self._alive[name] = addr
-            return [f"alive: {name} {addr}\n"]
-        if kind == "gone":
-            self._alive.pop(str(it[1]), None)
-            return [f"not-alive: {it[1]}\n"]
-        if kind == "event":
-            v = int(it[1])  # type: ignore[call-overload]
-            if v > self._last_event:
-                self._last_event = v
-                return [f"event-clock: {v}\n"]
+        if isinstance(it, _Alive):
+            self._alive[it.name] = it.addr
+            return [f"alive: {it.name} {it.addr}\n"]
+        if isinstance(it, _Gone):
+            self._alive.pop(it.name, None)
+            return [f"not-alive: {it.name}\n"]
+        if isinstance(it, _EventClock):
+            if it.ltime > self._last_event:
+                self._last_event = it.ltime
+                return [f"event-clock: {it.ltime}\n"]
             return []
-        if kind == "query":
-            v = int(it[1])  # type: ignore[call-overload]
-            if v > self._last_query:
-                self._last_query = v
-                return [f"query-clock: {v}\n"]
+        if isinstance(it, _QueryClock):
+            if it.ltime > self._last_query:
+                self._last_query = it.ltime
+                return [f"query-clock: {it.ltime}\n"]
             return []
-        return []
+        return []  # _Stop: handled by run_once
 
     # I/O. Every failure goes through _failed(): the file is stale from then on.
 
