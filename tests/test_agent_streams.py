@@ -18,23 +18,27 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import serfd.agent as agent_mod
 from serfd.agent import MAX_INBOUND_STREAMS, MAX_KEY_CHANGES, MAX_OUTBOUND_STREAMS, Agent
 from serfd.config import Config
 from serfd.keymanager import decode_key_response, request_payload
+from serfd.keyring import Keyring
+from serfd.messages import ErrResp, MsgType
 from serfd.query import IncomingQuery
-from serfd.stream import encode_user_stream
+from serfd.stream import ENCRYPT_HEADER_SIZE, StreamReader, encode_user_stream
 from serfd.swim import StreamKind, StreamRequest
 from serfd.systemd import Notifier
 
 
 @contextlib.asynccontextmanager
-async def running_agent(profile: str = "lan", compress: bool = True) -> AsyncIterator[Agent]:
+async def running_agent(profile: str = "lan", compress: bool = True,
+                        encrypt_key: str | None = None) -> AsyncIterator[Agent]:
     with tempfile.TemporaryDirectory(prefix="ags") as d:
         cfg = Config(node_name="a", bind=("127.0.0.1", 0), state_dir=Path(d),
                      rpc_socket=Path(d) / "s.sock", log_level="warn", profile=profile,
-                     enable_compression=compress)
+                     enable_compression=compress, encrypt_key=encrypt_key)
         agent = Agent(cfg, notifier=Notifier())
         await agent.start()
         try:
@@ -222,3 +226,32 @@ def test_a_stop_signal_during_start_up_ends_the_run_cleanly() -> None:
             return code
 
     assert asyncio.run(main()) == 0
+
+
+def test_a_stream_we_cannot_decrypt_is_answered_with_the_reason() -> None:
+    """A decryption failure is told by its type (DecryptError), whatever its text: even
+    a bad version-0 padding (no "crypt" in the message) is refused with an error
+    response, as memberlist answers a peer with another key."""
+    key = bytes(range(16))
+
+    async def main() -> None:
+        async with running_agent(encrypt_key=base64.b64encode(key).decode()) as agent:
+            nonce = bytes(12)
+            plain = b"a" * 15 + bytes([200])  # padding byte larger than the message
+            length = 1 + len(nonce) + len(plain) + 16
+            header = bytes([MsgType.ENCRYPT]) + length.to_bytes(4, "big")
+            assert len(header) == ENCRYPT_HEADER_SIZE
+            blob = b"\x00" + nonce + AESGCM(key).encrypt(nonce, plain, header)
+            reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port(agent))
+            writer.write(header + blob)
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.read(), 10.0)
+            writer.close()
+            sr = StreamReader(keyring=Keyring([key]))
+            sr.feed(reply)
+            msg = sr.message()
+            assert msg is not None and msg[0] == MsgType.ERR
+            assert ErrResp.from_body(msg[1:]).error == "bad PKCS#7 padding"
+            assert agent.counters.get("tcp_bad_message", 0) == 1
+
+    asyncio.run(main())
