@@ -65,7 +65,7 @@ from serfd.logsetup import set_level
 from serfd.looplag import LoopLag
 from serfd.member import Member, MemberStatus
 from serfd.messages import ErrResp, MsgType
-from serfd.query import IncomingQuery, QueryParam, QueryRecordType
+from serfd.query import IncomingQuery, QueryParam, QueryRecord, QueryRecordType
 from serfd.ratelog import DropLog
 from serfd.reload import plan_reload
 from serfd.rpc import RPCError, RPCServer
@@ -768,14 +768,20 @@ class Agent(EventsMixin):
         except SerfError as e:
             return result.rpc_body(with_keys), str(e)
         result.num_nodes = self.serf.memberlist.num_alive()
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_record(rec: QueryRecord) -> None:
+            # Records arrive after each pump (_flush_queries); done ends the wait at the
+            # latest, every member answering ends it sooner.
+            if rec.type is QueryRecordType.RESPONSE:
+                tally(result, rec.from_, rec.payload)
+            over = rec.type is QueryRecordType.DONE or result.num_resp >= result.num_nodes
+            if over and not answered.done():
+                answered.set_result(None)
+
+        self._queries[pq] = on_record
         self._pump()
-        while True:
-            for rec in pq.drain():
-                if rec.type is QueryRecordType.RESPONSE:
-                    tally(result, rec.from_, rec.payload)
-            if pq.finished or result.num_resp >= result.num_nodes:
-                break
-            await asyncio.sleep(0.02)
+        await answered
         return result.rpc_body(with_keys), final_error(result)
 
     # ------------------------------------------------------------------ snapshot
@@ -918,15 +924,20 @@ class Agent(EventsMixin):
         self._stop.set()
 
     async def force_leave(self, node: str, prune: bool) -> None:
-        queued = self.serf.force_leave(node, prune, self._now())
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_sent() -> None:
+            if not sent.done():
+                sent.set_result(None)
+
+        queued = self.serf.force_leave(node, prune, self._now(), on_sent)
         self._pump()
         if not queued:
             return
-        deadline = self._now() + self.serf.config.broadcast_timeout
-        while not self.serf.intent_queue_empty():
-            if self._now() >= deadline:
-                raise RPCError("timed out broadcasting node removal")
-            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(sent, self.serf.config.broadcast_timeout)
+        except TimeoutError:
+            raise RPCError("timed out broadcasting node removal") from None
 
     async def set_tags(self, tags: dict[str, str], delete: list[str]) -> None:
         new = dict(self.serf.tags)

@@ -547,18 +547,18 @@ class Serf:
             self._leave_phase = LeavePhase.NONE
             self.state = SerfState.LEFT
 
-    def force_leave(self, node: str, prune: bool, now: float) -> bool:
-        """Force a member into ``left`` cluster-wide. Returns True if a broadcast was queued."""
+    def force_leave(self, node: str, prune: bool, now: float,
+                    on_sent: Callable[[], None] | None = None) -> bool:
+        """Force a member into ``left`` cluster-wide. Returns True if a broadcast was queued;
+        ``on_sent`` is called once that broadcast has gone out its last time (or was
+        dropped), as Serf's RemoveFailedNode waits on its notify channel."""
         msg = MessageLeave(ltime=self.clock.time(), node=node, prune=prune)
         self.clock.increment()
         self._handle_leave_intent(msg, now)
         if not self._has_alive_members():
             return False
-        self._enqueue(self._intent_q, "intent", msg.encode(), now)
+        self._enqueue(self._intent_q, "intent", msg.encode(), now, on_finished=on_sent)
         return True
-
-    def intent_queue_empty(self) -> bool:
-        return len(self._intent_q) == 0
 
     def shutdown(self) -> None:
         self.state = SerfState.SHUTDOWN

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from serfd.broadcast import retransmit_limit
 from serfd.member import MemberStatus
 from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
 from serfd.serf_messages import (
@@ -240,3 +241,18 @@ def test_reap_failed_after_reconnect_timeout() -> None:
     s.handle_timer(1.0 + 24 * 3600 + 16)
     assert "a" not in [m.name for m in s.members()]
     assert [e.type for e in events(s)] == ["member-reap"]
+
+
+def test_force_leave_reports_when_its_own_broadcast_has_gone_out() -> None:
+    s = make_serf()
+    for n in ("a", "b"):
+        s.notify_join(FakeNode(n), 1.0)
+    s.notify_leave(FakeNode("a"), 2.0)
+    sent: list[float] = []
+    assert s.force_leave("a", False, 3.0, on_sent=lambda: sent.append(3.0))
+    rounds = 0
+    while not sent:
+        assert any(isinstance(m, MessageLeave) and m.node == "a" for m in broadcasts(s))
+        rounds += 1
+    # Reported once retransmitted its full budget (memberlist's limit for 3 members).
+    assert rounds == retransmit_limit(s.config.memberlist.retransmit_mult, 3)
