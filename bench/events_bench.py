@@ -14,7 +14,7 @@ Then, from node0 over RPC:
 
 Stimuli are separated by random 0.25-0.65 s pauses (anti phase-lock, SERF-BASELINE.md).
 
-    python bench/events_bench.py --n 3 10 20 [--impl serf serfd] [--reps R] [--events E]
+    python -m bench.events_bench --n 3 10 20 [--impl serf serfd] [--reps R] [--events E]
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
-
-from harness import AddressAllocator, Cluster, RPCClient, wait_until
+from tests.integration.harness import AddressAllocator, Cluster, RPCClient, wait_until
 
 IMPLS = ("serf", "serfd")
 

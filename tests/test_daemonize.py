@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sd_notify_reload import free_port, write_base
+
+from tests.test_sd_notify_reload import free_port, write_base
 
 
 def serfd(*args: str) -> subprocess.CompletedProcess[str]:

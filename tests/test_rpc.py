@@ -11,7 +11,6 @@ import random
 import shutil
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -24,12 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_agent import FakeAgent, ServerThread
-
 from serfd.member import Member, MemberStatus
 from serfd.rpc import RPCServer, encode_member, filter_members
+from tests.fake_agent import FakeAgent, ServerThread
 
 H = bytes.fromhex
 

@@ -15,24 +15,19 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_agent import FakeAgent, ServerThread
-from test_rpc import Raw, wait_for
 
 import serfd.rpc as rpc_mod
 from serfd.monitor import LogRing
 from serfd.query import IncomingQuery
 from serfd.rpc import MAX_OPEN_QUERIES, MAX_STREAMS, STREAM_BUFFER_LIMIT
 from serfd.serf import UserEvent
+from tests.fake_agent import FakeAgent, ServerThread
+from tests.test_rpc import Raw, wait_for
 
 
 class StreamAgent(FakeAgent):

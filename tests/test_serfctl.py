@@ -20,12 +20,7 @@ import pytest
 
 from serfctl.__main__ import columnize, go_json, main
 from serfd.member import Member
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "integration"))
-
-from fake_agent import ServerThread  # noqa: E402 - found through the sys.path lines above
+from tests.fake_agent import ServerThread
 
 SERF = shutil.which("serf")
 needs_serf = pytest.mark.skipif(
@@ -435,7 +430,7 @@ def serf_pair(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
     """Two real serf agents, ctl1 (role=web) and ctl2 (role=db), on a reserved 127.x.y.0/24."""
     if SERF is None:
         pytest.skip("real HashiCorp `serf` binary not found on PATH (Debian package `serf`)")
-    from harness import AddressAllocator, SerfAgent
+    from tests.integration.harness import AddressAllocator, SerfAgent
 
     alloc = AddressAllocator(range(100, 200))
     sl = alloc.allocate(probe_hosts=2)

@@ -303,11 +303,10 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real agent in-process: the disk fills (every write fails ENOSPC), it keeps
     serving, STATUS and stats say so, then it recovers and clears both."""
-    from test_agent_streams import until
-    from test_sd_notify_reload import free_port, write_base
-
     from serfd.agent import Agent
     from serfd.config import load_config
+    from tests.test_agent_streams import until
+    from tests.test_sd_notify_reload import free_port, write_base
 
     d = tmp_path / "serfd.d"
     write_base(d, tmp_path, free_port())

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sd_notify_reload import free_port, write_base
 
 from serfd.statelock import LOCK_NAME, StateDirInUse, StateDirLock
+from tests.test_sd_notify_reload import free_port, write_base
 
 
 def test_second_lock_is_refused_with_the_holders_pid(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from harness import RPCClient, parse_addr, proc_cpu_seconds, proc_rss_kib
+
+from tests.integration.harness import RPCClient, parse_addr, proc_cpu_seconds, proc_rss_kib
 
 HOUR_NS = 3600 * 10**9
 

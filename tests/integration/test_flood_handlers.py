@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import msgpack
-from harness import Cluster, RPCClient
+
+from tests.integration.harness import Cluster, RPCClient
 
 SLOW = """#!/bin/sh
 cat > /dev/null

@@ -24,7 +24,7 @@ import stat
 import time
 from pathlib import Path
 
-from flood import (
+from tests.integration.flood import (
     Flooder,
     StuckStreamClient,
     Watcher,
@@ -33,7 +33,7 @@ from flood import (
     nearest_rank,
     wait_idle,
 )
-from harness import Cluster, SerfAgent, SerfdAgent
+from tests.integration.harness import Cluster, SerfAgent, SerfdAgent
 
 EVENTS = 1500
 QUERIES = 500

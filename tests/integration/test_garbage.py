@@ -14,9 +14,9 @@ import socket
 import time
 
 import msgpack
-from harness import Cluster
 
 from serfd.messages import Alive, Ping
+from tests.integration.harness import Cluster
 
 # A handful of crafted packets on top of the random ones.
 _VALID_PING = Ping(seq_no=7, node="", source_addr=b"\x7f\x00\x00\x01", source_port=1).encode()

@@ -6,7 +6,8 @@ import random
 import time
 
 import pytest
-from harness import (
+
+from tests.integration.harness import (
     PROBE_INTERVAL_LAN,
     SUSPICION_TIMEOUT_LAN,
     Cluster,

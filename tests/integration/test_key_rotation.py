@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import stat
 
-from dropins import restart, start_serfd
-from harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient, serf_cli, wait_until
-
 from serfd.keyring import decode_key, generate_key, read_keyring_file
+from tests.integration.dropins import restart, start_serfd
+from tests.integration.harness import (
+    PROBE_INTERVAL_LAN,
+    SUSPICION_TIMEOUT_LAN,
+    RPCClient,
+    serf_cli,
+    wait_until,
+)
 
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 8.0
 

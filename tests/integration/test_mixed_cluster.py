@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterable, Mapping
 
 import pytest
-from harness import (
+
+from tests.integration.harness import (
     PROBE_INTERVAL_LAN,
     SUSPICION_TIMEOUT_LAN,
     Agent,

@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import msgpack
-from dropins import start_serfd
-from harness import serf_cli
+
+from tests.integration.dropins import start_serfd
+from tests.integration.harness import serf_cli
 
 TOKEN = "s3cret-token"
 

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from harness import bindable
 
 from serfd import lzw
 from serfd.codec import DecodeError
@@ -46,6 +45,7 @@ from serfd.messages import (
 from serfd.packet import decode_packet, encode_packet
 from serfd.serf_messages import MessagePushPull, decode_serf_message, decode_tags, encode_tags
 from serfd.stream import StreamReader, decode_push_pull, encode_push_pull, encode_stream
+from tests.integration.harness import bindable
 
 pytestmark = [
     pytest.mark.integration,
