@@ -29,7 +29,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.integration.harness import AddressAllocator, Cluster, RPCClient, wait_until
+from tests.integration.harness import AddressAllocator, Cluster, RPCClient
+from tests.support import wait_until
 
 IMPLS = ("serf", "serfd")
 

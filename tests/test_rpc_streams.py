@@ -27,7 +27,8 @@ from serfd.query import IncomingQuery
 from serfd.rpc import MAX_OPEN_QUERIES, MAX_STREAMS, STREAM_BUFFER_LIMIT
 from serfd.serf import UserEvent
 from tests.fake_agent import FakeAgent, ServerThread
-from tests.test_rpc import Raw, wait_for
+from tests.support import wait_until
+from tests.test_rpc import Raw
 
 
 class StreamAgent(FakeAgent):
@@ -98,7 +99,7 @@ def stalled_stream_client(s: ServerThread) -> Raw:
     hog.handshake()
     hog.request("stream", {"Type": "*"})
     assert hog.read() == {"Error": "", "Seq": 1}
-    wait_for(lambda: agent_of(s).subs, what="stream registered")
+    wait_until(lambda: agent_of(s).subs, desc="stream registered")
     return hog
 
 
@@ -168,7 +169,7 @@ def test_monitor_replay_and_live_lines_to_a_client_that_never_reads(
     hog.handshake()
     hog.request("monitor", {"LogLevel": "DEBUG"})
     assert hog.read() == {"Error": "", "Seq": 1}
-    wait_for(lambda: srv.server.counters["stream_slow_client"] > 0, what="replay drops")
+    wait_until(lambda: srv.server.counters["stream_slow_client"] > 0, desc="replay drops")
     assert buffered(srv) <= STREAM_BUFFER_LIMIT
     other = Raw(srv.socket_path)
     other.handshake()
@@ -188,7 +189,7 @@ def test_open_query_ids_per_connection_are_bounded(srv: ServerThread) -> None:
     c.handshake()
     c.request("stream", {"Type": "query"})
     assert c.read() == {"Error": "", "Seq": 1}
-    wait_for(lambda: agent_of(srv).subs, what="stream registered")
+    wait_until(lambda: agent_of(srv).subs, desc="stream registered")
     n = MAX_OPEN_QUERIES + 500
     far = 3_600_000.0 * 1000  # a 1000 h deadline: nothing expires
     publish(srv, [IncomingQuery(i, i, "q", b"", "peer", far) for i in range(n)])
@@ -232,7 +233,7 @@ def test_stream_subscriptions_per_connection_are_capped(srv: ServerThread) -> No
         c.request("stream", {"Type": "user"})
         error = c.read()["Error"]
         assert error == ("" if i < MAX_STREAMS else "Too many streams on this connection")
-    wait_for(lambda: len(agent_of(srv).subs) == MAX_STREAMS, what="subscriptions")
+    wait_until(lambda: len(agent_of(srv).subs) == MAX_STREAMS, desc="subscriptions")
     assert srv.server.counters["stream_too_many"] == 10
     c.request("stop", {"Stop": 1})  # one ends: room for another
     assert c.read()["Error"] == ""
@@ -255,7 +256,7 @@ def test_rpc_clients_beyond_the_cap_are_refused() -> None:
             assert c.closed()
         assert s.server.counters["too_many_connections"] == 2
         held.pop().close()
-        wait_for(lambda: len(s.server._conns) == 19, what="a slot to free")
+        wait_until(lambda: len(s.server._conns) == 19, desc="a slot to free")
         c = Raw(s.socket_path)
         c.handshake()
         for c2 in [*held, c]:

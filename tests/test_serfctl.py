@@ -10,8 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pytest
 from serfctl.__main__ import columnize, go_json, main
 from serfd.member import Member
 from tests.fake_agent import ServerThread
+from tests.support import AUTH_KEY, wait_until
 
 SERF = shutil.which("serf")
 needs_serf = pytest.mark.skipif(
@@ -32,27 +31,6 @@ needs_serf = pytest.mark.skipif(
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("SERF_RPC_ADDR", "SERF_RPC_AUTH", "SERFD_SOCKET"):
         monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="ctlt")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def srv(sockdir: str) -> Iterator[ServerThread]:
-    s = ServerThread(os.path.join(sockdir, "s.sock"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def auth_srv(sockdir: str) -> Iterator[ServerThread]:
-    s = ServerThread(os.path.join(sockdir, "a.sock"), auth_key="tok")
-    yield s
-    s.close()
 
 
 def ctl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -300,9 +278,9 @@ def test_rpc_addr_and_auth_from_env_and_after_command(
         == f"Error connecting to Serf agent at {auth_srv.rpc_addr}: Invalid authentication token\n"
     )
     # Serf-style: options after the command work too.
-    assert ctl(capsys, "members", "--rpc-addr", auth_srv.rpc_addr, "--rpc-auth", "tok")[0] == 0
+    assert ctl(capsys, "members", "--rpc-addr", auth_srv.rpc_addr, "--rpc-auth", AUTH_KEY)[0] == 0
     monkeypatch.setenv("SERF_RPC_ADDR", auth_srv.rpc_addr)
-    monkeypatch.setenv("SERF_RPC_AUTH", "tok")
+    monkeypatch.setenv("SERF_RPC_AUTH", AUTH_KEY)
     assert ctl(capsys, "members") == (0, MEMBERS_TEXT, "")
     # An explicit --socket wins over $SERF_RPC_ADDR (no auth on the socket).
     assert ctl(capsys, "--socket", auth_srv.socket_path, "info")[0] == 0
@@ -417,7 +395,7 @@ def test_real_serf_cli_auth_against_our_server(auth_srv: ServerThread) -> None:
     r = serf("members", f"-rpc-addr={auth_srv.rpc_addr}")
     assert r.returncode == 1
     assert r.stdout + r.stderr == "Error retrieving members: Authentication required\n"
-    r = serf("members", f"-rpc-addr={auth_srv.rpc_addr}", "-rpc-auth=tok")
+    r = serf("members", f"-rpc-addr={auth_srv.rpc_addr}", f"-rpc-auth={AUTH_KEY}")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 4
 
 
@@ -451,26 +429,28 @@ def serf_pair(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
 
 
 def wait_ctl(capsys: pytest.CaptureFixture[str], pred: Any, *args: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        code, out, err = ctl(capsys, *args)
-        if code == 0 and pred(out):
-            return out
-        if time.monotonic() > deadline:
-            raise AssertionError(f"serfctl {args} never satisfied the condition: {out!r} {err!r}")
-        time.sleep(0.05)
+    """Run `serfctl ARGS` until it succeeds with stdout satisfying pred; its stdout."""
+    runs: list[tuple[int, str, str]] = []
+
+    def ok() -> bool:
+        runs.append(ctl(capsys, *args))
+        code, out, _ = runs[-1]
+        return code == 0 and bool(pred(out))
+
+    wait_until(ok, timeout, 0.05, desc=lambda: f"serfctl {args} (last: {runs[-1]!r})", retry_on=())
+    return runs[-1][1]
 
 
 def wait_serf(pred: Any, *args: str, timeout: float = 10) -> str:
     """Run `serf ARGS` until it succeeds with stdout satisfying pred; its stdout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = serf(*args)
-        if r.returncode == 0 and pred(r.stdout):
-            return r.stdout
-        if time.monotonic() > deadline:
-            raise AssertionError(f"serf {args} never satisfied the condition: {r}")
-        time.sleep(0.05)
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def ok() -> bool:
+        runs.append(serf(*args))
+        return runs[-1].returncode == 0 and bool(pred(runs[-1].stdout))
+
+    wait_until(ok, timeout, 0.05, desc=lambda: f"serf {args} (last: {runs[-1]!r})", retry_on=())
+    return runs[-1].stdout
 
 
 @pytest.mark.integration

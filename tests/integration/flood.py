@@ -31,6 +31,7 @@ from typing import Any
 import msgpack
 
 from tests.integration.harness import RPCClient, parse_addr, proc_cpu_seconds, proc_rss_kib
+from tests.support import WaitTimeout, wait_until
 
 HOUR_NS = 3600 * 10**9
 
@@ -280,13 +281,19 @@ def wait_idle(watcher: Watcher, since: float, deadline: float, window: float = 2
               max_cpu_fraction: float = 0.05) -> float | None:
     """Wait until the watched process was idle (see ``Watcher.idle_since``) after
     ``since``; the end time of that idle window, or None if none ended by ``deadline``."""
-    while True:
+    ends: list[float] = []
+
+    def idle() -> bool:
         end = watcher.idle_since(since, window, max_cpu_fraction)
         if end is not None and end <= deadline:
-            return end
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.1)
+            ends.append(end)
+        return bool(ends)
+
+    try:
+        wait_until(idle, max(0.0, deadline - time.monotonic()), 0.1, retry_on=())
+    except WaitTimeout:
+        return None
+    return ends[0]
 
 
 # --------------------------------------------------------------------------- stuck client

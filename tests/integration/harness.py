@@ -15,7 +15,7 @@ Serf's msgpack RPC ("IPC", PROTOCOL.md §4), so one small synchronous client,
   PID they spawned, and only while ``Popen`` says it is still ours (not yet
   reaped), so a recycled PID can never be hit.  Children also get
   ``PR_SET_PDEATHSIG=SIGKILL``: if the harness itself dies, they die with it.
-* ``wait_until`` is the one polling loop: bounded, returns the elapsed time.
+* Waits use ``tests.support.wait_until``: bounded, returns the elapsed time.
 
 Nothing here sleeps for a fixed "long enough"; every wait has a deadline.
 """
@@ -43,6 +43,8 @@ from typing import Any, Self
 
 import msgpack
 
+from tests.support import WaitTimeout, wait_until
+
 SERF_BIN = "serf"
 GOSSIP_PORT = 7946  # Serf's default bind port
 RPC_PORT = 7373  # Serf's default RPC port
@@ -61,42 +63,6 @@ class RPCError(Exception):
         super().__init__(f"{command}: {error}")
         self.command = command
         self.error = error
-
-
-class WaitTimeout(AssertionError):
-    """``wait_until`` ran out of time."""
-
-
-# --------------------------------------------------------------------------- waiting
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float,
-    interval: float = 0.02,
-    desc: str = "",
-) -> float:
-    """Poll ``predicate`` until it is truthy; return the elapsed seconds.
-
-    Exceptions from the predicate count as "not yet" (an agent that is still starting
-    refuses connections). On timeout raise ``WaitTimeout`` naming the last value or
-    exception seen.
-    """
-    start = time.monotonic()
-    deadline = start + timeout
-    last: Any = None
-    while True:
-        try:
-            last = predicate()
-            if last:
-                return time.monotonic() - start
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
-            last = exc
-        now = time.monotonic()
-        if now >= deadline:
-            what = desc or getattr(predicate, "__name__", "condition")
-            raise WaitTimeout(f"{what} not met within {timeout:.1f} s (last: {last!r})")
-        time.sleep(min(interval, max(0.0, deadline - now)))
 
 
 # --------------------------------------------------------------------------- addresses
@@ -490,31 +456,28 @@ class Agent:
     def wait_ready(self, timeout: float = 10.0) -> float:
         """Wait until the RPC answers a handshake and ``members``; return the elapsed time."""
 
+        errors: list[Exception] = []
+
         def ready() -> bool:
+            # An exited agent fails at once (retry_on=() below); an RPC error is "not yet".
             if not self.running():
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode if self.proc else None}:\n"
                     + self.log_tail()
                 )
-            with RPCClient(self.rpc_target, timeout=1.0) as c:
-                c.members()
+            try:
+                with RPCClient(self.rpc_target, timeout=1.0) as c:
+                    c.members()
+            except Exception as exc:  # noqa: BLE001 - not up yet; named on timeout
+                errors[:] = [exc]
+                return False
             return True
 
-        start = time.monotonic()
-        deadline = start + timeout
-        while True:
-            try:
-                ready()
-                return time.monotonic() - start
-            except RuntimeError:
-                raise
-            except Exception as exc:
-                if time.monotonic() >= deadline:
-                    raise WaitTimeout(
-                        f"{self.kind} {self.name} RPC at {self.rpc_target} not ready within "
-                        f"{timeout} s ({exc!r}); log tail:\n{self.log_tail()}"
-                    ) from exc
-                time.sleep(0.05)
+        def failed() -> str:
+            return (f"{self.kind} {self.name} RPC at {self.rpc_target} ready "
+                    f"({errors[-1] if errors else None!r}); log tail:\n{self.log_tail()}")
+
+        return wait_until(ready, timeout, 0.05, desc=failed, retry_on=())
 
     def _signal(self, sig: int) -> bool:
         # Popen.send_signal is a no-op once the child was reaped, so a recycled PID is safe.

@@ -8,7 +8,8 @@ import pytest
 
 from serfd.keyring import decode_key, generate_key, read_keyring_file
 from tests.integration.dropins import start_serfd
-from tests.integration.harness import RPCError, wait_until
+from tests.integration.harness import RPCError
+from tests.support import wait_until
 
 CONVERGE = 8.0
 

@@ -7,13 +7,8 @@ import stat
 
 from serfd.keyring import decode_key, generate_key, read_keyring_file
 from tests.integration.dropins import restart, start_serfd
-from tests.integration.harness import (
-    PROBE_INTERVAL_LAN,
-    SUSPICION_TIMEOUT_LAN,
-    RPCClient,
-    serf_cli,
-    wait_until,
-)
+from tests.integration.harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient, serf_cli
+from tests.support import wait_until
 
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 8.0
 

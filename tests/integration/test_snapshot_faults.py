@@ -33,8 +33,8 @@ from tests.integration.harness import (
     RPCClient,
     SerfdAgent,
     bindable,
-    wait_until,
 )
+from tests.support import wait_until
 
 
 def _tmpfs_missing() -> str | None:

@@ -15,12 +15,8 @@ import time
 import pytest
 
 from tests.integration.dropins import restart, write_dropin
-from tests.integration.harness import (
-    PROBE_INTERVAL_LAN,
-    SUSPICION_TIMEOUT_LAN,
-    RPCClient,
-    wait_until,
-)
+from tests.integration.harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient
+from tests.support import wait_until
 
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 8.0
 REJOIN_TIMEOUT = 5.0  # the acceptance bound
