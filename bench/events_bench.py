@@ -109,16 +109,12 @@ def run_rep(impl: str, n: int, alloc: AddressAllocator, args: argparse.Namespace
                 t0 = time.monotonic()
                 responders: set[str] = set()
                 all_at = math.inf
-                seq = c._seq
-                c.sock.sendall(_pack({"Command": "query", "Seq": seq}) + _pack({
+                c.client.set_timeout(30)
+                c.client.open_stream("query", {
                     "FilterNodes": [], "FilterTags": {}, "RequestAck": True, "RelayFactor": 0,
-                    "Timeout": 0, "Name": "benchq", "Payload": b"ping"}))
-                c._seq += 1
-                header = c._read_obj(time.monotonic() + 10)
-                assert not header.get("Error"), header
+                    "Timeout": 0, "Name": "benchq", "Payload": b"ping"})
                 while True:
-                    c._read_obj(time.monotonic() + 30)  # record header
-                    rec = c._read_obj(time.monotonic() + 30)
+                    _, rec = c.client.read_record()
                     if rec.get("Type") == "response":
                         responders.add(rec.get("From"))
                         if len(responders) == n:
@@ -128,12 +124,6 @@ def run_rep(impl: str, n: int, alloc: AddressAllocator, args: argparse.Namespace
                 res["query_all"].append(all_at)
                 res["query_done"].append((time.monotonic() - t0) * 1000)
     return res
-
-
-def _pack(obj: object) -> bytes:
-    import msgpack
-
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

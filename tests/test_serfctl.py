@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from serfctl.__main__ import columnize, go_json, main
+from serfctl.client import ReplyTimeout, RPCClient
 from serfd.member import Member
 from tests.fake_agent import ServerThread
 from tests.support import AUTH_KEY, wait_until
@@ -38,6 +40,30 @@ def ctl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# ----------------------------------------------------------------------------------
+# serfctl.client as the tests' RPC client (tests/integration/harness.py wraps it).
+
+
+def test_client_pipelines_requests_and_reads_their_answers_in_order(srv: ServerThread) -> None:
+    with RPCClient.unix(srv.socket_path, timeout=5) as c:
+        seqs = [c.send_request("members"), c.send_request("stats"), c.send_request("members")]
+        assert seqs == [1, 2, 3]  # the handshake was 0
+        for seq in seqs:
+            header = c.read_message()
+            assert header == {"Error": "", "Seq": seq}
+            assert isinstance(c.read_message(), dict)  # members and stats answer with a body
+        assert c.call("members", expect_body=True)["Members"]  # the session is still in step
+
+
+def test_client_reports_a_silent_agent_as_reply_timeout(sockdir: str) -> None:
+    path = os.path.join(sockdir, "mute.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(path)
+        mute.listen(1)  # accepts (the kernel does) but never answers
+        with pytest.raises(ReplyTimeout, match="timed out"):
+            RPCClient.unix(path, timeout=0.05)
 
 
 # ----------------------------------------------------------------------------------

@@ -84,7 +84,6 @@ class Flooder:
         self.query_name = query_name
         self.payload = payload
         self.result = FloodResult()
-        self._first_seq = self.client._seq
         self._replied: set[int] = set()
         self._all_replied = threading.Event()
         self._cond = threading.Condition()
@@ -92,15 +91,14 @@ class Flooder:
         self._stop = False
         self._reader = threading.Thread(target=self._drain, name="flood-drain", daemon=True)
 
-    def _commands(self) -> list[bytes]:
+    def _commands(self) -> list[tuple[str, dict[str, Any]]]:
         n = self.events + self.queries
         # Query k goes at index (k + 0.5) * n / queries: spread evenly among the events.
         kinds = ["event"] * n
         for k in range(self.queries):
             kinds[int((k + 0.5) * n / self.queries)] = "query"
         out = []
-        for i, kind in enumerate(kinds):
-            header = {"Command": kind, "Seq": self._first_seq + i}
+        for kind in kinds:
             if kind == "event":
                 body: dict[str, Any] = {"Name": self.event_name, "Payload": self.payload,
                                         "Coalesce": False}
@@ -108,7 +106,7 @@ class Flooder:
                 body = {"FilterNodes": [], "FilterTags": {}, "RequestAck": True,
                         "RelayFactor": self.relay_factor, "Timeout": self.query_timeout_ns,
                         "Name": self.query_name, "Payload": self.payload}
-            out.append(_pack(header) + _pack(body))
+            out.append((kind, body))
         return out
 
     def _drain(self) -> None:
@@ -165,10 +163,9 @@ class Flooder:
         cmds = self._commands()
         self._t0 = time.monotonic()
         self._reader.start()
-        sock = self.client.sock
-        sock.settimeout(accept_timeout)
-        for c in cmds:
-            sock.sendall(c)
+        self.client.client.set_timeout(accept_timeout)
+        for kind, body in cmds:
+            self.client.client.send_request(kind, body)  # pipelined: _drain reads the answers
             self.result.sent += 1
         self.result.send_seconds = time.monotonic() - self._t0
         self._all_replied.wait(accept_timeout)

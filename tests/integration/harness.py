@@ -43,6 +43,7 @@ from typing import Any, Self
 
 import msgpack
 
+import serfctl.client as ctl
 from tests.support import WaitTimeout, wait_until
 
 SERF_BIN = "serf"
@@ -210,18 +211,6 @@ _BODY_COMMANDS = frozenset(
         "list-keys",
     }
 )
-# Errors after which the real agent sends the header only, even for body commands.
-_GENERIC_ERRORS = frozenset(
-    {
-        "Handshake required",
-        "Authentication required",
-        "Unsupported command",
-        "Unsupported IPC version",
-        "Handshake already performed",
-    }
-)
-
-
 def parse_addr(addr: str | tuple[str, int] | os.PathLike[str]) -> tuple[int, Any]:
     """ "host:port" / (host, port) -> TCP; a path (contains '/') -> Unix socket."""
     if isinstance(addr, tuple):
@@ -234,7 +223,16 @@ def parse_addr(addr: str | tuple[str, int] | os.PathLike[str]) -> tuple[int, Any
 
 
 class RPCClient:
-    """Synchronous client for Serf's msgpack RPC over TCP ("ip:port") or a Unix socket path."""
+    """The tests' RPC client: serfctl's client (``serfctl.client.RPCClient``, as ``.client``)
+    behind the harness's interface.
+
+    Addresses are TCP ("ip:port", (host, port)) or a Unix socket path. ``timeout`` bounds each
+    read; agent errors raise ``RPCError``, a lost or silent connection ``ConnectionError`` /
+    ``TimeoutError`` (both OSError, as a raw socket would). ``handshake=False`` leaves the
+    session unopened (to test what an agent answers before the handshake). Hostile-input tests
+    (garbage, stalled readers, pipelined floods) use raw sockets instead: a well-behaved client
+    cannot send what they send.
+    """
 
     def __init__(
         self,
@@ -246,25 +244,31 @@ class RPCClient:
         self.addr = addr
         self.timeout = timeout
         family, sockaddr = parse_addr(addr)
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(sockaddr)
-        except BaseException:
-            self.sock.close()
-            raise
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        self._seq = 0
-        if handshake:
-            self.handshake()
-            if auth_key is not None:
-                self.auth(auth_key)
+        with _transport_errors():
+            if not handshake:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(sockaddr)
+                except BaseException:
+                    sock.close()
+                    raise
+                self.client = ctl.RPCClient(sock, name=str(addr))
+            elif family == socket.AF_UNIX:
+                self.client = ctl.RPCClient.unix(sockaddr, timeout=timeout)
+                if auth_key is not None:
+                    self.auth(auth_key)
+            else:
+                self.client = ctl.RPCClient.tcp(*sockaddr, auth_key=auth_key, timeout=timeout,
+                                                connect_timeout=timeout)
 
-    # -- plumbing
+    @property
+    def sock(self) -> socket.socket:
+        return self.client.sock
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.close()
+            self.client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -272,42 +276,18 @@ class RPCClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _read_obj(self, deadline: float) -> Any:
-        while True:
-            try:
-                return next(self._unpacker)
-            except StopIteration:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"RPC reply from {self.addr} timed out")
-            self.sock.settimeout(left)
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"RPC connection to {self.addr} closed")
-            self._unpacker.feed(data)
-
     def call(
         self, command: str, body: Mapping[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
         """Send one command; return its body (or None); raise RPCError on a non-empty Error."""
-        seq = self._seq
-        self._seq += 1
-        out = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
-        if body is not None:
-            out += msgpack.packb(body, use_bin_type=True)
-        self.sock.sendall(out)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        header = self._read_obj(deadline)
-        if not isinstance(header, dict) or header.get("Seq") != seq:
-            raise ConnectionError(f"unexpected RPC header {header!r} for seq {seq}")
-        error = header.get("Error") or ""
-        reply = None
-        if command in _BODY_COMMANDS and error not in _GENERIC_ERRORS:
-            reply = self._read_obj(deadline)
-        if error:
-            raise RPCError(command, error)
-        return reply
+        self.client.set_timeout(self.timeout if timeout is None else timeout)
+        try:
+            with _transport_errors():
+                return self.client.call(command, body, expect_body=command in _BODY_COMMANDS)
+        except ctl.AgentError as e:
+            raise RPCError(command, str(e)) from None
+        finally:
+            self.client.set_timeout(self.timeout)
 
     # -- commands
 
@@ -343,6 +323,21 @@ class RPCClient:
 
     def stats(self) -> dict[str, dict[str, str]]:
         return dict(self.call("stats"))
+
+
+@contextlib.contextmanager
+def _transport_errors() -> Iterator[None]:
+    """serfctl's transport errors as the OSErrors a socket raises (the tests catch those)."""
+    try:
+        yield
+    except ctl.ReplyTimeout as e:
+        raise TimeoutError(str(e)) from None
+    except (ctl.ConnectError, ctl.ConnectionClosed) as e:
+        raise ConnectionError(str(e)) from None
+    except ctl.AgentError:
+        raise
+    except ctl.ClientError as e:  # garbage or a bad header: the session is unusable
+        raise ConnectionError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- processes
