@@ -13,9 +13,7 @@ import asyncio
 import hmac
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,15 +51,14 @@ class StreamAgent(FakeAgent):
 
 
 @pytest.fixture
-def srv() -> Iterator[ServerThread]:
-    d = tempfile.mkdtemp(prefix="rpcs")
-    s = ServerThread(os.path.join(d, "s.sock"))
+def srv(sockdir: str) -> Iterator[ServerThread]:
+    """conftest's ``srv``, over a StreamAgent."""
+    s = ServerThread(os.path.join(sockdir, "s.sock"))
     agent = StreamAgent()
     s.agent = agent
     s.server.agent = agent
     yield s
     s.close()
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def agent_of(s: ServerThread) -> StreamAgent:
@@ -243,9 +240,8 @@ def test_stream_subscriptions_per_connection_are_capped(srv: ServerThread) -> No
     c.close()
 
 
-def test_rpc_clients_beyond_the_cap_are_refused() -> None:
-    d = tempfile.mkdtemp(prefix="rpcc")
-    s = ServerThread(os.path.join(d, "s.sock"), max_connections=20)
+def test_rpc_clients_beyond_the_cap_are_refused(sockdir: str) -> None:
+    s = ServerThread(os.path.join(sockdir, "s.sock"), max_connections=20)
     try:
         held = [Raw(s.socket_path if i % 2 else s.tcp) for i in range(20)]
         for c in held:
@@ -263,11 +259,11 @@ def test_rpc_clients_beyond_the_cap_are_refused() -> None:
             c2.close()
     finally:
         s.close()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("where", ["unix", "tcp"])
-def test_auth_compares_in_constant_time(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auth_compares_in_constant_time(
+        where: str, monkeypatch: pytest.MonkeyPatch, sockdir: str) -> None:
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -276,8 +272,7 @@ def test_auth_compares_in_constant_time(where: str, monkeypatch: pytest.MonkeyPa
         return real(a, b)
 
     monkeypatch.setattr(rpc_mod.hmac, "compare_digest", spy)
-    d = tempfile.mkdtemp(prefix="rpca")
-    s = ServerThread(os.path.join(d, "s.sock"), auth_key="s3cret-tökén")
+    s = ServerThread(os.path.join(sockdir, "s.sock"), auth_key="s3cret-tökén")
     try:
         target = s.socket_path if where == "unix" else s.tcp
         c = Raw(target)
@@ -298,4 +293,3 @@ def test_auth_compares_in_constant_time(where: str, monkeypatch: pytest.MonkeyPa
             assert calls == []
     finally:
         s.close()
-        shutil.rmtree(d, ignore_errors=True)
