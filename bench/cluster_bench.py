@@ -14,7 +14,7 @@ onto the 200 ms gossip tick (SERF-BASELINE.md, "Phase-lock artifact").  Every pr
 the benchmark starts is killed on the way out, whatever happens (and, through
 PR_SET_PDEATHSIG, even if the benchmark itself is SIGKILLed).
 
-    python bench/cluster_bench.py --n 3 10 20 [--impl serf serfd] [--reps R]
+    python -m bench.cluster_bench --n 3 10 20 [--impl serf serfd] [--reps R]
 """
 
 from __future__ import annotations
@@ -37,9 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
-
-from harness import (
+from tests.integration.harness import (
     AddressAllocator,
     Agent,
     Cluster,

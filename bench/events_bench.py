@@ -14,7 +14,7 @@ Then, from node0 over RPC:
 
 Stimuli are separated by random 0.25-0.65 s pauses (anti phase-lock, SERF-BASELINE.md).
 
-    python bench/events_bench.py --n 3 10 20 [--impl serf serfd] [--reps R] [--events E]
+    python -m bench.events_bench --n 3 10 20 [--impl serf serfd] [--reps R] [--events E]
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
-
-from harness import AddressAllocator, Cluster, RPCClient, wait_until
+from tests.integration.harness import AddressAllocator, Cluster, RPCClient
+from tests.support import wait_until
 
 IMPLS = ("serf", "serfd")
 
@@ -110,16 +109,12 @@ def run_rep(impl: str, n: int, alloc: AddressAllocator, args: argparse.Namespace
                 t0 = time.monotonic()
                 responders: set[str] = set()
                 all_at = math.inf
-                seq = c._seq
-                c.sock.sendall(_pack({"Command": "query", "Seq": seq}) + _pack({
+                c.client.set_timeout(30)
+                c.client.open_stream("query", {
                     "FilterNodes": [], "FilterTags": {}, "RequestAck": True, "RelayFactor": 0,
-                    "Timeout": 0, "Name": "benchq", "Payload": b"ping"}))
-                c._seq += 1
-                header = c._read_obj(time.monotonic() + 10)
-                assert not header.get("Error"), header
+                    "Timeout": 0, "Name": "benchq", "Payload": b"ping"})
                 while True:
-                    c._read_obj(time.monotonic() + 30)  # record header
-                    rec = c._read_obj(time.monotonic() + 30)
+                    _, rec = c.client.read_record()
                     if rec.get("Type") == "response":
                         responders.add(rec.get("From"))
                         if len(responders) == n:
@@ -129,12 +124,6 @@ def run_rep(impl: str, n: int, alloc: AddressAllocator, args: argparse.Namespace
                 res["query_all"].append(all_at)
                 res["query_done"].append((time.monotonic() - t0) * 1000)
     return res
-
-
-def _pack(obj: object) -> bytes:
-    import msgpack
-
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

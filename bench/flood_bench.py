@@ -29,7 +29,7 @@ Measured on the receiver from the first command until ``--window`` s after the f
 
 Tables print the median over reps and the serfd/serf ratio of the medians.
 
-    python bench/flood_bench.py [--impl serf serfd] [--flood events queries] [--reps R]
+    python -m bench.flood_bench [--impl serf serfd] [--flood events queries] [--reps R]
         [--events 1500] [--queries 500] [--handler-sleep 1] [--window 30]
         [--stuck-streams N] [--json FILE]
 
@@ -52,10 +52,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
-
-from flood import HOUR_NS, Flooder, StuckStreamClient, Watcher, nearest_rank, wait_idle
-from harness import AddressAllocator, Cluster, RPCClient
+from tests.integration.flood import (
+    HOUR_NS,
+    Flooder,
+    StuckStreamClient,
+    Watcher,
+    nearest_rank,
+    wait_idle,
+)
+from tests.integration.harness import AddressAllocator, Cluster, RPCClient
 
 IMPLS = ("serf", "serfd")
 FLOODS = ("events", "queries")

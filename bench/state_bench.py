@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Durable-state benchmark: restart-to-rejoined (serfd vs serf) and snapshot cost (serfd).
 
-    .venv/bin/python bench/state_bench.py [--reps 3] [--appends 100000] [--members 1000]
+    .venv/bin/python -m bench.state_bench [--reps 3] [--appends 100000] [--members 1000]
 
 * restart-to-rejoined: a 3-node cluster of one implementation (serf agents with
   ``-snapshot``, or serfd with its default snapshot); SIGKILL one node, wait until the
@@ -24,10 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
-
-from harness import (
+from serfd.snapshot import SnapshotState, Snapshotter, read_snapshot
+from tests.integration.harness import (
     PROBE_INTERVAL_LAN,
     SUSPICION_TIMEOUT_LAN,
     AddressAllocator,
@@ -35,8 +33,6 @@ from harness import (
     SerfAgent,
     SerfdAgent,
 )
-
-from serfd.snapshot import SnapshotState, Snapshotter, read_snapshot
 
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 15.0
 

@@ -50,6 +50,10 @@ class ConnectionClosed(ClientError):
     """The agent closed the connection before answering."""
 
 
+class ReplyTimeout(ClientError):
+    """No answer from the agent within the socket timeout."""
+
+
 class AgentError(ClientError):
     """The agent answered with an error string in the response header."""
 
@@ -220,7 +224,7 @@ class RPCClient:
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
-                raise ClientError(f"timed out waiting for {self.name}") from None
+                raise ReplyTimeout(f"timed out waiting for {self.name}") from None
             except OSError as e:
                 raise ConnectionClosed(f"connection to {self.name} failed: {e}") from None
             if not data:
@@ -229,6 +233,13 @@ class RPCClient:
 
     def _request(self, command: str, body: Any) -> tuple[int, Any]:
         """Send one request; (its Seq, the response header as read)."""
+        seq = self.send_request(command, body)
+        return seq, self._read()
+
+    def send_request(self, command: str, body: Any = None) -> int:
+        """Send one request without reading its answer (pipelining); its Seq.
+
+        The caller reads the answers itself (:meth:`read_message`), in order."""
         seq = self._seq
         self._seq += 1
         data = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
@@ -238,7 +249,11 @@ class RPCClient:
             self.sock.sendall(data)
         except OSError as e:
             raise ConnectionClosed(f"connection to {self.name} failed: {e}") from None
-        return seq, self._read()
+        return seq
+
+    def read_message(self) -> Any:
+        """The next msgpack object from the agent (a header or a body), as sent."""
+        return self._read()
 
     def call(self, command: str, body: Any = None, *, expect_body: bool = False) -> Any:
         """One request; the response body (or None). AgentError on an error header."""

@@ -10,11 +10,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from sim import Sim, SimNode
-
 from serfd.query import IncomingQuery
 from serfd.serf import MemberEvent, Serf, SerfConfig, UserEvent
 from serfd.swim import Memberlist, MemberlistConfig
+from tests.sim import Sim, SimNode
 
 
 class SerfCore:

@@ -14,7 +14,7 @@ import contextlib
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,7 @@ from serfd.query import IncomingQuery
 from serfd.stream import ENCRYPT_HEADER_SIZE, StreamReader, encode_user_stream
 from serfd.swim import StreamKind, StreamRequest
 from serfd.systemd import Notifier
+from tests.support import until
 
 
 @contextlib.asynccontextmanager
@@ -45,15 +46,6 @@ async def running_agent(profile: str = "lan", compress: bool = True,
             yield agent
         finally:
             await agent._shutdown()
-
-
-async def until(pred: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    """Wait for real I/O to get somewhere (the limit only turns a hang into a failure)."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def tcp_port(agent: Agent) -> int:

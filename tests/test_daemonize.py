@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_sd_notify_reload import free_port, write_base
+
+from tests.support import wait_until
+from tests.test_sd_notify_reload import free_port, write_base
 
 
 def serfd(*args: str) -> subprocess.CompletedProcess[str]:
@@ -27,18 +28,13 @@ def proc_status(pid: int) -> dict[str, str]:
     return out
 
 
-def wait_gone(pid: int, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # A zombie whose parent (init) has not reaped it yet counts as gone.
-        if proc_status(pid).get("State", "").startswith("Z"):
-            return True
-        time.sleep(0.05)
-    return False
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie whose parent (init) has not reaped it yet counts as gone.
+    return proc_status(pid).get("State", "").startswith("Z")
 
 
 def test_daemonize_detaches_once_ready_and_cleans_up(tmp_path: Path) -> None:
@@ -80,13 +76,11 @@ def test_daemonize_detaches_once_ready_and_cleans_up(tmp_path: Path) -> None:
         # SIGHUP reloads in daemon mode too.
         (d / "20-tags.toml").write_text('[tags]\nrole = "daemon"\n')
         os.kill(pid, signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "reload done" not in logfile.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: "reload done" in logfile.read_text(), 10, 0.05, desc="reload done")
         assert "reload done: applied tags" in logfile.read_text()
     finally:
         os.kill(pid, signal.SIGTERM)
-    assert wait_gone(pid)
+    wait_until(lambda: gone(pid), 20.0, 0.05, desc=f"pid {pid} gone")
     assert not pidfile.exists()
     assert "serfd stopped" in logfile.read_text()
 

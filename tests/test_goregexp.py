@@ -375,7 +375,7 @@ def test_work_bound_holds_for_the_largest_programs() -> None:
 
 
 def test_serf_counts_refused_filters_and_nobody_answers() -> None:
-    from serf_sim import build_cluster
+    from tests.serf_sim import build_cluster
 
     sim = build_cluster(3, seed=4)
     for expr, reason in (("(?=db)", "regex_invalid"), ("\\p{Greek}", "regex_unsupported"),
@@ -433,7 +433,7 @@ def test_work_budget_refuses_a_flood_of_costly_patterns_and_refills() -> None:
 
 
 def test_filters_from_peers_are_budgeted_but_rpc_filters_are_not() -> None:
-    from serf_sim import build_cluster
+    from tests.serf_sim import build_cluster
 
     sim = build_cluster(2, seed=5)
     me = sim.serf("n1")

@@ -17,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from test_serf import FakeMemberlist, FakeNode
 
 from serfd.codec import pack_gossip
 from serfd.lamport import MAX_LTIME
@@ -46,6 +45,7 @@ from serfd.serf_messages import (
 )
 from serfd.stream import encode_push_pull
 from serfd.swim import Memberlist, MemberlistConfig
+from tests.test_serf import FakeMemberlist, FakeNode
 
 HOUR_NS = 3600 * 10**9
 MAX_NS = 2**63 - 1  # the largest Go time.Duration

@@ -44,7 +44,8 @@ def test_percentiles_by_nearest_rank() -> None:
 
 
 def test_agent_reports_a_stalled_loop() -> None:
-    from test_agent_streams import running_agent, until
+    from tests.support import until
+    from tests.test_agent_streams import running_agent
 
     async def main() -> None:
         async with running_agent() as agent:

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import socket
 import stat
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_agent import FakeAgent, ServerThread
-
 from serfd.member import Member, MemberStatus
 from serfd.rpc import RPCServer, encode_member, filter_members
+from tests.fake_agent import FakeAgent, ServerThread
+from tests.support import AUTH_KEY, wait_until
 
 H = bytes.fromhex
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        time.sleep(0.01)
 
 
 class Raw:
@@ -108,27 +94,6 @@ class Raw:
         self.sock.close()
 
 
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="rpct")  # short: sun_path is 108 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def srv(sockdir: str) -> Iterator[ServerThread]:
-    s = ServerThread(os.path.join(sockdir, "s.sock"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def auth_srv(sockdir: str) -> Iterator[ServerThread]:
-    s = ServerThread(os.path.join(sockdir, "s.sock"), auth_key="s3cret-token")
-    yield s
-    s.close()
-
-
 def both(s: ServerThread) -> list[str | tuple[str, int]]:
     return [s.socket_path, s.tcp]
 
@@ -189,7 +154,7 @@ TRACE_B = [
         "82a7436f6d6d616e64a461757468a35365710381a7417574684b6579a577726f6e67",
         "82a54572726f72bc496e76616c69642061757468656e7469636174696f6e20746f6b656ea353657103",
     ),
-    (  # auth "s3cret-token" -> ""
+    (  # auth AUTH_KEY ("s3cret-token", the auth_srv fixture's) -> ""
         "82a7436f6d6d616e64a461757468a35365710481a7417574684b6579ac7333637265742d746f6b656e",
         "82a54572726f72a0a353657104",
     ),
@@ -227,7 +192,7 @@ def test_auth_required_consumes_the_body_and_keeps_the_session(auth_srv: ServerT
     assert c.read() == {"Error": "Authentication required", "Seq": 1}
     c.request("join", {"Existing": ["x"], "Replay": False})
     assert c.read() == {"Error": "Authentication required", "Seq": 2}
-    c.request("auth", {"AuthKey": "s3cret-token"})
+    c.request("auth", {"AuthKey": AUTH_KEY})
     assert c.read() == {"Error": "", "Seq": 3}
     c.request("members-filtered", {"Tags": {"role": "db"}, "Status": "", "Name": ""})
     assert c.read() == {"Error": "", "Seq": 4}
@@ -557,7 +522,7 @@ def assert_dropped(srv: ServerThread, payload: bytes, counter: str, handshake: b
         c.handshake()
     c.send_bytes(payload)
     assert c.closed(), f"server kept the connection after {payload[:40]!r}"
-    wait_for(lambda: srv.server.counters[counter] > before, what=counter)
+    wait_until(lambda: srv.server.counters[counter] > before, desc=counter)
     healthy(srv)
 
 
@@ -619,7 +584,7 @@ def test_huge_length_prefix_hits_the_size_cap(sockdir: str) -> None:
                 c.send_bytes(b"x" * 4096)
                 time.sleep(0.001)
         assert c.closed()
-        wait_for(lambda: s.server.counters["oversized_request"] == 1)
+        wait_until(lambda: s.server.counters["oversized_request"] == 1)
         healthy(s)
     finally:
         s.close()
@@ -655,7 +620,7 @@ def test_client_disconnecting_mid_request(srv: ServerThread, payload: bytes) -> 
     c.handshake()
     c.send_bytes(payload)
     c.close()
-    wait_for(lambda: srv.server.counters["truncated_request"] == 1, what="truncated counter")
+    wait_until(lambda: srv.server.counters["truncated_request"] == 1, desc="truncated counter")
     healthy(srv)
     assert srv.agent.calls == []
 
@@ -745,7 +710,7 @@ def test_slow_reader_is_dropped_and_does_not_stall_others(sockdir: str) -> None:
             assert c.read()["Error"] == ""
             c.read()
         assert time.monotonic() - t0 < 2.0
-        wait_for(lambda: s.server.counters["slow_client"] == 1, timeout=10, what="slow client")
+        wait_until(lambda: s.server.counters["slow_client"] == 1, timeout=10, desc="slow client")
         t.join(5)
         hog.close()
         c.request("members-filtered", {"Name": "node-00001"})
@@ -833,7 +798,7 @@ def test_serfclient_members_stats_join_force_leave(srv: ServerThread) -> None:
 def test_serfclient_with_rpc_auth(auth_srv: ServerThread) -> None:
     from serfclient import SerfClient
 
-    client = SerfClient(auth_srv.tcp[0], auth_srv.tcp[1], rpc_auth="s3cret-token")
+    client = SerfClient(auth_srv.tcp[0], auth_srv.tcp[1], rpc_auth=AUTH_KEY)
     assert len(_members_of(client.members().body)) == 4
     client.close()
 
@@ -853,5 +818,5 @@ def test_counters_start_at_zero_and_activity_is_separate(srv: ServerThread) -> N
     healthy(srv)
     assert srv.server.counters == dict.fromkeys(COUNTER_KEYS, 0)  # no garbage counted
     assert set(srv.server.activity) == set(ACTIVITY_KEYS)
-    wait_for(lambda: srv.server.activity["connections"] == 2)
+    wait_until(lambda: srv.server.activity["connections"] == 2)
     assert srv.server.activity["requests"] == 4

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from fake_agent import ServerThread
 
 from serfd.rpc import RPCServer, peer_credentials, resolve_group
+from tests.fake_agent import ServerThread
 
 ROOT = os.geteuid() == 0
 

@@ -13,26 +13,20 @@ import asyncio
 import hmac
 import logging
 import os
-import shutil
 import socket
-import sys
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fake_agent import FakeAgent, ServerThread
-from test_rpc import Raw, wait_for
 
 import serfd.rpc as rpc_mod
 from serfd.monitor import LogRing
 from serfd.query import IncomingQuery
 from serfd.rpc import MAX_OPEN_QUERIES, MAX_STREAMS, STREAM_BUFFER_LIMIT
 from serfd.serf import UserEvent
+from tests.fake_agent import FakeAgent, ServerThread
+from tests.support import wait_until
+from tests.test_rpc import Raw
 
 
 class StreamAgent(FakeAgent):
@@ -57,15 +51,14 @@ class StreamAgent(FakeAgent):
 
 
 @pytest.fixture
-def srv() -> Iterator[ServerThread]:
-    d = tempfile.mkdtemp(prefix="rpcs")
-    s = ServerThread(os.path.join(d, "s.sock"))
+def srv(sockdir: str) -> Iterator[ServerThread]:
+    """conftest's ``srv``, over a StreamAgent."""
+    s = ServerThread(os.path.join(sockdir, "s.sock"))
     agent = StreamAgent()
     s.agent = agent
     s.server.agent = agent
     yield s
     s.close()
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def agent_of(s: ServerThread) -> StreamAgent:
@@ -103,7 +96,7 @@ def stalled_stream_client(s: ServerThread) -> Raw:
     hog.handshake()
     hog.request("stream", {"Type": "*"})
     assert hog.read() == {"Error": "", "Seq": 1}
-    wait_for(lambda: agent_of(s).subs, what="stream registered")
+    wait_until(lambda: agent_of(s).subs, desc="stream registered")
     return hog
 
 
@@ -173,7 +166,7 @@ def test_monitor_replay_and_live_lines_to_a_client_that_never_reads(
     hog.handshake()
     hog.request("monitor", {"LogLevel": "DEBUG"})
     assert hog.read() == {"Error": "", "Seq": 1}
-    wait_for(lambda: srv.server.counters["stream_slow_client"] > 0, what="replay drops")
+    wait_until(lambda: srv.server.counters["stream_slow_client"] > 0, desc="replay drops")
     assert buffered(srv) <= STREAM_BUFFER_LIMIT
     other = Raw(srv.socket_path)
     other.handshake()
@@ -193,7 +186,7 @@ def test_open_query_ids_per_connection_are_bounded(srv: ServerThread) -> None:
     c.handshake()
     c.request("stream", {"Type": "query"})
     assert c.read() == {"Error": "", "Seq": 1}
-    wait_for(lambda: agent_of(srv).subs, what="stream registered")
+    wait_until(lambda: agent_of(srv).subs, desc="stream registered")
     n = MAX_OPEN_QUERIES + 500
     far = 3_600_000.0 * 1000  # a 1000 h deadline: nothing expires
     publish(srv, [IncomingQuery(i, i, "q", b"", "peer", far) for i in range(n)])
@@ -237,7 +230,7 @@ def test_stream_subscriptions_per_connection_are_capped(srv: ServerThread) -> No
         c.request("stream", {"Type": "user"})
         error = c.read()["Error"]
         assert error == ("" if i < MAX_STREAMS else "Too many streams on this connection")
-    wait_for(lambda: len(agent_of(srv).subs) == MAX_STREAMS, what="subscriptions")
+    wait_until(lambda: len(agent_of(srv).subs) == MAX_STREAMS, desc="subscriptions")
     assert srv.server.counters["stream_too_many"] == 10
     c.request("stop", {"Stop": 1})  # one ends: room for another
     assert c.read()["Error"] == ""
@@ -247,9 +240,8 @@ def test_stream_subscriptions_per_connection_are_capped(srv: ServerThread) -> No
     c.close()
 
 
-def test_rpc_clients_beyond_the_cap_are_refused() -> None:
-    d = tempfile.mkdtemp(prefix="rpcc")
-    s = ServerThread(os.path.join(d, "s.sock"), max_connections=20)
+def test_rpc_clients_beyond_the_cap_are_refused(sockdir: str) -> None:
+    s = ServerThread(os.path.join(sockdir, "s.sock"), max_connections=20)
     try:
         held = [Raw(s.socket_path if i % 2 else s.tcp) for i in range(20)]
         for c in held:
@@ -260,18 +252,18 @@ def test_rpc_clients_beyond_the_cap_are_refused() -> None:
             assert c.closed()
         assert s.server.counters["too_many_connections"] == 2
         held.pop().close()
-        wait_for(lambda: len(s.server._conns) == 19, what="a slot to free")
+        wait_until(lambda: len(s.server._conns) == 19, desc="a slot to free")
         c = Raw(s.socket_path)
         c.handshake()
         for c2 in [*held, c]:
             c2.close()
     finally:
         s.close()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("where", ["unix", "tcp"])
-def test_auth_compares_in_constant_time(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auth_compares_in_constant_time(
+        where: str, monkeypatch: pytest.MonkeyPatch, sockdir: str) -> None:
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -280,8 +272,7 @@ def test_auth_compares_in_constant_time(where: str, monkeypatch: pytest.MonkeyPa
         return real(a, b)
 
     monkeypatch.setattr(rpc_mod.hmac, "compare_digest", spy)
-    d = tempfile.mkdtemp(prefix="rpca")
-    s = ServerThread(os.path.join(d, "s.sock"), auth_key="s3cret-tökén")
+    s = ServerThread(os.path.join(sockdir, "s.sock"), auth_key="s3cret-tökén")
     try:
         target = s.socket_path if where == "unix" else s.tcp
         c = Raw(target)
@@ -302,4 +293,3 @@ def test_auth_compares_in_constant_time(where: str, monkeypatch: pytest.MonkeyPa
             assert calls == []
     finally:
         s.close()
-        shutil.rmtree(d, ignore_errors=True)

@@ -21,6 +21,7 @@ from serfd.agent import Agent
 from serfd.config import Config, ConfigError, load_config
 from serfd.reload import plan_reload
 from serfd.systemd import Notifier, monotonic_usec, watchdog_interval
+from tests.support import wait_until
 
 # ----------------------------------------------------------------------------------
 # Helpers
@@ -45,14 +46,14 @@ class NotifySocket:
 
     def wait_for(self, prefix: str, timeout: float = 10.0, after: int = 0) -> str:
         """The first message (from index `after` on) that starts with prefix."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def found() -> str | None:
             self.drain()
-            for m in self.messages[after:]:
-                if m.startswith(prefix):
-                    return m
-            time.sleep(0.02)
-        raise AssertionError(f"no {prefix!r} in {self.messages[after:]!r}")
+            return next((m for m in self.messages[after:] if m.startswith(prefix)), None)
+
+        wait_until(found, timeout, desc=f"{prefix!r} notified", retry_on=())
+        found_message = found()
+        assert found_message is not None
+        return found_message
 
     def close(self) -> None:
         self.sock.close()

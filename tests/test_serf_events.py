@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from serf_sim import SerfSim, build_cluster
 
 from serfd.query import (
     IncomingQuery,
@@ -14,6 +13,7 @@ from serfd.query import (
 )
 from serfd.serf import SerfError, UserEvent
 from serfd.serf_messages import MessageQuery
+from tests.serf_sim import SerfSim, build_cluster
 
 
 def user_events(sim: SerfSim, name: str) -> list[UserEvent]:

@@ -8,10 +8,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,10 @@ from typing import Any
 import pytest
 
 from serfctl.__main__ import columnize, go_json, main
+from serfctl.client import ReplyTimeout, RPCClient
 from serfd.member import Member
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "integration"))
-
-from fake_agent import ServerThread  # noqa: E402 - found through the sys.path lines above
+from tests.fake_agent import ServerThread
+from tests.support import AUTH_KEY, wait_until
 
 SERF = shutil.which("serf")
 needs_serf = pytest.mark.skipif(
@@ -39,32 +35,35 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="ctlt")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def srv(sockdir: str) -> Iterator[ServerThread]:
-    s = ServerThread(os.path.join(sockdir, "s.sock"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def auth_srv(sockdir: str) -> Iterator[ServerThread]:
-    s = ServerThread(os.path.join(sockdir, "a.sock"), auth_key="tok")
-    yield s
-    s.close()
-
-
 def ctl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# ----------------------------------------------------------------------------------
+# serfctl.client as the tests' RPC client (tests/integration/harness.py wraps it).
+
+
+def test_client_pipelines_requests_and_reads_their_answers_in_order(srv: ServerThread) -> None:
+    with RPCClient.unix(srv.socket_path, timeout=5) as c:
+        seqs = [c.send_request("members"), c.send_request("stats"), c.send_request("members")]
+        assert seqs == [1, 2, 3]  # the handshake was 0
+        for seq in seqs:
+            header = c.read_message()
+            assert header == {"Error": "", "Seq": seq}
+            assert isinstance(c.read_message(), dict)  # members and stats answer with a body
+        assert c.call("members", expect_body=True)["Members"]  # the session is still in step
+
+
+def test_client_reports_a_silent_agent_as_reply_timeout(sockdir: str) -> None:
+    path = os.path.join(sockdir, "mute.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(path)
+        mute.listen(1)  # accepts (the kernel does) but never answers
+        with pytest.raises(ReplyTimeout, match="timed out"):
+            RPCClient.unix(path, timeout=0.05)
 
 
 # ----------------------------------------------------------------------------------
@@ -305,9 +304,9 @@ def test_rpc_addr_and_auth_from_env_and_after_command(
         == f"Error connecting to Serf agent at {auth_srv.rpc_addr}: Invalid authentication token\n"
     )
     # Serf-style: options after the command work too.
-    assert ctl(capsys, "members", "--rpc-addr", auth_srv.rpc_addr, "--rpc-auth", "tok")[0] == 0
+    assert ctl(capsys, "members", "--rpc-addr", auth_srv.rpc_addr, "--rpc-auth", AUTH_KEY)[0] == 0
     monkeypatch.setenv("SERF_RPC_ADDR", auth_srv.rpc_addr)
-    monkeypatch.setenv("SERF_RPC_AUTH", "tok")
+    monkeypatch.setenv("SERF_RPC_AUTH", AUTH_KEY)
     assert ctl(capsys, "members") == (0, MEMBERS_TEXT, "")
     # An explicit --socket wins over $SERF_RPC_ADDR (no auth on the socket).
     assert ctl(capsys, "--socket", auth_srv.socket_path, "info")[0] == 0
@@ -422,7 +421,7 @@ def test_real_serf_cli_auth_against_our_server(auth_srv: ServerThread) -> None:
     r = serf("members", f"-rpc-addr={auth_srv.rpc_addr}")
     assert r.returncode == 1
     assert r.stdout + r.stderr == "Error retrieving members: Authentication required\n"
-    r = serf("members", f"-rpc-addr={auth_srv.rpc_addr}", "-rpc-auth=tok")
+    r = serf("members", f"-rpc-addr={auth_srv.rpc_addr}", f"-rpc-auth={AUTH_KEY}")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 4
 
 
@@ -435,7 +434,7 @@ def serf_pair(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
     """Two real serf agents, ctl1 (role=web) and ctl2 (role=db), on a reserved 127.x.y.0/24."""
     if SERF is None:
         pytest.skip("real HashiCorp `serf` binary not found on PATH (Debian package `serf`)")
-    from harness import AddressAllocator, SerfAgent
+    from tests.integration.harness import AddressAllocator, SerfAgent
 
     alloc = AddressAllocator(range(100, 200))
     sl = alloc.allocate(probe_hosts=2)
@@ -456,26 +455,28 @@ def serf_pair(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
 
 
 def wait_ctl(capsys: pytest.CaptureFixture[str], pred: Any, *args: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        code, out, err = ctl(capsys, *args)
-        if code == 0 and pred(out):
-            return out
-        if time.monotonic() > deadline:
-            raise AssertionError(f"serfctl {args} never satisfied the condition: {out!r} {err!r}")
-        time.sleep(0.05)
+    """Run `serfctl ARGS` until it succeeds with stdout satisfying pred; its stdout."""
+    runs: list[tuple[int, str, str]] = []
+
+    def ok() -> bool:
+        runs.append(ctl(capsys, *args))
+        code, out, _ = runs[-1]
+        return code == 0 and bool(pred(out))
+
+    wait_until(ok, timeout, 0.05, desc=lambda: f"serfctl {args} (last: {runs[-1]!r})", retry_on=())
+    return runs[-1][1]
 
 
 def wait_serf(pred: Any, *args: str, timeout: float = 10) -> str:
     """Run `serf ARGS` until it succeeds with stdout satisfying pred; its stdout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = serf(*args)
-        if r.returncode == 0 and pred(r.stdout):
-            return r.stdout
-        if time.monotonic() > deadline:
-            raise AssertionError(f"serf {args} never satisfied the condition: {r}")
-        time.sleep(0.05)
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def ok() -> bool:
+        runs.append(serf(*args))
+        return runs[-1].returncode == 0 and bool(pred(runs[-1].stdout))
+
+    wait_until(ok, timeout, 0.05, desc=lambda: f"serf {args} (last: {runs[-1]!r})", retry_on=())
+    return runs[-1].stdout
 
 
 @pytest.mark.integration

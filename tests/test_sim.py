@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
-from serf_sim import SerfSim
-from sim import Event, Sim
-
 from serfd.messages import NodeStateType
+from tests.serf_sim import SerfSim
+from tests.sim import Event, Sim
 
 ALIVE = NodeStateType.ALIVE
 DEAD = NodeStateType.DEAD

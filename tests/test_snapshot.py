@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from serfd.snapshot import (
     parse_snapshot,
     read_snapshot,
 )
+from tests.support import wait_until
 
 # The snapshot of node0 in RPC-TRACES.md (real serf 0.9.4), before and after its leave.
 TRACE = """alive: node0 127.78.1.1:7946
@@ -131,13 +131,6 @@ def test_read_snapshot_logs_file_and_line(tmp_path: Path, caplog: pytest.LogCapt
 # --- writing
 
 
-def _wait_for(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
-
-
 def test_writer_appends_serf_lines(tmp_path: Path) -> None:
     path = tmp_path / "snap"
     s = Snapshotter(path, SnapshotState())
@@ -161,7 +154,7 @@ def test_appends_reach_the_file_without_close(tmp_path: Path) -> None:
     s = Snapshotter(path, SnapshotState())
     s.start()
     s.user_event(9)
-    _wait_for(lambda: path.exists() and path.read_text() == "event-clock: 9\n")
+    wait_until(lambda: path.exists() and path.read_text() == "event-clock: 9\n")
     s.close()
 
 

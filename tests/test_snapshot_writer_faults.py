@@ -27,6 +27,7 @@ from serfd.snapshot import (
     Snapshotter,
     read_snapshot,
 )
+from tests.support import wait_until
 
 
 class Clock:
@@ -248,13 +249,6 @@ def test_resync_keeps_a_leave(tmp_path: Path) -> None:
     assert st.left and st.alive == {}
 
 
-def _wait_for(pred: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
-
-
 def test_writer_thread_survives_an_unexpected_exception(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "snap"
@@ -264,12 +258,12 @@ def test_writer_thread_survives_an_unexpected_exception(
     disk.raise_on_write = RuntimeError("boom")
     truth.alive["a"] = "127.0.0.1:1"
     s.member_alive("a", "127.0.0.1:1")
-    _wait_for(lambda: s.errors >= 1)
+    wait_until(lambda: s.errors >= 1)
     assert "RuntimeError('boom')" in caplog.text
     s.check()  # what the agent's ticker does: hands the thread the whole state
     truth.alive["b"] = "127.0.0.2:1"
     s.member_alive("b", "127.0.0.2:1")
-    _wait_for(lambda: s.fault is None and read_snapshot(path)[0].alive == truth.alive)
+    wait_until(lambda: s.fault is None and read_snapshot(path)[0].alive == truth.alive)
     s.close()
     assert read_snapshot(path)[0].alive == truth.alive
 
@@ -287,12 +281,12 @@ def test_a_writer_thread_that_ends_is_reported_and_restarted(
     disk.raise_on_write = _Die()
     truth.alive["a"] = "127.0.0.1:1"
     s.member_alive("a", "127.0.0.1:1")
-    _wait_for(lambda: s.fault is not None and "thread ended" in s.fault.reason)
+    wait_until(lambda: s.fault is not None and "thread ended" in s.fault.reason)
     assert s._thread is not None
     s._thread.join(10)
     s.check()
     assert "restarting it" in caplog.text
-    _wait_for(lambda: s.fault is None and read_snapshot(path)[0].alive == truth.alive)
+    wait_until(lambda: s.fault is None and read_snapshot(path)[0].alive == truth.alive)
     truth.alive["b"] = "127.0.0.2:1"
     s.member_alive("b", "127.0.0.2:1")
     s.close()
@@ -303,11 +297,10 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real agent in-process: the disk fills (every write fails ENOSPC), it keeps
     serving, STATUS and stats say so, then it recovers and clears both."""
-    from test_agent_streams import until
-    from test_sd_notify_reload import free_port, write_base
-
     from serfd.agent import Agent
     from serfd.config import load_config
+    from tests.support import until
+    from tests.test_sd_notify_reload import free_port, write_base
 
     d = tmp_path / "serfd.d"
     write_base(d, tmp_path, free_port())

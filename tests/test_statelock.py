@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_sd_notify_reload import free_port, write_base
 
 from serfd.statelock import LOCK_NAME, StateDirInUse, StateDirLock
+from tests.support import wait_until
+from tests.test_sd_notify_reload import free_port, write_base
 
 
 def test_second_lock_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
@@ -46,11 +46,12 @@ def _serfd(d: Path, log: Path | None = None) -> subprocess.Popen[str]:
 
 
 def _wait_path(p: Path, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not p.exists():
+    def there() -> bool:
         assert proc.poll() is None, f"serfd exited with {proc.returncode}"
-        assert time.monotonic() < deadline, f"{p} not created"
-        time.sleep(0.05)
+        return p.exists()
+
+    # retry_on=(): serfd exiting fails at once, not after the timeout.
+    wait_until(there, timeout, 0.05, desc=f"{p} created", retry_on=())
 
 
 def test_second_serfd_exits_2_before_binding_and_sigkill_frees_the_lock(tmp_path: Path) -> None:

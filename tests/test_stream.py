@@ -8,7 +8,6 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_packet import KEY_A, KEY_B, GcmKeyring
 
 from serfd.codec import DecodeError, pack_gossip
 from serfd.messages import Ack, ErrResp, Ping, PushNodeState, PushPullHeader
@@ -23,6 +22,7 @@ from serfd.stream import (
     encode_stream,
     encode_user_stream,
 )
+from tests.test_packet import KEY_A, KEY_B, GcmKeyring
 
 LOCAL = bytes([127, 0, 0, 1])
 

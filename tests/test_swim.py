@@ -7,7 +7,6 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sim import FakeDelegate
 
 from serfd.codec import DecodeError
 from serfd.messages import (
@@ -28,6 +27,7 @@ from serfd.messages import (
 from serfd.packet import decode_packet, encode_packet
 from serfd.stream import decode_push_pull, encode_push_pull, encode_user_stream
 from serfd.swim import Memberlist, MemberlistConfig, ProtocolError, push_pull_scale
+from tests.sim import FakeDelegate
 
 ALIVE = NodeStateType.ALIVE
 SUSPECT = NodeStateType.SUSPECT

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import AddressAllocator, Cluster
+from tests.integration.harness import AddressAllocator, Cluster
 
 
 @pytest.hookimpl(wrapper=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import Cluster, SerfdAgent
+from tests.integration.harness import Cluster, SerfdAgent
 
 
 def start_serfd(cluster: Cluster, name: str, toml: str = "", **kwargs: Any) -> SerfdAgent:

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from harness import RPCClient, parse_addr, proc_cpu_seconds, proc_rss_kib
+
+from tests.integration.harness import RPCClient, parse_addr, proc_cpu_seconds, proc_rss_kib
+from tests.support import WaitTimeout, wait_until
 
 HOUR_NS = 3600 * 10**9
 
@@ -82,7 +84,6 @@ class Flooder:
         self.query_name = query_name
         self.payload = payload
         self.result = FloodResult()
-        self._first_seq = self.client._seq
         self._replied: set[int] = set()
         self._all_replied = threading.Event()
         self._cond = threading.Condition()
@@ -90,15 +91,14 @@ class Flooder:
         self._stop = False
         self._reader = threading.Thread(target=self._drain, name="flood-drain", daemon=True)
 
-    def _commands(self) -> list[bytes]:
+    def _commands(self) -> list[tuple[str, dict[str, Any]]]:
         n = self.events + self.queries
         # Query k goes at index (k + 0.5) * n / queries: spread evenly among the events.
         kinds = ["event"] * n
         for k in range(self.queries):
             kinds[int((k + 0.5) * n / self.queries)] = "query"
         out = []
-        for i, kind in enumerate(kinds):
-            header = {"Command": kind, "Seq": self._first_seq + i}
+        for kind in kinds:
             if kind == "event":
                 body: dict[str, Any] = {"Name": self.event_name, "Payload": self.payload,
                                         "Coalesce": False}
@@ -106,7 +106,7 @@ class Flooder:
                 body = {"FilterNodes": [], "FilterTags": {}, "RequestAck": True,
                         "RelayFactor": self.relay_factor, "Timeout": self.query_timeout_ns,
                         "Name": self.query_name, "Payload": self.payload}
-            out.append(_pack(header) + _pack(body))
+            out.append((kind, body))
         return out
 
     def _drain(self) -> None:
@@ -163,10 +163,9 @@ class Flooder:
         cmds = self._commands()
         self._t0 = time.monotonic()
         self._reader.start()
-        sock = self.client.sock
-        sock.settimeout(accept_timeout)
-        for c in cmds:
-            sock.sendall(c)
+        self.client.client.set_timeout(accept_timeout)
+        for kind, body in cmds:
+            self.client.client.send_request(kind, body)  # pipelined: _drain reads the answers
             self.result.sent += 1
         self.result.send_seconds = time.monotonic() - self._t0
         self._all_replied.wait(accept_timeout)
@@ -279,13 +278,19 @@ def wait_idle(watcher: Watcher, since: float, deadline: float, window: float = 2
               max_cpu_fraction: float = 0.05) -> float | None:
     """Wait until the watched process was idle (see ``Watcher.idle_since``) after
     ``since``; the end time of that idle window, or None if none ended by ``deadline``."""
-    while True:
+    ends: list[float] = []
+
+    def idle() -> bool:
         end = watcher.idle_since(since, window, max_cpu_fraction)
         if end is not None and end <= deadline:
-            return end
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.1)
+            ends.append(end)
+        return bool(ends)
+
+    try:
+        wait_until(idle, max(0.0, deadline - time.monotonic()), 0.1, retry_on=())
+    except WaitTimeout:
+        return None
+    return ends[0]
 
 
 # --------------------------------------------------------------------------- stuck client

@@ -15,7 +15,7 @@ Serf's msgpack RPC ("IPC", PROTOCOL.md §4), so one small synchronous client,
   PID they spawned, and only while ``Popen`` says it is still ours (not yet
   reaped), so a recycled PID can never be hit.  Children also get
   ``PR_SET_PDEATHSIG=SIGKILL``: if the harness itself dies, they die with it.
-* ``wait_until`` is the one polling loop: bounded, returns the elapsed time.
+* Waits use ``tests.support.wait_until``: bounded, returns the elapsed time.
 
 Nothing here sleeps for a fixed "long enough"; every wait has a deadline.
 """
@@ -43,6 +43,9 @@ from typing import Any, Self
 
 import msgpack
 
+import serfctl.client as ctl
+from tests.support import WaitTimeout, wait_until
+
 SERF_BIN = "serf"
 GOSSIP_PORT = 7946  # Serf's default bind port
 RPC_PORT = 7373  # Serf's default RPC port
@@ -61,42 +64,6 @@ class RPCError(Exception):
         super().__init__(f"{command}: {error}")
         self.command = command
         self.error = error
-
-
-class WaitTimeout(AssertionError):
-    """``wait_until`` ran out of time."""
-
-
-# --------------------------------------------------------------------------- waiting
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float,
-    interval: float = 0.02,
-    desc: str = "",
-) -> float:
-    """Poll ``predicate`` until it is truthy; return the elapsed seconds.
-
-    Exceptions from the predicate count as "not yet" (an agent that is still starting
-    refuses connections). On timeout raise ``WaitTimeout`` naming the last value or
-    exception seen.
-    """
-    start = time.monotonic()
-    deadline = start + timeout
-    last: Any = None
-    while True:
-        try:
-            last = predicate()
-            if last:
-                return time.monotonic() - start
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
-            last = exc
-        now = time.monotonic()
-        if now >= deadline:
-            what = desc or getattr(predicate, "__name__", "condition")
-            raise WaitTimeout(f"{what} not met within {timeout:.1f} s (last: {last!r})")
-        time.sleep(min(interval, max(0.0, deadline - now)))
 
 
 # --------------------------------------------------------------------------- addresses
@@ -244,18 +211,6 @@ _BODY_COMMANDS = frozenset(
         "list-keys",
     }
 )
-# Errors after which the real agent sends the header only, even for body commands.
-_GENERIC_ERRORS = frozenset(
-    {
-        "Handshake required",
-        "Authentication required",
-        "Unsupported command",
-        "Unsupported IPC version",
-        "Handshake already performed",
-    }
-)
-
-
 def parse_addr(addr: str | tuple[str, int] | os.PathLike[str]) -> tuple[int, Any]:
     """ "host:port" / (host, port) -> TCP; a path (contains '/') -> Unix socket."""
     if isinstance(addr, tuple):
@@ -268,7 +223,16 @@ def parse_addr(addr: str | tuple[str, int] | os.PathLike[str]) -> tuple[int, Any
 
 
 class RPCClient:
-    """Synchronous client for Serf's msgpack RPC over TCP ("ip:port") or a Unix socket path."""
+    """The tests' RPC client: serfctl's client (``serfctl.client.RPCClient``, as ``.client``)
+    behind the harness's interface.
+
+    Addresses are TCP ("ip:port", (host, port)) or a Unix socket path. ``timeout`` bounds each
+    read; agent errors raise ``RPCError``, a lost or silent connection ``ConnectionError`` /
+    ``TimeoutError`` (both OSError, as a raw socket would). ``handshake=False`` leaves the
+    session unopened (to test what an agent answers before the handshake). Hostile-input tests
+    (garbage, stalled readers, pipelined floods) use raw sockets instead: a well-behaved client
+    cannot send what they send.
+    """
 
     def __init__(
         self,
@@ -280,25 +244,31 @@ class RPCClient:
         self.addr = addr
         self.timeout = timeout
         family, sockaddr = parse_addr(addr)
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(sockaddr)
-        except BaseException:
-            self.sock.close()
-            raise
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        self._seq = 0
-        if handshake:
-            self.handshake()
-            if auth_key is not None:
-                self.auth(auth_key)
+        with _transport_errors():
+            if not handshake:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(sockaddr)
+                except BaseException:
+                    sock.close()
+                    raise
+                self.client = ctl.RPCClient(sock, name=str(addr))
+            elif family == socket.AF_UNIX:
+                self.client = ctl.RPCClient.unix(sockaddr, timeout=timeout)
+                if auth_key is not None:
+                    self.auth(auth_key)
+            else:
+                self.client = ctl.RPCClient.tcp(*sockaddr, auth_key=auth_key, timeout=timeout,
+                                                connect_timeout=timeout)
 
-    # -- plumbing
+    @property
+    def sock(self) -> socket.socket:
+        return self.client.sock
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.close()
+            self.client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -306,42 +276,18 @@ class RPCClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _read_obj(self, deadline: float) -> Any:
-        while True:
-            try:
-                return next(self._unpacker)
-            except StopIteration:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"RPC reply from {self.addr} timed out")
-            self.sock.settimeout(left)
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"RPC connection to {self.addr} closed")
-            self._unpacker.feed(data)
-
     def call(
         self, command: str, body: Mapping[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
         """Send one command; return its body (or None); raise RPCError on a non-empty Error."""
-        seq = self._seq
-        self._seq += 1
-        out = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
-        if body is not None:
-            out += msgpack.packb(body, use_bin_type=True)
-        self.sock.sendall(out)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        header = self._read_obj(deadline)
-        if not isinstance(header, dict) or header.get("Seq") != seq:
-            raise ConnectionError(f"unexpected RPC header {header!r} for seq {seq}")
-        error = header.get("Error") or ""
-        reply = None
-        if command in _BODY_COMMANDS and error not in _GENERIC_ERRORS:
-            reply = self._read_obj(deadline)
-        if error:
-            raise RPCError(command, error)
-        return reply
+        self.client.set_timeout(self.timeout if timeout is None else timeout)
+        try:
+            with _transport_errors():
+                return self.client.call(command, body, expect_body=command in _BODY_COMMANDS)
+        except ctl.AgentError as e:
+            raise RPCError(command, str(e)) from None
+        finally:
+            self.client.set_timeout(self.timeout)
 
     # -- commands
 
@@ -377,6 +323,21 @@ class RPCClient:
 
     def stats(self) -> dict[str, dict[str, str]]:
         return dict(self.call("stats"))
+
+
+@contextlib.contextmanager
+def _transport_errors() -> Iterator[None]:
+    """serfctl's transport errors as the OSErrors a socket raises (the tests catch those)."""
+    try:
+        yield
+    except ctl.ReplyTimeout as e:
+        raise TimeoutError(str(e)) from None
+    except (ctl.ConnectError, ctl.ConnectionClosed) as e:
+        raise ConnectionError(str(e)) from None
+    except ctl.AgentError:
+        raise
+    except ctl.ClientError as e:  # garbage or a bad header: the session is unusable
+        raise ConnectionError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- processes
@@ -490,31 +451,28 @@ class Agent:
     def wait_ready(self, timeout: float = 10.0) -> float:
         """Wait until the RPC answers a handshake and ``members``; return the elapsed time."""
 
+        errors: list[Exception] = []
+
         def ready() -> bool:
+            # An exited agent fails at once (retry_on=() below); an RPC error is "not yet".
             if not self.running():
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode if self.proc else None}:\n"
                     + self.log_tail()
                 )
-            with RPCClient(self.rpc_target, timeout=1.0) as c:
-                c.members()
+            try:
+                with RPCClient(self.rpc_target, timeout=1.0) as c:
+                    c.members()
+            except Exception as exc:  # noqa: BLE001 - not up yet; named on timeout
+                errors[:] = [exc]
+                return False
             return True
 
-        start = time.monotonic()
-        deadline = start + timeout
-        while True:
-            try:
-                ready()
-                return time.monotonic() - start
-            except RuntimeError:
-                raise
-            except Exception as exc:
-                if time.monotonic() >= deadline:
-                    raise WaitTimeout(
-                        f"{self.kind} {self.name} RPC at {self.rpc_target} not ready within "
-                        f"{timeout} s ({exc!r}); log tail:\n{self.log_tail()}"
-                    ) from exc
-                time.sleep(0.05)
+        def failed() -> str:
+            return (f"{self.kind} {self.name} RPC at {self.rpc_target} ready "
+                    f"({errors[-1] if errors else None!r}); log tail:\n{self.log_tail()}")
+
+        return wait_until(ready, timeout, 0.05, desc=failed, retry_on=())
 
     def _signal(self, sig: int) -> bool:
         # Popen.send_signal is a no-op once the child was reaped, so a recycled PID is safe.

@@ -26,6 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import wait_until
+
 SYSPATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 ROOTFS_PACKAGES = "systemd,systemd-sysv,dbus,python3,iproute2,procps,ca-certificates"
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
@@ -88,32 +90,32 @@ class Container:
         self.log = log
         self.leader = 0
 
-    def _find_leader(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nspawn for {self.name} exited: {self.log.read_text()[-2000:]}")
-            # nspawn forks helpers too: the leader is the child that runs systemd.
-            for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
-                with contextlib.suppress(OSError):
-                    for child in (task / "children").read_text().split():
-                        if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
-                            return int(child)
-            time.sleep(0.02)
-        raise TimeoutError(f"{self.name}: no container leader after {timeout}s")
+    def _leader(self) -> int:
+        """The container's systemd PID, 0 while there is none yet."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nspawn for {self.name} exited: {self.log.read_text()[-2000:]}")
+        # nspawn forks helpers too: the leader is the child that runs systemd.
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                        return int(child)
+        return 0
 
     def wait_booted(self, timeout: float = 60) -> None:
         """Until systemd inside says the system is running (or degraded)."""
-        self.leader = self._find_leader(timeout)
-        deadline = time.monotonic() + timeout
-        state = ""
-        while time.monotonic() < deadline:
+
+        def found() -> int:
+            self.leader = self._leader()
+            return self.leader
+
+        wait_until(found, timeout, desc=f"{self.name}: container leader", retry_on=())
+
+        def booted() -> str:
             r = self.run("systemctl is-system-running --wait", check=False, timeout=timeout)
-            state = r.stdout.strip()
-            if state in ("running", "degraded"):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name}: system state {state!r} after {timeout}s")
+            return r.stdout.strip() if r.stdout.strip() in ("running", "degraded") else ""
+
+        wait_until(booted, timeout, 0.1, desc=f"{self.name}: system running", retry_on=())
 
     def run(self, command: str, *, check: bool = True, timeout: float = 120,
             user: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -136,18 +138,21 @@ class Container:
     def wait_for(self, command: str, predicate: object = None, timeout: float = 30,
                  interval: float = 0.2) -> str:
         """Rerun command until it succeeds (and predicate(stdout) holds); its stdout."""
-        deadline = time.monotonic() + timeout
-        last: subprocess.CompletedProcess[str] | None = None
-        while time.monotonic() < deadline:
-            last = self.run(command, check=False)
-            if last.returncode == 0 and (predicate is None or predicate(last.stdout)):  # type: ignore[operator]
-                return last.stdout
-            time.sleep(interval)
-        assert last is not None
-        raise AssertionError(
-            f"[{self.name}] {command!r} not satisfied in {timeout}s; last exit "
-            f"{last.returncode}\nstdout: {last.stdout}\nstderr: {last.stderr}"
-        )
+        runs: list[subprocess.CompletedProcess[str]] = []
+
+        def satisfied() -> bool:
+            runs.append(self.run(command, check=False))
+            last = runs[-1]
+            ok = predicate is None or predicate(last.stdout)  # type: ignore[operator]
+            return last.returncode == 0 and bool(ok)
+
+        def failed() -> str:
+            last = runs[-1]
+            return (f"[{self.name}] {command!r}: last exit {last.returncode}\n"
+                    f"stdout: {last.stdout}\nstderr: {last.stderr}")
+
+        wait_until(satisfied, timeout, interval, desc=failed, retry_on=())
+        return runs[-1].stdout
 
     def stop(self, timeout: float = 15) -> None:
         """Orderly poweroff (SIGTERM to nspawn); kill the container's cgroup if stuck."""

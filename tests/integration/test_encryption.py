@@ -5,10 +5,11 @@ from __future__ import annotations
 import stat
 
 import pytest
-from dropins import start_serfd
-from harness import RPCError, wait_until
 
 from serfd.keyring import decode_key, generate_key, read_keyring_file
+from tests.integration.dropins import start_serfd
+from tests.integration.harness import RPCError
+from tests.support import wait_until
 
 CONVERGE = 8.0
 

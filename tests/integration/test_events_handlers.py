@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Agent, Cluster, RPCClient, serf_cli, wait_until
+from tests.integration.harness import Agent, Cluster, RPCClient, serf_cli
+from tests.support import wait_until
 
 # A Serf-style handler: one record per run, the SERF_* variables and stdin.
 RECORD = """#!/bin/sh

@@ -16,6 +16,10 @@ handlers') or 30 s after the flood, whichever comes first.
 
 Every figure is printed (run with ``-s`` to see them) before the assertions, and all
 the acceptance bounds that fail are reported together.
+
+The last test floods a serfd whose handlers hang (20 s, 4 at a time) while a stream client
+never reads: handler processes, backlog and memory stay bounded, other RPC clients are
+answered, and the counters say what was dropped.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import stat
 import time
 from pathlib import Path
 
-from flood import (
+from tests.integration.flood import (
     Flooder,
     StuckStreamClient,
     Watcher,
@@ -33,7 +37,7 @@ from flood import (
     nearest_rank,
     wait_idle,
 )
-from harness import Cluster, SerfAgent, SerfdAgent
+from tests.integration.harness import Cluster, RPCClient, SerfAgent, SerfdAgent
 
 EVENTS = 1500
 QUERIES = 500
@@ -212,3 +216,74 @@ def test_stream_client_that_never_reads_costs_no_memory_and_slows_nobody(
             failed.append(f"nothing counted as dropped for the client that never reads "
                           f"({STUCK_STREAMS} streams + monitor)")
     assert not failed, "; ".join(failed)
+
+
+# The handler of the slow-handler flood: it hangs long enough that all four slots stay busy
+# for the whole window, so whatever arrives queues behind them.
+SLOW_HANDLER = """#!/bin/sh
+cat > /dev/null
+sleep 20
+"""
+
+
+def test_event_and_query_flood_with_slow_handlers_and_a_stalled_stream(
+        cluster: Cluster, tmp_path: Path) -> None:
+    slow = tmp_path / "slow.sh"
+    slow.write_text(SLOW_HANDLER)
+    slow.chmod(slow.stat().st_mode | stat.S_IXUSR)
+    s0 = cluster.serf("s0")
+    s0.wait_ready()
+    d1 = cluster.serfd("d1", join=[s0.bind_addr], extra_toml=f"""
+[handlers]
+"user,query" = "{slow}"
+[handler_limits]
+max_concurrent = 4
+timeout = "60s"
+""")
+    cluster.wait_ready()
+    cluster.wait_all_alive()
+    pid = d1.pid
+    assert pid is not None
+    rss0 = d1.rss_kib()
+
+    # A stream client that never reads.
+    hog = StuckStreamClient(d1.rpc_addr, rcvbuf=4096, monitor_level=None, streams=1)
+
+    # The flood, from the serf peer: 1,500 user events and 500 queries of 1000 h.
+    t0 = time.monotonic()
+    with RPCClient(s0.rpc_addr, timeout=10.0) as c:
+        for i in range(1500):
+            c.call("event", {"Name": f"flood{i % 50}", "Payload": b"p" * 200, "Coalesce": False})
+    asker = RPCClient(s0.rpc_addr, timeout=10.0)
+    for i in range(500):  # pipelined: the answers are never read
+        asker.client.send_request("query", {
+            "FilterNodes": None, "FilterTags": None, "RequestAck": False, "RelayFactor": 0,
+            "Timeout": QUERY_TIMEOUT_NS, "Name": f"q{i}", "Payload": b"x"})
+    flood_s = time.monotonic() - t0
+
+    # While it lands: other RPC clients are answered at every poll, handlers stay capped.
+    worst = 0.0
+    peak_children = 0
+    end = time.monotonic() + 10.0
+    while time.monotonic() < end:
+        t = time.monotonic()
+        with RPCClient(d1.rpc_target, timeout=5.0) as c:
+            c.call("members")
+        worst = max(worst, time.monotonic() - t)
+        peak_children = max(peak_children, len(child_pids(pid)))
+        time.sleep(0.2)
+    rss1 = d1.rss_kib()
+    stats = d1.stats()["serfd"]
+    print(f"flood sent in {flood_s:.1f}s; worst RPC {worst * 1000:.0f} ms; peak handler "
+          f"processes {peak_children}; RSS {rss0} -> {rss1} KiB; counters "
+          f"{ {k: v for k, v in stats.items() if k.startswith('dropped_') and v != '0'} }")
+    assert peak_children <= 4
+    assert worst < 0.5
+    assert rss1 - rss0 < 40 * 1024
+    # Serf's peer sends only part of 1,500 events (its queue keeps the newest), but the
+    # queries alone overflow the 256-run backlog behind 4 stuck handlers.
+    dropped = int(stats.get("dropped_handler_backlog_user", "0")) + \
+        int(stats.get("dropped_handler_backlog_query", "0"))
+    assert dropped > 0
+    hog.close()
+    asker.close()

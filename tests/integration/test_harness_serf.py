@@ -6,14 +6,15 @@ import random
 import time
 
 import pytest
-from harness import (
+
+from tests.integration.harness import (
     PROBE_INTERVAL_LAN,
     SUSPICION_TIMEOUT_LAN,
     Cluster,
     RPCClient,
     RPCError,
-    wait_until,
 )
+from tests.support import wait_until
 
 # A 3-node cluster runs the minimum suspicion timeout (4 s); allow a probe and 5 s slack.
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 5.0

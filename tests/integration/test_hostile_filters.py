@@ -14,7 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from harness import Cluster, RPCClient, SerfAgent, serf_cli, wait_until
+
+from tests.integration.harness import Cluster, RPCClient, SerfAgent, serf_cli
+from tests.support import wait_until
 
 ROLE = "web-frontend-eu-west-1a-canary-042"  # an ordinary tag of 34 characters
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from harness import Cluster
+from tests.integration.harness import Cluster
 
 
 def test_join_retried_until_seed_is_up(make_cluster) -> None:  # type: ignore[no-untyped-def]

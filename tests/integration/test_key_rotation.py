@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import stat
 
-from dropins import restart, start_serfd
-from harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient, serf_cli, wait_until
-
 from serfd.keyring import decode_key, generate_key, read_keyring_file
+from tests.integration.dropins import restart, start_serfd
+from tests.integration.harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient, serf_cli
+from tests.support import wait_until
 
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 8.0
 
@@ -69,7 +69,6 @@ def test_rotation_both_ways_and_restart(make_cluster) -> None:  # type: ignore[n
     assert "3/3 nodes reported failure" in out.stderr
     assert out.stderr.count("Removing the primary key is not allowed") == 3
     with RPCClient(d1.rpc_target) as cl:
-        cl.sock.settimeout(30)
         body = cl.call("list-keys", timeout=30)
     assert body == {"Keys": {k3: 3}, "Messages": {}, "NumErr": 0, "NumNodes": 3, "NumResp": 3}
 

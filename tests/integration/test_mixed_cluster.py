@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterable, Mapping
 
 import pytest
-from harness import (
+
+from tests.integration.harness import (
     PROBE_INTERVAL_LAN,
     SUSPICION_TIMEOUT_LAN,
     Agent,
@@ -26,8 +27,8 @@ from harness import (
     SerfdAgent,
     cli_members_json,
     serf_cli,
-    wait_until,
 )
+from tests.support import wait_until
 
 CONVERGE_TIMEOUT = 5.0
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 5.0

@@ -10,11 +10,11 @@ import socket
 import time
 from pathlib import Path
 
-from dropins import restart, start_serfd
-from harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, wait_until
-
 from serfd.messages import Ping, ip_to_bytes
 from serfd.packet import encode_packet
+from tests.integration.dropins import restart, start_serfd
+from tests.integration.harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN
+from tests.support import wait_until
 
 # Generous: no bound is measured here, and a loaded machine stretches probing.
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 20.0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from harness import Cluster, serf_cli, wait_until
+from tests.integration.harness import Cluster, serf_cli
+from tests.support import wait_until
 
 
 def test_serfd_forwards_relayed_answers_to_a_serf_asker(cluster: Cluster) -> None:

@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import msgpack
-from dropins import start_serfd
-from harness import serf_cli
+
+from tests.integration.dropins import start_serfd
+from tests.integration.harness import serf_cli
+from tests.support import wait_until
 
 TOKEN = "s3cret-token"
 
@@ -60,18 +62,13 @@ def test_auth_key_refusals_match_serf(make_cluster) -> None:  # type: ignore[no-
 
 
 def _wait_port(addr: str, timeout: float = 10.0) -> None:
-    import time
-
     host, _, port = addr.rpartition(":")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+
+    def accepts() -> bool:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+
+    wait_until(accepts, timeout, 0.05, desc=f"{addr} accepting", retry_on=(OSError,))
 
 
 def test_non_loopback_tcp_without_auth_key_is_refused_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]

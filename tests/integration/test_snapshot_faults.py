@@ -22,11 +22,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dropins import restart, start_serfd
-from harness import GOSSIP_PORT, RPC_PORT, Cluster, RPCClient, SerfdAgent, bindable, wait_until
 
 from serfd.snapshot import read_snapshot
 from serfd.statelock import LOCK_NAME
+from tests.integration.dropins import restart, start_serfd
+from tests.integration.harness import (
+    GOSSIP_PORT,
+    RPC_PORT,
+    Cluster,
+    RPCClient,
+    SerfdAgent,
+    bindable,
+)
+from tests.support import wait_until
 
 
 def _tmpfs_missing() -> str | None:

@@ -13,8 +13,10 @@ import re
 import time
 
 import pytest
-from dropins import restart, write_dropin
-from harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient, wait_until
+
+from tests.integration.dropins import restart, write_dropin
+from tests.integration.harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient
+from tests.support import wait_until
 
 FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 8.0
 REJOIN_TIMEOUT = 5.0  # the acceptance bound
@@ -150,7 +152,7 @@ def test_serf_snapshot_is_read_by_serfd(make_cluster) -> None:  # type: ignore[n
     s.kill()
     c.wait_statuses([d0], {"mover": "failed"}, FAIL_TIMEOUT)
     # The same name and address, now serfd, pointed at serf's snapshot; no join.
-    from harness import SerfdAgent
+    from tests.integration.harness import SerfdAgent
 
     d = SerfdAgent("mover", s.ip, tmpdir=c.tmpdir)
     c.agents.append(d)
@@ -193,7 +195,7 @@ def test_serfd_snapshot_is_read_by_serf(make_cluster) -> None:  # type: ignore[n
     wait_until(lambda: b"event-clock: 1" in snap.read_bytes(), 5, desc="event-clock on disk")
     mover.kill()
     c.wait_statuses([s0], {"mover": "failed"}, FAIL_TIMEOUT)
-    from harness import SerfAgent
+    from tests.integration.harness import SerfAgent
 
     handler = c.tmpdir / "seen.sh"
     seen = c.tmpdir / "seen.txt"

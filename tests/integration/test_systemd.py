@@ -72,7 +72,7 @@ if os.geteuid() != 0:
 if _missing():
     pytest.skip("the systemd system test needs: " + ", ".join(_missing()), allow_module_level=True)
 
-import nspawn  # noqa: E402 - after the skips: only useful when they pass
+from tests.integration import nspawn  # noqa: E402 - after the skips: only useful when they pass
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from harness import bindable
 
 from serfd import lzw
 from serfd.codec import DecodeError
@@ -46,6 +45,8 @@ from serfd.messages import (
 from serfd.packet import decode_packet, encode_packet
 from serfd.serf_messages import MessagePushPull, decode_serf_message, decode_tags, encode_tags
 from serfd.stream import StreamReader, decode_push_pull, encode_push_pull, encode_stream
+from tests.integration.harness import bindable
+from tests.support import wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -82,17 +83,17 @@ class Agent:
 
 
 def _wait_for(what: str, fn: Callable[[], T | None], timeout: float = 8.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = fn()
-        except (OSError, subprocess.SubprocessError):
-            value = None
+    """``wait_until`` that returns the first value of ``fn`` that is not None."""
+    got: list[T] = []
+
+    def ready() -> bool:
+        value = fn()
         if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+            got.append(value)
+        return value is not None
+
+    wait_until(ready, timeout, 0.05, desc=what, retry_on=(OSError, subprocess.SubprocessError))
+    return got[0]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,79 @@
+"""The tests' shared toolkit: one bounded wait for threads and processes, one for asyncio.
+
+Both poll a predicate until it is truthy and fail with ``WaitTimeout`` (an AssertionError)
+naming what was awaited and the last value or exception seen. The timeout only turns a hang
+into a failure; no test asserts on how long a wait took. Fixtures live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+# The RPC auth key of the ``auth_srv`` fixture (tests/conftest.py).
+AUTH_KEY = "s3cret-token"
+
+
+class WaitTimeout(AssertionError):
+    """``wait_until`` or ``until`` ran out of time."""
+
+
+Desc = str | Callable[[], str]
+
+
+def _timed_out(predicate: Callable[[], Any], desc: Desc, timeout: float, last: Any) -> WaitTimeout:
+    what = (desc() if callable(desc) else desc) or getattr(predicate, "__name__", "condition")
+    return WaitTimeout(f"{what} not met within {timeout:.1f} s (last: {last!r})")
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    desc: Desc = "",
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+) -> float:
+    """Poll ``predicate`` until it is truthy; return the elapsed seconds.
+
+    An exception of a ``retry_on`` type counts as "not yet" (an agent that is still starting
+    refuses connections); pass ``retry_on=()`` when a raising predicate must fail at once.
+    ``desc`` names the condition in the timeout's message; a callable is asked then, so it
+    can show the last output the predicate saw.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+            if last:
+                return time.monotonic() - start
+        except retry_on as exc:
+            last = exc
+        now = time.monotonic()
+        if now >= deadline:
+            raise _timed_out(predicate, desc, timeout, last)
+        time.sleep(min(interval, max(0.0, deadline - now)))
+
+
+async def until(
+    predicate: Callable[[], Any],
+    desc: Desc = "",
+    limit: float = 10.0,
+    interval: float = 0.005,
+) -> None:
+    """``wait_until`` for a coroutine: poll without blocking the loop that does the work.
+
+    ``limit`` is the timeout (ruff's ASYNC109 keeps ``timeout=`` for asyncio.timeout()).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        last = predicate()
+        if last:
+            return
+        if loop.time() >= deadline:
+            raise _timed_out(predicate, desc, limit, last)
+        await asyncio.sleep(interval)
