@@ -21,20 +21,25 @@ FAIL_TIMEOUT = SUSPICION_TIMEOUT_LAN + PROBE_INTERVAL_LAN + 20.0
 REAP_INTERVAL = 15.0  # Serf's ReapInterval
 
 
-def test_failed_member_is_reconnected(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    c = make_cluster()
-    a = start_serfd(c, "pya", 'reconnect_interval = "1s"')
-    s = c.serf("gosrf")
-    b = c.serfd("pyb")
+def _fail_and_restart_with_no_state(c, a, s, b) -> None:  # type: ignore[no-untyped-def]
+    """a, s and b form a cluster; b is SIGKILLed, seen failed by both, and comes back with
+    no memory (no snapshot, no join)."""
     c.wait_ready()
     assert a.join([s.bind_addr]) == 1 and b.join([s.bind_addr]) == 1
     c.wait_all_alive(timeout=8)
     b.kill()
     c.wait_statuses([a, s], {"pyb": "failed"}, FAIL_TIMEOUT)
-    # B comes back with no memory (no snapshot, no join).
     (b.state_dir / "snapshot").unlink()
     restart(b)
     b.wait_ready()
+
+
+def test_failed_member_is_reconnected(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    c = make_cluster()
+    a = start_serfd(c, "pya", 'reconnect_interval = "1s"')
+    s = c.serf("gosrf")
+    b = c.serfd("pyb")
+    _fail_and_restart_with_no_state(c, a, s, b)
     # Two ways back, and which one runs is a race the test does not control (issue 8
     # point 6): A's reconnector push/pulls with B (both sides learn at once), or, when B
     # is up while A and gosrf still gossip its death to it and finish a probe they had
@@ -76,14 +81,7 @@ def test_restarted_member_probed_by_a_stranger_learns_the_cluster(  # type: igno
     conf.write_text(json.dumps({"reconnect_interval": "1h"}))
     s = c.serf("gosrf", extra_args=[f"-config-file={conf}"])
     b = c.serfd("pyb")
-    c.wait_ready()
-    assert a.join([s.bind_addr]) == 1 and b.join([s.bind_addr]) == 1
-    c.wait_all_alive(timeout=8)
-    b.kill()
-    c.wait_statuses([a, s], {"pyb": "failed"}, FAIL_TIMEOUT)
-    (b.state_dir / "snapshot").unlink()
-    restart(b)
-    b.wait_ready()
+    _fail_and_restart_with_no_state(c, a, s, b)
     assert set(b.statuses()) == {"pyb"}
     ping = Ping(1, "pyb", ip_to_bytes(s.ip), s.port, "gosrf").encode()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
