@@ -3,14 +3,25 @@
 Both poll a predicate until it is truthy and fail with ``WaitTimeout`` (an AssertionError)
 naming what was awaited and the last value or exception seen. The timeout only turns a hang
 into a failure; no test asserts on how long a wait took. Fixtures live in conftest.py.
+
+Below the waits: small builders that several test modules share (a free loopback port, a
+base drop-in for a real serfd process, an in-process agent on ephemeral ports).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
+
+from serfd.agent import Agent
+from serfd.config import Config
+from serfd.systemd import Notifier
 
 # The RPC auth key of the ``auth_srv`` fixture (tests/conftest.py).
 AUTH_KEY = "s3cret-token"
@@ -77,3 +88,54 @@ async def until(
         if loop.time() >= deadline:
             raise _timed_out(predicate, desc, limit, last)
         await asyncio.sleep(interval)
+
+
+# ---------------------------------------------------------------------------- builders
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return int(port)
+    raise RuntimeError("no free port")
+
+
+def write_base(d: Path, tmp: Path, port: int, **extra: str) -> None:
+    """A drop-in ``10-base.toml`` in d for node sd1 on 127.0.0.1:port, state under tmp."""
+    d.mkdir(exist_ok=True)
+    lines = [
+        'node_name = "sd1"',
+        f'bind = "127.0.0.1:{port}"',
+        f'state_dir = "{tmp}/state"',
+        'profile = "local"',
+        *(f"{k} = {v}" for k, v in extra.items()),
+        "[tags]",
+        'role = "a"',
+        "[rpc]",
+        f'socket = "{tmp}/serfd.sock"',
+    ]
+    (d / "10-base.toml").write_text("\n".join(lines) + "\n")
+
+
+@contextlib.asynccontextmanager
+async def running_agent(profile: str = "lan", compress: bool = True,
+                        encrypt_key: str | None = None) -> AsyncIterator[Agent]:
+    """A started in-process Agent (node a, ephemeral ports, a temporary state dir)."""
+    with tempfile.TemporaryDirectory(prefix="ags") as d:
+        cfg = Config(node_name="a", bind=("127.0.0.1", 0), state_dir=Path(d),
+                     rpc_socket=Path(d) / "s.sock", log_level="warn", profile=profile,
+                     enable_compression=compress, encrypt_key=encrypt_key)
+        agent = Agent(cfg, notifier=Notifier())
+        await agent.start()
+        try:
+            yield agent
+        finally:
+            await agent._shutdown()

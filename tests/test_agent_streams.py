@@ -14,7 +14,6 @@ import contextlib
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,22 +29,7 @@ from serfd.query import IncomingQuery
 from serfd.stream import ENCRYPT_HEADER_SIZE, StreamReader, encode_user_stream
 from serfd.swim import StreamKind, StreamRequest
 from serfd.systemd import Notifier
-from tests.support import until
-
-
-@contextlib.asynccontextmanager
-async def running_agent(profile: str = "lan", compress: bool = True,
-                        encrypt_key: str | None = None) -> AsyncIterator[Agent]:
-    with tempfile.TemporaryDirectory(prefix="ags") as d:
-        cfg = Config(node_name="a", bind=("127.0.0.1", 0), state_dir=Path(d),
-                     rpc_socket=Path(d) / "s.sock", log_level="warn", profile=profile,
-                     enable_compression=compress, encrypt_key=encrypt_key)
-        agent = Agent(cfg, notifier=Notifier())
-        await agent.start()
-        try:
-            yield agent
-        finally:
-            await agent._shutdown()
+from tests.support import running_agent, until
 
 
 def tcp_port(agent: Agent) -> int:

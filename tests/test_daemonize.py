@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import wait_until
-from tests.test_sd_notify_reload import free_port, write_base
+from tests.support import free_port, wait_until, write_base
 
 
 def serfd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -44,8 +44,7 @@ def test_percentiles_by_nearest_rank() -> None:
 
 
 def test_agent_reports_a_stalled_loop() -> None:
-    from tests.support import until
-    from tests.test_agent_streams import running_agent
+    from tests.support import running_agent, until
 
     async def main() -> None:
         async with running_agent() as agent:

@@ -21,7 +21,7 @@ from serfd.agent import Agent
 from serfd.config import Config, ConfigError, load_config
 from serfd.reload import plan_reload
 from serfd.systemd import Notifier, monotonic_usec, watchdog_interval
-from tests.support import wait_until
+from tests.support import free_port, wait_until, write_base
 
 # ----------------------------------------------------------------------------------
 # Helpers
@@ -65,37 +65,6 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
     monkeypatch.setenv("NOTIFY_SOCKET", str(ns.path))
     yield ns
     ns.close()
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError("no free port")
-
-
-def write_base(d: Path, tmp: Path, port: int, **extra: str) -> None:
-    d.mkdir(exist_ok=True)
-    lines = [
-        'node_name = "sd1"',
-        f'bind = "127.0.0.1:{port}"',
-        f'state_dir = "{tmp}/state"',
-        'profile = "local"',
-        *(f"{k} = {v}" for k, v in extra.items()),
-        "[tags]",
-        'role = "a"',
-        "[rpc]",
-        f'socket = "{tmp}/serfd.sock"',
-    ]
-    (d / "10-base.toml").write_text("\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------------

@@ -299,8 +299,7 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
     serving, STATUS and stats say so, then it recovers and clears both."""
     from serfd.agent import Agent
     from serfd.config import load_config
-    from tests.support import until
-    from tests.test_sd_notify_reload import free_port, write_base
+    from tests.support import free_port, until, write_base
 
     d = tmp_path / "serfd.d"
     write_base(d, tmp_path, free_port())

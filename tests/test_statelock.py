@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from serfd.statelock import LOCK_NAME, StateDirInUse, StateDirLock
-from tests.support import wait_until
-from tests.test_sd_notify_reload import free_port, write_base
+from tests.support import free_port, wait_until, write_base
 
 
 def test_second_lock_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
