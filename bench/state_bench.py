@@ -7,7 +7,7 @@
   ``-snapshot``, or serfd with its default snapshot); SIGKILL one node, wait until the
   others list it ``failed``, start it again with no join address; time from the spawn
   until every agent (itself included) lists all three ``alive``.
-* snapshot appends/s: records queued to ``serfd.snapshot.Snapshotter`` until the writer
+* snapshot appends/s: records queued to ``serfd.agent.snapshot.Snapshotter`` until the writer
   thread has written them all (one record = one line; compactions included).
 * compaction at N members: ``Snapshotter.compact()`` (temp file, fsync, rename, dir fsync)
   and ``read_snapshot`` of the result. Serf has the same operations but no way to time
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from serfd.snapshot import SnapshotState, Snapshotter, read_snapshot
+from serfd.agent.snapshot import SnapshotState, Snapshotter, read_snapshot
 from tests.integration.harness import (
     PROBE_INTERVAL_LAN,
     SUSPICION_TIMEOUT_LAN,

@@ -387,7 +387,7 @@ def _bool(text: str) -> bool:
 
 
 def _duration(text: str) -> float:
-    from serfd.duration import parse_duration
+    from serfd.base.duration import parse_duration
 
     try:
         return parse_duration(text)
@@ -639,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tags" and not args.set_tags and not args.delete:
             parser.error("tags: give at least one --set KEY=VALUE or --delete KEY")
         if args.command == "keygen":  # serf keygen: 32 random bytes, base64
-            from serfd.keyring import generate_key
+            from serfd.wire.keyring import generate_key
 
             print(generate_key())
             return 0

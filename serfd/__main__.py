@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pidfile and not args.daemonize:
         parser.error("--pidfile needs --daemonize (under systemd, the unit tracks the PID)")
 
-    from serfd.config import ConfigError, config_to_toml, load_config
+    from serfd.agent.config import ConfigError, config_to_toml, load_config
 
     try:
         config = load_config(Path(args.config_dir))
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # One serfd per state directory, checked before anything is bound.
-    from serfd.statelock import StateDirInUse, StateDirLock
+    from serfd.agent.statelock import StateDirInUse, StateDirLock
 
     try:
         lock = StateDirLock.acquire(config.state_dir)
@@ -57,15 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     if args.daemonize:
-        from serfd.daemonize import run_daemonized
+        from serfd.agent.daemonize import run_daemonized
 
         pidfile = Path(args.pidfile).absolute() if args.pidfile else None
         return run_daemonized(config, Path(args.config_dir).absolute(), pidfile,
                               Path(args.log_file).absolute(), lock)
 
-    from serfd.agent import Agent
-    from serfd.logsetup import setup_logging
-    from serfd.systemd import Notifier
+    from serfd.agent.agent import Agent
+    from serfd.agent.logsetup import setup_logging
+    from serfd.agent.systemd import Notifier
 
     setup_logging(config.log_level)
     agent = Agent(config, config_dir=Path(args.config_dir).absolute(),

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fake_agent import ServerThread
+from serfd.testing.fake_agent import ServerThread
 from tests.support import AUTH_KEY
 
 

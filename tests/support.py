@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from serfd.agent import Agent
-from serfd.config import Config
-from serfd.systemd import Notifier
+from serfd.agent.agent import Agent
+from serfd.agent.config import Config
+from serfd.agent.systemd import Notifier
 
 # The RPC auth key of the ``auth_srv`` fixture (tests/conftest.py).
 AUTH_KEY = "s3cret-token"

@@ -19,16 +19,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-import serfd.agent as agent_mod
-from serfd.agent import MAX_INBOUND_STREAMS, MAX_KEY_CHANGES, MAX_OUTBOUND_STREAMS, Agent
-from serfd.config import Config
-from serfd.keymanager import decode_key_response, request_payload
-from serfd.keyring import Keyring
-from serfd.messages import ErrResp, MsgType
-from serfd.query import IncomingQuery
-from serfd.stream import ENCRYPT_HEADER_SIZE, StreamReader, encode_user_stream
-from serfd.swim import StreamKind, StreamRequest
-from serfd.systemd import Notifier
+import serfd.agent.agent as agent_mod
+from serfd.agent.agent import MAX_INBOUND_STREAMS, MAX_KEY_CHANGES, MAX_OUTBOUND_STREAMS, Agent
+from serfd.agent.config import Config
+from serfd.agent.systemd import Notifier
+from serfd.core.keymanager import decode_key_response, request_payload
+from serfd.core.query import IncomingQuery
+from serfd.memberlist.swim import StreamKind, StreamRequest
+from serfd.wire.framing import ENCRYPT_HEADER_SIZE, StreamReader, encode_user_stream
+from serfd.wire.keyring import Keyring
+from serfd.wire.messages import ErrResp, MsgType
 from tests.support import running_agent, until
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serfd.broadcast import TransmitLimitedQueue, retransmit_limit
+from serfd.memberlist.broadcast import TransmitLimitedQueue, retransmit_limit
 
 
 def test_retransmit_limit() -> None:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.codec import DecodeError, pack_gossip
-from serfd.messages import (
+from serfd.wire.codec import DecodeError, pack_gossip
+from serfd.wire.messages import (
     DEFAULT_VSN,
     Ack,
     Alive,
@@ -31,7 +31,7 @@ from serfd.messages import (
     decode_message,
     ip_to_bytes,
 )
-from serfd.serf_messages import (
+from serfd.wire.serf_messages import (
     MessageJoin,
     MessageLeave,
     MessagePushPull,

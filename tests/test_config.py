@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.config import (
+from serfd.agent.config import (
     KNOWN_KEYS,
     Config,
     ConfigError,
@@ -433,7 +433,7 @@ def test_tags_too_large_across_files(tmp_path: Path) -> None:
 
 
 def test_tags_at_the_limit_are_fine(tmp_path: Path) -> None:
-    from serfd.serf_messages import encode_tags
+    from serfd.wire.serf_messages import encode_tags
 
     value = "v" * 100
     tags = {f"k{i}": value for i in range(4)}
@@ -580,7 +580,7 @@ _configs = st.builds(
 def test_render_load_round_trip_property(cfg: Config) -> None:
     from types import MappingProxyType
 
-    from serfd.serf_messages import encode_tags
+    from serfd.wire.serf_messages import encode_tags
 
     if len(encode_tags(dict(cfg.tags))) > 512:
         return

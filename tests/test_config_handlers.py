@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serfd.config import Config, ConfigError, config_to_toml, load_config
+from serfd.agent.config import Config, ConfigError, config_to_toml, load_config
 
 
 def write(d: Path, name: str, text: str) -> Path:

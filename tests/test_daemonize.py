@@ -113,7 +113,7 @@ def test_pidfile_needs_daemonize(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content", ["", "junk\n", "999999999\n"])
 def test_stale_pidfile_is_replaced(tmp_path: Path, content: str) -> None:
-    from serfd.daemonize import claim_pidfile, release_pidfile
+    from serfd.agent.daemonize import claim_pidfile, release_pidfile
 
     p = tmp_path / "serfd.pid"
     p.write_text(content)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serfd.duration import format_duration, parse_duration
+from serfd.base.duration import format_duration, parse_duration
 
 # Float seconds keep nanosecond precision up to ~2**50 ns (13 days): ns -> s -> ns is exact.
 MAX_NS = 2**50

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import msgpack
 
-from serfd.events import EVENT_TYPES, event_type, parse_filters
-from serfd.handlers import event_env
-from serfd.member import Member
-from serfd.query import QueryRecordType
-from serfd.rpc import _event_record
-from serfd.serf import MEMBER_EVENT_TYPES, EventType, MemberEvent, UserEvent
+from serfd.agent.handlers import event_env
+from serfd.agent.rpc_server import _event_record
+from serfd.core.filters import EVENT_TYPES, event_type, parse_filters
+from serfd.core.member import Member
+from serfd.core.query import QueryRecordType
+from serfd.core.serf import MEMBER_EVENT_TYPES, EventType, MemberEvent, UserEvent
 
 SERF_NAMES = ("member-join", "member-leave", "member-failed", "member-update", "member-reap",
               "user", "query")

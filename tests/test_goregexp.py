@@ -1,4 +1,4 @@
-"""serfd.goregexp: Go's regexp syntax and MatchString, in linear time.
+"""serfd.base.goregexp: Go's regexp syntax and MatchString, in linear time.
 
 The table's expectations were checked against Go 1.19.8's regexp (the Go that built Debian
 12's serf) with a small Go program: True/False is MatchString's answer, ERR is Compile's error.
@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd import goregexp
-from serfd.goregexp import GoRegexpError, RegexCache, TooLargeError, UnsupportedError
-from serfd.member import Member, MemberStatus
-from serfd.query import PendingQuery, QueryParam, encode_filters, filters_match
-from serfd.rpc import filter_members
+from serfd.agent.rpc_server import filter_members
+from serfd.base import goregexp
+from serfd.base.goregexp import GoRegexpError, RegexCache, TooLargeError, UnsupportedError
+from serfd.core.member import Member, MemberStatus
+from serfd.core.query import PendingQuery, QueryParam, encode_filters, filters_match
 
 ERR = "error"
 
@@ -375,7 +375,7 @@ def test_work_bound_holds_for_the_largest_programs() -> None:
 
 
 def test_serf_counts_refused_filters_and_nobody_answers() -> None:
-    from tests.serf_sim import build_cluster
+    from serfd.testing.serf_sim import build_cluster
 
     sim = build_cluster(3, seed=4)
     for expr, reason in (("(?=db)", "regex_invalid"), ("\\p{Greek}", "regex_unsupported"),
@@ -433,7 +433,7 @@ def test_work_budget_refuses_a_flood_of_costly_patterns_and_refills() -> None:
 
 
 def test_filters_from_peers_are_budgeted_but_rpc_filters_are_not() -> None:
-    from tests.serf_sim import build_cluster
+    from serfd.testing.serf_sim import build_cluster
 
     sim = build_cluster(2, seed=5)
     me = sim.serf("n1")

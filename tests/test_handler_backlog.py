@@ -1,4 +1,4 @@
-"""serfd.handlers and serfd.coalesce bounds: a flood of events from a peer keeps handler
+"""serfd.agent.handlers and serfd.core.coalesce bounds: a flood of events from a peer keeps handler
 tasks, the backlog and coalescing batches bounded, and counts what was cut.
 
 No processes are started: the runner's ``_exec`` is replaced by a fake run that waits
@@ -12,14 +12,14 @@ import logging
 from collections.abc import Awaitable
 from pathlib import Path
 
-from serfd.coalesce import MemberCoalescer, UserCoalescer
-from serfd.dispatch import Dispatcher
-from serfd.events import AnyEvent
-from serfd.handlers import BACKLOG, MEMBER_BACKLOG, Handler, HandlerRunner, parse_handlers
-from serfd.member import Member
-from serfd.query import IncomingQuery
-from serfd.ratelog import DropLog
-from serfd.serf import EventType, MemberEvent, UserEvent
+from serfd.agent.dispatch import Dispatcher
+from serfd.agent.handlers import BACKLOG, MEMBER_BACKLOG, Handler, HandlerRunner, parse_handlers
+from serfd.base.ratelog import DropLog
+from serfd.core.coalesce import MemberCoalescer, UserCoalescer
+from serfd.core.filters import AnyEvent
+from serfd.core.member import Member
+from serfd.core.query import IncomingQuery
+from serfd.core.serf import EventType, MemberEvent, UserEvent
 
 SELF = Member("self", "127.0.0.1", 7946, {})
 

@@ -18,12 +18,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from serfd.codec import pack_gossip
-from serfd.lamport import MAX_LTIME
-from serfd.messages import Alive, IndirectPing, MsgType, ip_to_bytes
-from serfd.packet import encode_packet
-from serfd.query import IncomingQuery, PendingQuery, QueryParam
-from serfd.serf import (
+from serfd.core.lamport import MAX_LTIME
+from serfd.core.query import IncomingQuery, PendingQuery, QueryParam
+from serfd.core.serf import (
     DEFAULT_MAX_QUERY_TIMEOUT,
     ENTRY_OVERHEAD,
     MemberEvent,
@@ -31,7 +28,12 @@ from serfd.serf import (
     SerfConfig,
     SerfError,
 )
-from serfd.serf_messages import (
+from serfd.memberlist.swim import Memberlist, MemberlistConfig
+from serfd.wire.codec import pack_gossip
+from serfd.wire.framing import encode_push_pull
+from serfd.wire.messages import Alive, IndirectPing, MsgType, ip_to_bytes
+from serfd.wire.packet import encode_packet
+from serfd.wire.serf_messages import (
     QUERY_FLAG_ACK,
     MessageJoin,
     MessageLeave,
@@ -43,8 +45,6 @@ from serfd.serf_messages import (
     UserEventRecord,
     UserEvents,
 )
-from serfd.stream import encode_push_pull
-from serfd.swim import Memberlist, MemberlistConfig
 from tests.test_serf import FakeMemberlist, FakeNode
 
 HOUR_NS = 3600 * 10**9
@@ -728,8 +728,8 @@ test_hostile_peer_keeps_every_structure_within_its_bound = HostilePeer.TestCase
 
 
 def test_the_agent_keeps_queries_open_as_long_as_a_handler_may_answer() -> None:
-    from serfd.agent import Agent
-    from serfd.config import Config
+    from serfd.agent.agent import Agent
+    from serfd.agent.config import Config
 
     def cap(handler_timeout: float) -> float:
         cfg = Config(node_name="a", bind=("127.0.0.1", 7946), advertise=("127.0.0.1", 7946),

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.codec import DecodeError
-from serfd.keymanager import (
+from serfd.core.keymanager import (
     KeyResponder,
     KeyResult,
     decode_key_arg,
@@ -22,7 +21,8 @@ from serfd.keymanager import (
     response_fits_for,
     tally,
 )
-from serfd.keyring import Keyring, KeyringError, decode_key, encode_key
+from serfd.wire.codec import DecodeError
+from serfd.wire.keyring import Keyring, KeyringError, decode_key, encode_key
 
 K1 = "6hRTJPebtwdfvbZB72SW+nNMkVu1HVCgZLu9MmArzeg="  # RPC-TRACES.md keys
 K2 = "R99bBuHjO7k/AmuHAaRn0NXR88TAFD9Z/Zq7pm/kxXI="

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.codec import DecodeError
-from serfd.keyring import (
+from serfd.wire.codec import DecodeError
+from serfd.wire.framing import StreamReader, encode_stream
+from serfd.wire.keyring import (
     DecryptError,
     Keyring,
     KeyringError,
@@ -26,9 +27,8 @@ from serfd.keyring import (
     read_keyring_file,
     write_keyring_file,
 )
-from serfd.messages import Ping
-from serfd.packet import decode_packet, encode_packet
-from serfd.stream import StreamReader, encode_stream
+from serfd.wire.messages import Ping
+from serfd.wire.packet import decode_packet, encode_packet
 
 K16, K24, K32 = bytes(range(16)), bytes(range(24)), bytes(range(100, 132))
 # Keys from RPC-TRACES.md (`serf keygen` output).

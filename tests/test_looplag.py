@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from serfd.looplag import LoopLag
+from serfd.agent.looplag import LoopLag
 
 
 def test_lag_is_how_much_later_than_asked_the_loop_woke() -> None:

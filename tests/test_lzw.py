@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.codec import DecodeError
-from serfd.lzw import compress, decompress
+from serfd.wire.codec import DecodeError
+from serfd.wire.lzw import compress, decompress
 
 
 def _reference_codes(

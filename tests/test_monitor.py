@@ -1,4 +1,4 @@
-"""serfd.monitor.LogRing: lines logged on other threads reach subscribers on the loop's
+"""serfd.agent.monitor.LogRing: lines logged on other threads reach subscribers on the loop's
 thread only, in order, at most once; the queue between the threads is bounded."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import logging
 import threading
 
-from serfd.monitor import LogRing
+from serfd.agent.monitor import LogRing
 
 
 def make_logger(ring: LogRing, name: str) -> logging.Logger:

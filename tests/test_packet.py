@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd import lzw
-from serfd.codec import DecodeError
-from serfd.messages import Ack, Alive, Compress, Dead, Nack, Ping, PushPullHeader, Suspect
-from serfd.packet import (
+from serfd.wire import lzw
+from serfd.wire.codec import DecodeError
+from serfd.wire.messages import Ack, Alive, Compress, Dead, Nack, Ping, PushPullHeader, Suspect
+from serfd.wire.packet import (
     MAX_NESTING,
     compound_size,
     compress_message,
@@ -24,7 +24,7 @@ from serfd.packet import (
     encode_packet,
     make_compound,
 )
-from serfd.serf_messages import encode_tags
+from serfd.wire.serf_messages import encode_tags
 
 
 class GcmKeyring:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from serfd.ratelog import DropLog
+from serfd.base.ratelog import DropLog
 
 
 def test_counts_every_drop_and_logs_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:

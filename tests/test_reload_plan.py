@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from serfd.config import Config
-from serfd.reload import LIVE_FIELDS, RESTART_FIELDS, UNCOMPARED_FIELDS, plan_reload
+from serfd.agent.config import Config
+from serfd.agent.reload import LIVE_FIELDS, RESTART_FIELDS, UNCOMPARED_FIELDS, plan_reload
 
 
 def test_every_config_field_is_classified_once() -> None:

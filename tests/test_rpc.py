@@ -1,4 +1,4 @@
-"""serfd.rpc against RPC-TRACES.md: exact bytes, session rules, every command, garbage.
+"""serfd.agent.rpc_server against RPC-TRACES.md: exact bytes, session rules, every command, garbage.
 
 The server runs on its own loop thread over a FakeAgent (tests/fake_agent.py); the
 tests talk to it through real Unix and TCP sockets with raw msgpack.
@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serfd.member import Member, MemberStatus
-from serfd.rpc import RPCServer, encode_member, filter_members
-from tests.fake_agent import FakeAgent, ServerThread
+from serfd.agent.rpc_server import RPCServer, encode_member, filter_members
+from serfd.core.member import Member, MemberStatus
+from serfd.testing.fake_agent import FakeAgent, ServerThread
 from tests.support import AUTH_KEY, wait_until
 
 H = bytes.fromhex
@@ -812,7 +812,7 @@ def _members_of(body: Any) -> list[Any]:
 
 
 def test_counters_start_at_zero_and_activity_is_separate(srv: ServerThread) -> None:
-    from serfd.rpc import ACTIVITY_KEYS, COUNTER_KEYS
+    from serfd.agent.rpc_server import ACTIVITY_KEYS, COUNTER_KEYS
 
     assert srv.server.counters == dict.fromkeys(COUNTER_KEYS, 0)
     healthy(srv)

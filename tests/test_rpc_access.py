@@ -18,8 +18,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from serfd.rpc import RPCServer, peer_credentials, resolve_group
-from tests.fake_agent import ServerThread
+from serfd.agent.rpc_server import RPCServer, peer_credentials, resolve_group
+from serfd.testing.fake_agent import ServerThread
 
 ROOT = os.geteuid() == 0
 

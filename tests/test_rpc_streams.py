@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-import serfd.rpc as rpc_mod
-from serfd.monitor import LogRing
-from serfd.query import IncomingQuery
-from serfd.rpc import MAX_OPEN_QUERIES, MAX_STREAMS, STREAM_BUFFER_LIMIT
-from serfd.serf import UserEvent
-from tests.fake_agent import FakeAgent, ServerThread
+import serfd.agent.rpc_server as rpc_mod
+from serfd.agent.monitor import LogRing
+from serfd.agent.rpc_server import MAX_OPEN_QUERIES, MAX_STREAMS, STREAM_BUFFER_LIMIT
+from serfd.core.query import IncomingQuery
+from serfd.core.serf import UserEvent
+from serfd.testing.fake_agent import FakeAgent, ServerThread
 from tests.support import wait_until
 from tests.test_rpc import Raw
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from serfd.agent import Agent
-from serfd.config import Config, ConfigError, load_config
-from serfd.reload import plan_reload
-from serfd.systemd import Notifier, monotonic_usec, watchdog_interval
+from serfd.agent.agent import Agent
+from serfd.agent.config import Config, ConfigError, load_config
+from serfd.agent.reload import plan_reload
+from serfd.agent.systemd import Notifier, monotonic_usec, watchdog_interval
 from tests.support import free_port, wait_until, write_base
 
 # ----------------------------------------------------------------------------------

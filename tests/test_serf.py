@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from serfd.broadcast import retransmit_limit
-from serfd.member import MemberStatus
-from serfd.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
-from serfd.serf_messages import (
+from serfd.core.member import MemberStatus
+from serfd.core.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
+from serfd.memberlist.broadcast import retransmit_limit
+from serfd.memberlist.swim import MemberlistConfig
+from serfd.wire.serf_messages import (
     MessageJoin,
     MessageLeave,
     MessagePushPull,
@@ -20,7 +21,6 @@ from serfd.serf_messages import (
     decode_tags,
     encode_tags,
 )
-from serfd.swim import MemberlistConfig
 
 
 @dataclass

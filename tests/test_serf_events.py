@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from serfd.query import (
+from serfd.core.query import (
     IncomingQuery,
     QueryParam,
     default_query_timeout,
     encode_filters,
     filters_match,
 )
-from serfd.serf import SerfError, UserEvent
-from serfd.serf_messages import MessageQuery
-from tests.serf_sim import SerfSim, build_cluster
+from serfd.core.serf import SerfError, UserEvent
+from serfd.testing.serf_sim import SerfSim, build_cluster
+from serfd.wire.serf_messages import MessageQuery
 
 
 def user_events(sim: SerfSim, name: str) -> list[UserEvent]:
@@ -213,7 +213,7 @@ def test_query_wire_format_timeout_in_nanoseconds() -> None:
     s = sim.serf("n0")
     s.query("uptime", b"p", QueryParam(timeout=2.0, request_ack=True), sim.now)
     raw = s._query_q.get_broadcasts(2, 1400)[0]
-    from serfd.serf_messages import decode_serf_message
+    from serfd.wire.serf_messages import decode_serf_message
 
     msg = decode_serf_message(raw)
     assert isinstance(msg, MessageQuery)

@@ -19,8 +19,8 @@ import pytest
 
 from serfctl.__main__ import columnize, go_json, main
 from serfctl.client import ReplyTimeout, RPCClient
-from serfd.member import Member
-from tests.fake_agent import ServerThread
+from serfd.core.member import Member
+from serfd.testing.fake_agent import ServerThread
 from tests.support import AUTH_KEY, wait_until
 
 SERF = shutil.which("serf")

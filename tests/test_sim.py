@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from serfd.messages import NodeStateType
-from tests.serf_sim import SerfSim
-from tests.sim import Event, Sim
+from serfd.testing.serf_sim import SerfSim
+from serfd.testing.sim import Event, Sim
+from serfd.wire.messages import NodeStateType
 
 ALIVE = NodeStateType.ALIVE
 DEAD = NodeStateType.DEAD

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.snapshot import (
+from serfd.agent.snapshot import (
     SnapshotState,
     Snapshotter,
     format_addr,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from serfd.snapshot import (
+from serfd.agent.snapshot import (
     COMPACT_EXT,
     FAULT_LOG_INTERVAL,
     RETRY_MAX,
@@ -297,8 +297,8 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real agent in-process: the disk fills (every write fails ENOSPC), it keeps
     serving, STATUS and stats say so, then it recovers and clears both."""
-    from serfd.agent import Agent
-    from serfd.config import load_config
+    from serfd.agent.agent import Agent
+    from serfd.agent.config import load_config
     from tests.support import free_port, until, write_base
 
     d = tmp_path / "serfd.d"

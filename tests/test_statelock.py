@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serfd.statelock import LOCK_NAME, StateDirInUse, StateDirLock
+from serfd.agent.statelock import LOCK_NAME, StateDirInUse, StateDirLock
 from tests.support import free_port, wait_until, write_base
 
 

@@ -9,11 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.codec import DecodeError, pack_gossip
-from serfd.messages import Ack, ErrResp, Ping, PushNodeState, PushPullHeader
-from serfd.packet import compress_message
-from serfd.serf_messages import MessagePushPull, decode_serf_message, encode_tags
-from serfd.stream import (
+from serfd.wire.codec import DecodeError, pack_gossip
+from serfd.wire.framing import (
     MAX_STREAM_SIZE,
     StreamReader,
     decode_push_pull,
@@ -22,6 +19,9 @@ from serfd.stream import (
     encode_stream,
     encode_user_stream,
 )
+from serfd.wire.messages import Ack, ErrResp, Ping, PushNodeState, PushPullHeader
+from serfd.wire.packet import compress_message
+from serfd.wire.serf_messages import MessagePushPull, decode_serf_message, encode_tags
 from tests.test_packet import KEY_A, KEY_B, GcmKeyring
 
 LOCAL = bytes([127, 0, 0, 1])

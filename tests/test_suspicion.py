@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serfd.suspicion import (
+from serfd.memberlist.suspicion import (
     Suspicion,
     confirmations_wanted,
     remaining_suspicion_time,

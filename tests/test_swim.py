@@ -1,4 +1,4 @@
-"""Focused behaviour of the SWIM core (serfd.swim), one rule at a time."""
+"""Focused behaviour of the SWIM core (serfd.memberlist.swim), one rule at a time."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.codec import DecodeError
-from serfd.messages import (
+from serfd.memberlist.swim import Memberlist, MemberlistConfig, ProtocolError, push_pull_scale
+from serfd.testing.sim import FakeDelegate
+from serfd.wire.codec import DecodeError
+from serfd.wire.framing import decode_push_pull, encode_push_pull, encode_user_stream
+from serfd.wire.messages import (
     DEFAULT_VSN,
     Ack,
     Alive,
@@ -24,10 +27,7 @@ from serfd.messages import (
     decode_message,
     ip_to_bytes,
 )
-from serfd.packet import decode_packet, encode_packet
-from serfd.stream import decode_push_pull, encode_push_pull, encode_user_stream
-from serfd.swim import Memberlist, MemberlistConfig, ProtocolError, push_pull_scale
-from tests.sim import FakeDelegate
+from serfd.wire.packet import decode_packet, encode_packet
 
 ALIVE = NodeStateType.ALIVE
 SUSPECT = NodeStateType.SUSPECT

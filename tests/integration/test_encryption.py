@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from serfd.keyring import decode_key, generate_key, read_keyring_file
+from serfd.wire.keyring import decode_key, generate_key, read_keyring_file
 from tests.integration.dropins import start_serfd
 from tests.integration.harness import RPCError
 from tests.support import wait_until

@@ -15,7 +15,7 @@ import time
 
 import msgpack
 
-from serfd.messages import Alive, Ping
+from serfd.wire.messages import Alive, Ping
 from tests.integration.harness import Cluster
 from tests.support import wait_until
 

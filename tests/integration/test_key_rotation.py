@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import stat
 
-from serfd.keyring import decode_key, generate_key, read_keyring_file
+from serfd.wire.keyring import decode_key, generate_key, read_keyring_file
 from tests.integration.dropins import restart, start_serfd
 from tests.integration.harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN, RPCClient, serf_cli
 from tests.support import wait_until
@@ -18,7 +18,7 @@ def serf_keys(agent, *args: str):  # type: ignore[no-untyped-def]
 
 
 def file_keys(agent) -> list[str]:  # type: ignore[no-untyped-def]
-    from serfd.keyring import encode_key
+    from serfd.wire.keyring import encode_key
 
     return [encode_key(k) for k in read_keyring_file(agent.state_dir / "keyring")]
 

@@ -10,8 +10,8 @@ import socket
 import time
 from pathlib import Path
 
-from serfd.messages import Ping, ip_to_bytes
-from serfd.packet import encode_packet
+from serfd.wire.messages import Ping, ip_to_bytes
+from serfd.wire.packet import encode_packet
 from tests.integration.dropins import restart, start_serfd
 from tests.integration.harness import PROBE_INTERVAL_LAN, SUSPICION_TIMEOUT_LAN
 from tests.support import wait_until

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from serfd.snapshot import read_snapshot
-from serfd.statelock import LOCK_NAME
+from serfd.agent.snapshot import read_snapshot
+from serfd.agent.statelock import LOCK_NAME
 from tests.integration.dropins import restart, start_serfd
 from tests.integration.harness import (
     GOSSIP_PORT,

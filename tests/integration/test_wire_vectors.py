@@ -28,9 +28,10 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from serfd import lzw
-from serfd.codec import DecodeError
-from serfd.messages import (
+from serfd.wire import lzw
+from serfd.wire.codec import DecodeError
+from serfd.wire.framing import StreamReader, decode_push_pull, encode_push_pull, encode_stream
+from serfd.wire.messages import (
     DEFAULT_VSN,
     Ack,
     Compress,
@@ -42,9 +43,8 @@ from serfd.messages import (
     bytes_to_ip,
     decode_message,
 )
-from serfd.packet import decode_packet, encode_packet
-from serfd.serf_messages import MessagePushPull, decode_serf_message, decode_tags, encode_tags
-from serfd.stream import StreamReader, decode_push_pull, encode_push_pull, encode_stream
+from serfd.wire.packet import decode_packet, encode_packet
+from serfd.wire.serf_messages import MessagePushPull, decode_serf_message, decode_tags, encode_tags
 from tests.integration.harness import bindable
 from tests.support import wait_until
 

@@ -1,0 +1,1371 @@
+"""SWIM membership as memberlist 0.2.2 runs it, as a pure state machine.
+
+Theory of operation
+-------------------
+``Memberlist`` owns one node's view of the cluster: a record per known node name
+(address, meta, protocol versions, incarnation, state), the probe list, the running
+suspicions, the ack handlers of outstanding pings, the memberlist broadcast queue and
+the Lifeguard awareness score. It owns no socket, clock or thread: bytes and time come
+in (``receive_datagram``, ``receive_stream``, ``stream_reply``, ``handle_timer``, all
+with ``now`` in seconds) and bytes come out (``datagrams_to_send``, ``streams_to_open``)
+together with the next instant anything is due (``get_timer``). Randomness comes from
+the ``random.Random`` passed in, so a run is reproducible from its seed.
+
+Invariants
+
+* ``_map`` and ``_nodes`` hold the same records; ``_nodes`` is the probe order and its
+  length is memberlist's node estimate (dead nodes count until reaped).
+* Our own record is in both from construction on and is never Suspect or Dead: any
+  accusation is refuted with a higher incarnation. After ``leave`` it is Left.
+* A node's state only changes in the three transition rules (``_alive``, ``_suspect``,
+  ``_dead``, grouped below); the delegate's NotifyJoin/Leave/Update fire there and
+  nowhere else, on exactly memberlist's transitions:
+
+  ====================  ===========  ==========================================
+  from                  message      to, notification
+  ====================  ===========  ==========================================
+  unknown/Dead/Left     alive        Alive, NotifyJoin
+  Alive/Suspect         alive        Alive, NotifyUpdate if the meta changed
+  Alive                 suspect      Suspect (timer starts), none
+  Suspect               suspect      (confirmation shortens the timer), none
+  Alive/Suspect         dead         Dead, or Left when From == Node; NotifyLeave
+  ====================  ===========  ==========================================
+
+  Older incarnations are ignored (alive needs a strictly newer one, suspect/dead an
+  equal or newer one); messages about ourselves are refuted instead.
+* Every peer-supplied byte goes through a ``try``: garbage bumps ``counters[reason]``
+  and is dropped. Exceptions out of this module mean we were misused.
+
+Order of events
+
+* Construction: our alive at incarnation 1 is applied locally (NotifyJoin for self) and
+  queued; the probe, gossip and push/pull ticks are armed at a random stagger.
+* Probe tick (ProbeInterval): the next live node of the shuffled list is pinged (with a
+  suspect in a compound when it is not alive); after ProbeTimeout IndirectChecks peers
+  get indirect pings (Nack asked of PMax>=4) and a TCP ping is requested (PMax>=3);
+  at ProbeInterval x (awareness+1) the probe ends: no ack means suspect. A tick that
+  falls while a probe runs is kept (one, like Go's ticker) and starts the next probe as
+  soon as it ends.
+* Gossip tick (GossipInterval): GossipNodes random nodes get a packet filled from our
+  queue, then from the delegate's (Serf's) broadcasts as user messages.
+* Push/pull tick (PushPullInterval, scaled up past 32 nodes): full state exchange with
+  one random alive node over a stream.
+* Acks, nacks, pings and indirect pings are answered inline; outgoing pings, acks,
+  indirect pings and nacks piggyback queued broadcasts.
+* Catch-up (serfd, ``catch_up``): a ping or indirect ping from a node we do not know as
+  live means the sender takes us for a member, and the ack we send it carries our own
+  broadcasts (a refutation of our death after a restart, say). We then push/pull with
+  it, as a reconnect would; memberlist waits for its next periodic push/pull (up to
+  PushPullInterval) and meanwhile the cluster sees us alive while we know nobody.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Protocol
+
+from serfd.base.ratelog import DropLog
+from serfd.memberlist.broadcast import TransmitLimitedQueue
+from serfd.memberlist.profiles import LAN, Profile, get_profile
+from serfd.memberlist.suspicion import Suspicion, confirmations_wanted, suspicion_timeout
+from serfd.wire.codec import DecodeError
+from serfd.wire.framing import (
+    decode_push_pull,
+    decode_user_stream,
+    encode_push_pull,
+    encode_user_stream,
+)
+from serfd.wire.messages import (
+    DEFAULT_VSN,
+    META_MAX_SIZE,
+    Ack,
+    Alive,
+    Dead,
+    ErrResp,
+    IndirectPing,
+    Message,
+    MsgType,
+    Nack,
+    NodeStateType,
+    Ping,
+    PushNodeState,
+    Suspect,
+    UserData,
+    bytes_to_ip,
+    decode_message,
+    ip_to_bytes,
+)
+from serfd.wire.packet import decode_packet, encode_packet
+
+__all__ = [
+    "Addr",
+    "Delegate",
+    "Memberlist",
+    "MemberlistConfig",
+    "Node",
+    "NodeState",
+    "ProtocolError",
+    "StreamKind",
+    "StreamRequest",
+    "push_pull_scale",
+]
+
+Addr = tuple[str, int]
+NodeState = NodeStateType
+
+log = logging.getLogger("serfd.memberlist")
+
+COMPOUND_HEADER_OVERHEAD = 2  # memberlist compoundHeaderOverhead
+EAGER_GOSSIP_GAP = 0.25  # serfd: eager pushes at most every quarter GossipInterval
+GO_SAFE_BATCHES = 4  # serfd: at most this many eager packets per target and round
+COMPOUND_OVERHEAD = 2  # memberlist compoundOverhead (per part)
+USER_MSG_OVERHEAD = 1  # memberlist userMsgOverhead
+ENCRYPT_OVERHEAD = 29  # encryptOverhead(vsn 1): version byte + 12 nonce + 16 tag
+PUSH_PULL_SCALE_THRESHOLD = 32  # memberlist pushPullScaleThreshold
+_UINT32 = 0xFFFF_FFFF
+
+_ALIVE = NodeStateType.ALIVE
+_SUSPECT = NodeStateType.SUSPECT
+_DEAD = NodeStateType.DEAD
+_LEFT = NodeStateType.LEFT
+
+
+class ProtocolError(Exception):
+    """A push/pull was refused: some node's protocol version is outside the cluster's range."""
+
+
+def push_pull_scale(interval: float, n: int) -> float:
+    """memberlist pushPullScale: back off push/pull by ceil(log2 n - log2 32) + 1 past 32 nodes."""
+    if n <= PUSH_PULL_SCALE_THRESHOLD:
+        return interval
+    multiplier = math.ceil(math.log2(n) - math.log2(PUSH_PULL_SCALE_THRESHOLD)) + 1.0
+    return multiplier * interval
+
+
+@dataclass(frozen=True, slots=True)
+class MemberlistConfig:
+    """Everything a Memberlist needs; defaults are memberlist's DefaultLANConfig."""
+
+    name: str
+    advertise_addr: str = "127.0.0.1"
+    advertise_port: int = 7946  # AdvertisePort
+    bind_port: int = 7946  # BindPort: replaces port 0 in alive/indirect ping/push-pull
+    tcp_timeout: float = LAN.tcp_timeout
+    indirect_checks: int = LAN.indirect_checks
+    retransmit_mult: int = LAN.retransmit_mult
+    suspicion_mult: int = LAN.suspicion_mult
+    suspicion_max_timeout_mult: int = LAN.suspicion_max_timeout_mult
+    push_pull_interval: float = LAN.push_pull_interval
+    probe_timeout: float = LAN.probe_timeout
+    probe_interval: float = LAN.probe_interval
+    awareness_max_multiplier: int = LAN.awareness_max_multiplier
+    gossip_nodes: int = LAN.gossip_nodes
+    gossip_interval: float = LAN.gossip_interval
+    gossip_to_the_dead_time: float = LAN.gossip_to_the_dead_time
+    disable_tcp_pings: bool = False  # DisableTcpPings
+    dead_node_reclaim_time: float = 0.0  # DeadNodeReclaimTime (0 = never)
+    enable_compression: bool = True  # EnableCompression
+    keyring: Any = None  # serfd.wire.keyring object (encrypt/decrypt), None = no encryption
+    gossip_verify_incoming: bool = True  # GossipVerifyIncoming
+    gossip_verify_outgoing: bool = True  # GossipVerifyOutgoing
+    udp_buffer_size: int = 1400  # UDPBufferSize
+    vsn: bytes = DEFAULT_VSN  # [pmin, pmax, pcur, dmin, dmax, dcur]
+    # Beyond memberlist: push each new broadcast once to GossipNodes members right away,
+    # instead of letting it wait for the next GossipInterval tick (extra packets, batched
+    # at most every EAGER_GOSSIP_GAP x GossipInterval; the retransmit budget is untouched).
+    eager_gossip: bool = False
+    # Beyond memberlist: indirect pings we run for peers at once (each holds an ack
+    # handler and one or two timers for ProbeTimeout); more are refused and counted.
+    max_indirect_pings: int = 1024
+    # Beyond memberlist: a node that probes us, or asks us to probe for it, while we do
+    # not know it as live gets a push/pull (Join=true, as a reconnect) from us, at most
+    # one at a time and one per ProbeInterval. Our ack tells it we are alive; this makes
+    # us learn the cluster as fast as it learns of us (see _catch_up).
+    catch_up: bool = True
+
+    @classmethod
+    def from_profile(cls, profile: str | Profile, **overrides: Any) -> MemberlistConfig:
+        """A config with the timings of ``profile`` (lan/wan/local), then ``overrides``."""
+        p = get_profile(profile) if isinstance(profile, str) else profile
+        values: dict[str, Any] = {
+            "tcp_timeout": p.tcp_timeout,
+            "indirect_checks": p.indirect_checks,
+            "retransmit_mult": p.retransmit_mult,
+            "suspicion_mult": p.suspicion_mult,
+            "suspicion_max_timeout_mult": p.suspicion_max_timeout_mult,
+            "push_pull_interval": p.push_pull_interval,
+            "probe_timeout": p.probe_timeout,
+            "probe_interval": p.probe_interval,
+            "awareness_max_multiplier": p.awareness_max_multiplier,
+            "gossip_nodes": p.gossip_nodes,
+            "gossip_interval": p.gossip_interval,
+            "gossip_to_the_dead_time": p.gossip_to_the_dead_time,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A snapshot of what we know about one node."""
+
+    name: str
+    addr: str
+    port: int
+    meta: bytes
+    state: NodeStateType
+    incarnation: int
+    vsn: bytes  # [pmin, pmax, pcur, dmin, dmax, dcur]
+    state_change: float
+
+    @property
+    def address(self) -> Addr:
+        return (self.addr, self.port)
+
+    @property
+    def pmin(self) -> int:
+        return self.vsn[0]
+
+    @property
+    def pmax(self) -> int:
+        return self.vsn[1]
+
+    @property
+    def pcur(self) -> int:
+        return self.vsn[2]
+
+    @property
+    def dmin(self) -> int:
+        return self.vsn[3]
+
+    @property
+    def dmax(self) -> int:
+        return self.vsn[4]
+
+    @property
+    def dcur(self) -> int:
+        return self.vsn[5]
+
+
+class StreamKind(StrEnum):
+    """Why memberlist opens a TCP stream (the value shows in the driver's log lines)."""
+
+    PUSH_PULL = "push_pull"  # a join or the periodic state exchange
+    PING = "ping"  # the TCP fallback of a failed UDP probe
+    USER = "user"  # a reliable user message (Serf's SendReliable)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """A TCP exchange for the driver: connect to ``addr``, send ``plain`` (wrapped in
+    compression/encryption), read one reply if ``expect_reply``, and hand the outcome to
+    ``stream_reply(token, reply_or_None, now)`` by ``deadline``."""
+
+    token: int
+    addr: Addr
+    plain: bytes
+    expect_reply: bool
+    deadline: float
+    kind: StreamKind
+
+
+class Delegate(Protocol):
+    """What the layer above (Serf) provides; memberlist's Delegate + EventDelegate + more."""
+
+    def node_meta(self, limit: int) -> bytes: ...
+
+    def notify_msg(self, data: bytes, now: float) -> None: ...
+
+    def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]: ...
+
+    def local_state(self, join: bool) -> bytes: ...
+
+    def merge_remote_state(self, data: bytes, join: bool, now: float) -> None: ...
+
+    def notify_join(self, node: Node, now: float) -> None: ...
+
+    def notify_leave(self, node: Node, now: float) -> None: ...
+
+    def notify_update(self, node: Node, now: float) -> None: ...
+
+    def notify_conflict(self, existing: Node, other: Node) -> None: ...
+
+    def ack_payload(self) -> bytes | None: ...
+
+
+class _Rec:
+    """Our mutable record of one node (memberlist nodeState)."""
+
+    __slots__ = (
+        "addr",
+        "address",
+        "incarnation",
+        "meta",
+        "name",
+        "port",
+        "state",
+        "state_change",
+        "vsn",
+    )
+
+    def __init__(
+        self, name: str, addr: bytes, port: int, meta: bytes | None, vsn: bytes, now: float
+    ) -> None:
+        self.name = name
+        self.addr = addr
+        self.port = port
+        self.address: Addr = (bytes_to_ip(addr), port)
+        self.meta = meta
+        self.vsn = vsn
+        self.incarnation = 0
+        self.state = _DEAD  # memberlist inserts as dead so the first alive is a join
+        self.state_change = now
+
+    def set_address(self, addr: bytes, port: int) -> None:
+        self.addr = addr
+        self.port = port
+        self.address = (bytes_to_ip(addr), port)
+
+    def dead_or_left(self) -> bool:
+        return self.state == _DEAD or self.state == _LEFT
+
+    def snapshot(self) -> Node:
+        return Node(
+            self.name,
+            self.address[0],
+            self.port,
+            self.meta or b"",
+            self.state,
+            self.incarnation,
+            self.vsn,
+            self.state_change,
+        )
+
+
+class _AckHandler:
+    __slots__ = ("on_ack", "on_nack")
+
+    def __init__(
+        self,
+        on_ack: Callable[[bytes | None, float], None],
+        on_nack: Callable[[], None] | None,
+    ) -> None:
+        self.on_ack = on_ack
+        self.on_nack = on_nack
+
+
+class _Probe:
+    """One probeNode run."""
+
+    __slots__ = (
+        "address",
+        "deadline",
+        "done",
+        "expected_nacks",
+        "incarnation",
+        "indirect",
+        "nacks",
+        "name",
+        "ping",
+        "pmax",
+        "seq",
+        "start",
+        "tcp_contacted",
+        "tcp_pending",
+        "waiting_tcp",
+    )
+
+    def __init__(self, rec: _Rec, ping: Ping, start: float, deadline: float) -> None:
+        # memberlist probes a copy of the record taken at the start.
+        self.name = rec.name
+        self.address = rec.address
+        self.incarnation = rec.incarnation
+        self.pmax = rec.vsn[1]
+        self.ping = ping
+        self.seq = ping.seq_no
+        self.start = start
+        self.deadline = deadline
+        self.done = False
+        self.indirect = False  # ProbeTimeout passed, indirect pings out
+        self.expected_nacks = 0
+        self.nacks = 0
+        self.tcp_pending = False
+        self.tcp_contacted = False
+        self.waiting_tcp = False
+
+
+def _same(a: bytes | None, b: bytes | None) -> bool:
+    # Go's bytes.Equal: nil and empty are equal.
+    return (a or b"") == (b or b"")
+
+
+class Memberlist:
+    """One node's SWIM membership (memberlist 0.2.2), sans IO."""
+
+    def __init__(
+        self, config: MemberlistConfig, delegate: Delegate, rng: random.Random, now: float
+    ) -> None:
+        self.config = config
+        self.delegate = delegate
+        self.rng = rng
+        self.name = config.name
+        self.counters: dict[str, int] = {}
+        self.activity: dict[str, int] = {}  # what we did beyond memberlist (not drops)
+        self.drops = DropLog(log, self.counters)
+        self._indirect = 0  # indirect pings served and not yet over (max_indirect_pings)
+
+        self._map: dict[str, _Rec] = {}
+        self._nodes: list[_Rec] = []
+        self._probe_index = 0
+        self._susp: dict[str, Suspicion] = {}
+        self._acks: dict[int, _AckHandler] = {}
+        self._seq = 0
+        self._incarnation = 0
+        self._awareness = 0
+        self._left = False
+        self._leave_done = False
+        self._update_done = True
+        self._probe: _Probe | None = None
+        self._probe_tick_pending = False
+        self._tokens = 0
+        self._pending_streams: dict[int, tuple[StreamKind, Any]] = {}
+        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        self._timer_seq = 0
+        self._out_datagrams: list[tuple[bytes, Addr]] = []
+        self._out_streams: list[StreamRequest] = []
+        self._queue = TransmitLimitedQueue(config.retransmit_mult, self._est_num_nodes)
+        self._fresh: list[bytes] = []  # broadcasts queued since the last eager round
+        self._clock = now  # the latest time any input told us
+        self._last_eager = now - EAGER_GOSSIP_GAP * config.gossip_interval
+        self._catch_up_token: int | None = None  # the catch-up push/pull in flight
+        self._catch_up_deadline = now  # ... which is given up on after this instant
+        self._catch_up_next = now  # no new catch-up before this instant
+
+        use_keyring = config.keyring is not None
+        self._keyring_in = config.keyring if use_keyring else None
+        self._keyring_out = (
+            config.keyring if use_keyring and config.gossip_verify_outgoing else None
+        )
+        self._encrypt_overhead = ENCRYPT_OVERHEAD if self._keyring_out is not None else 0
+        self._self_addr = ip_to_bytes(config.advertise_addr)
+
+        # setAlive: our own alive at incarnation 1, applied like any other (bootstrap).
+        meta = self._own_meta()
+        self._incarnation = 1
+        own = Alive(1, self.name, self._self_addr, config.advertise_port, meta, config.vsn)
+        self._alive(own, now, bootstrap=True)
+        self._self = self._map[self.name]
+
+        # memberlist staggers each ticker randomly within its interval.
+        if config.probe_interval > 0:
+            self._at(now + rng.random() * config.probe_interval, self._probe_tick)
+        if config.gossip_interval > 0 and config.gossip_nodes > 0:
+            self._at(now + rng.random() * config.gossip_interval, self._gossip_tick)
+        if config.push_pull_interval > 0:
+            stagger = rng.random() * config.push_pull_interval
+            first = stagger + push_pull_scale(config.push_pull_interval, self._est_num_nodes())
+            self._at(now + first, self._push_pull_tick)
+
+    # ------------------------------------------------------------------ inspection
+
+    def nodes(self) -> list[Node]:
+        """Every node we know, reaped ones excepted, in any state."""
+        return [r.snapshot() for r in self._nodes]
+
+    def members(self) -> list[Node]:
+        """memberlist Members(): the nodes that are not dead or left, ourselves included."""
+        return [r.snapshot() for r in self._nodes if not r.dead_or_left()]
+
+    def get_node(self, name: str) -> Node | None:
+        """The snapshot of ``name``, or None if unknown."""
+        rec = self._map.get(name)
+        return rec.snapshot() if rec is not None else None
+
+    def local_node(self) -> Node:
+        """Our own record."""
+        return self._self.snapshot()
+
+    def num_alive(self) -> int:
+        """memberlist NumMembers(): nodes not dead or left, ourselves included."""
+        return sum(1 for r in self._nodes if not r.dead_or_left())
+
+    def health_score(self) -> int:
+        """The Lifeguard awareness score, 0 (healthy) .. AwarenessMaxMultiplier-1."""
+        return self._awareness
+
+    def num_queued(self) -> int:
+        """Broadcasts waiting in memberlist's own queue."""
+        return len(self._queue)
+
+    def has_left(self) -> bool:
+        return self._left
+
+    def now(self) -> float:
+        """The latest time any input gave us (for callbacks that carry no time)."""
+        return self._clock
+
+    # ------------------------------------------------------------------ driver interface
+
+    def get_timer(self) -> float | None:
+        """The next absolute time something is due (``handle_timer``), or None."""
+        due = self._timers[0][0] if self._timers else None
+        if self._fresh:
+            # Never in the past: a driver passes the due time back as `now`.
+            eager = max(self._last_eager + EAGER_GOSSIP_GAP * self.config.gossip_interval,
+                        self._clock)
+            due = eager if due is None else min(due, eager)
+        return due
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything due at or before ``now``."""
+        self._clock = max(self._clock, now)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, fn = heapq.heappop(timers)
+            fn(now)
+        self._maybe_eager(now)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        """Drain the datagrams produced so far: (packet, (ip, port))."""
+        out = self._out_datagrams
+        self._out_datagrams = []
+        return out
+
+    def streams_to_open(self) -> list[StreamRequest]:
+        """Drain the TCP exchanges requested so far."""
+        out = self._out_streams
+        self._out_streams = []
+        return out
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        """Feed one received UDP datagram from ``addr``."""
+        self._clock = max(self._clock, now)
+        try:
+            parts = decode_packet(
+                data,
+                keyring=self._keyring_in,
+                verify_incoming=self.config.gossip_verify_incoming,
+            )
+        except DecodeError:
+            self._count("bad_packet")
+            return
+        for part in parts:
+            try:
+                msg = decode_message(part)
+            except DecodeError:
+                self._count(f"bad_message_{part[0] if part else 'empty'}")
+                continue
+            try:
+                self._dispatch(msg, addr, now)
+            except DecodeError:
+                self._count("bad_field")
+
+    def _dispatch(self, msg: Message | UserData, addr: Addr, now: float) -> None:
+        t = msg.TYPE
+        if t == MsgType.PING:
+            assert isinstance(msg, Ping)
+            self._serve_ping(msg, addr, now)
+        elif t == MsgType.INDIRECT_PING:
+            assert isinstance(msg, IndirectPing)
+            self._serve_indirect_ping(msg, addr, now)
+        elif t == MsgType.ACK:
+            assert isinstance(msg, Ack)
+            h = self._acks.pop(msg.seq_no, None)
+            if h is not None:
+                h.on_ack(msg.payload, now)
+        elif t == MsgType.NACK:
+            assert isinstance(msg, Nack)
+            nh = self._acks.get(msg.seq_no)
+            if nh is not None and nh.on_nack is not None:
+                nh.on_nack()
+        elif t == MsgType.ALIVE:
+            assert isinstance(msg, Alive)
+            if msg.port == 0:
+                msg = replace(msg, port=self.config.bind_port)
+            self._alive(msg, now)
+        elif t == MsgType.SUSPECT:
+            assert isinstance(msg, Suspect)
+            self._suspect(msg, now)
+        elif t == MsgType.DEAD:
+            assert isinstance(msg, Dead)
+            self._dead(msg, now)
+        elif t == MsgType.USER:
+            assert isinstance(msg, UserData)
+            self.delegate.notify_msg(msg.data, now)
+        else:
+            self._count(f"unsupported_type_{t}")
+
+    # ------------------------------------------------------------------ API for Serf/agent
+
+    def update_meta(self, now: float) -> None:
+        """memberlist UpdateNode: re-read our meta and broadcast alive at incarnation+1."""
+        self._clock = max(self._clock, now)
+        meta = self._own_meta()
+        self._incarnation = (self._incarnation + 1) & _UINT32
+        a = Alive(
+            self._incarnation,
+            self.name,
+            self._self.addr,
+            self._self.port,
+            meta,
+            self.config.vsn,
+        )
+        self._update_done = False
+        self._alive(a, now, bootstrap=True, on_finished=self._mark_update_done)
+
+    def update_broadcast_done(self) -> bool:
+        """True once the last update_meta broadcast was fully sent (or nobody listens)."""
+        return self._update_done or not self._any_alive()
+
+    def leave(self, now: float) -> None:
+        """memberlist Leave: broadcast our own death with From == us (shows as Left)."""
+        self._clock = max(self._clock, now)
+        if self._left:
+            return
+        self._left = True
+        me = self._self
+        self._dead(Dead(me.incarnation, me.name, me.name), now)
+
+    def leave_broadcast_done(self) -> bool:
+        """True once the leave broadcast hit its retransmit limit or no other node is alive."""
+        return self._leave_done or not self._any_alive()
+
+    def send_user_msg(self, addr: Addr, data: bytes) -> None:
+        """memberlist SendToAddress: one UDP user message ``[8]+data``, no piggyback."""
+        self._send_raw([bytes((MsgType.USER,)) + data], addr, None)
+
+    def send_user_msg_stream(self, addr: Addr, data: bytes, now: float) -> int:
+        """memberlist SendReliable: a user message over TCP; returns the stream token."""
+        plain = encode_user_stream(data)
+        return self._open_stream(addr, plain, False, now + self.config.tcp_timeout,
+                                 StreamKind.USER)
+
+    def start_push_pull(self, addr: Addr, join: bool, now: float) -> int:
+        """Ask for a push/pull with ``addr``; the reply comes back through ``stream_reply``."""
+        plain = self.push_pull_payload(join)
+        token = self._open_stream(addr, plain, True, now + self.config.tcp_timeout,
+                                  StreamKind.PUSH_PULL)
+        self._pending_streams[token] = (StreamKind.PUSH_PULL, join)
+        return token
+
+    def push_pull_payload(self, join: bool) -> bytes:
+        """Our full state as a plain push/pull message (memberlist sendLocalState)."""
+        states = [
+            PushNodeState(r.name, r.addr, r.port, r.meta, r.incarnation, int(r.state), r.vsn)
+            for r in self._nodes
+        ]
+        return encode_push_pull(join, states, self.delegate.local_state(join))
+
+    def merge_push_pull(self, plain: bytes, join: bool, now: float) -> None:
+        """Merge a peer's push/pull; raises DecodeError or ProtocolError if refused."""
+        self._clock = max(self._clock, now)
+        _header, remote, user_state = decode_push_pull(plain)
+        self._merge_remote(remote, user_state, join, now)
+
+    def _merge_remote(
+        self, remote: list[PushNodeState], user_state: bytes, join: bool, now: float
+    ) -> None:
+        bind_port = self.config.bind_port
+        remote = [replace(r, port=bind_port) if r.port == 0 else r for r in remote]
+        self._verify_protocol(remote)
+        for r in remote:
+            self._merge_one(r, now)
+        if user_state:
+            self.delegate.merge_remote_state(user_state, join, now)
+
+    def receive_stream(self, plain: bytes, addr: Addr, now: float) -> bytes | None:
+        """Serve one inbound stream message; returns the plain reply, if any."""
+        self._clock = max(self._clock, now)
+        if not plain:
+            self._count("stream_empty")
+            return None
+        t = plain[0]
+        try:
+            if t == MsgType.PUSH_PULL:
+                header, remote, user_state = decode_push_pull(plain)
+                # memberlist replies with its own state first, then merges theirs.
+                reply = self.push_pull_payload(header.join)
+                try:
+                    self._merge_remote(remote, user_state, header.join, now)
+                except ProtocolError:
+                    self._count("push_pull_refused")
+                return reply
+            if t == MsgType.PING:
+                p = Ping.from_body(plain[1:])
+                if p.node and p.node != self.name:
+                    self._count("ping_wrong_node")
+                    return None
+                return Ack(p.seq_no, None).encode()
+            if t == MsgType.USER:
+                data = decode_user_stream(plain)
+                if data:
+                    self.delegate.notify_msg(data, now)
+                return None
+        except DecodeError as e:
+            self._count("bad_stream")
+            return ErrResp(str(e)).encode()
+        self._count("bad_stream_type")
+        return ErrResp(f"Received invalid msgType ({t})").encode()
+
+    def stream_reply(self, token: int, plain: bytes | None, now: float) -> None:
+        """The outcome of a stream we asked for: the reply, or None on failure/timeout."""
+        self._clock = max(self._clock, now)
+        pending = self._pending_streams.pop(token, None)
+        if pending is None:
+            return
+        kind, data = pending
+        if token == self._catch_up_token:
+            self._catch_up_token = None
+        if kind is StreamKind.PUSH_PULL:
+            self._push_pull_reply(plain, bool(data), now)
+        elif kind is StreamKind.PING:
+            self._tcp_ping_reply(data, plain, now)
+
+    # ------------------------------------------------------------------ transition rules
+
+    def _alive(
+        self,
+        a: Alive,
+        now: float,
+        bootstrap: bool = False,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
+        """memberlist aliveNode."""
+        if self._left and a.node == self.name:
+            return
+        vsn = a.vsn or b""
+        if len(vsn) >= 3 and (vsn[0] == 0 or vsn[1] == 0 or vsn[0] > vsn[1]):
+            self._count("alive_bad_vsn")
+            return
+        addr = a.addr or b""
+        if len(addr) not in (4, 16):
+            self._count("alive_bad_addr")
+            return
+        rec = self._map.get(a.node)
+        updates_node = False
+        if rec is None:
+            rec = _Rec(a.node, addr, a.port, a.meta, _full_vsn(vsn), now)
+            self._map[a.node] = rec
+            # Appended, then swapped with a random position of the probe list.
+            n = len(self._nodes)
+            self._nodes.append(rec)
+            if n:
+                off = self.rng.randrange(n)
+                self._nodes[off], self._nodes[n] = self._nodes[n], self._nodes[off]
+        elif rec.addr != addr or rec.port != a.port:
+            reclaim = self.config.dead_node_reclaim_time
+            can_reclaim = reclaim > 0 and now - rec.state_change > reclaim
+            if rec.state == _LEFT or (rec.state == _DEAD and can_reclaim):
+                updates_node = True
+            else:
+                self._count("conflict")
+                other = Node(
+                    a.node,
+                    bytes_to_ip(addr),
+                    a.port,
+                    a.meta or b"",
+                    _ALIVE,
+                    a.incarnation,
+                    _full_vsn(vsn),
+                    now,
+                )
+                self.delegate.notify_conflict(rec.snapshot(), other)
+                return
+
+        is_local = a.node == self.name
+        if a.incarnation <= rec.incarnation and not is_local and not updates_node:
+            return
+        if a.incarnation < rec.incarnation and is_local:
+            return
+        self._susp.pop(a.node, None)
+        old_state = rec.state
+        old_meta = rec.meta
+
+        if is_local and not bootstrap:
+            if a.incarnation == rec.incarnation and _same(a.meta, rec.meta) and vsn == rec.vsn:
+                return
+            self._refute(rec, a.incarnation)
+        else:
+            self._enqueue(a.encode(), name=a.node, on_finished=on_finished)
+            if len(vsn) >= 6:
+                rec.vsn = bytes(vsn[:6])
+            rec.incarnation = a.incarnation
+            rec.meta = a.meta
+            if updates_node or rec.addr != addr or rec.port != a.port:
+                rec.set_address(addr, a.port)
+            if rec.state != _ALIVE:
+                rec.state = _ALIVE
+                rec.state_change = now
+
+        if old_state in (_DEAD, _LEFT):
+            self.delegate.notify_join(rec.snapshot(), now)
+        elif not _same(old_meta, rec.meta):
+            self.delegate.notify_update(rec.snapshot(), now)
+
+    def _suspect(self, s: Suspect, now: float) -> None:
+        """memberlist suspectNode."""
+        rec = self._map.get(s.node)
+        if rec is None or s.incarnation < rec.incarnation:
+            return
+        susp = self._susp.get(s.node)
+        if susp is not None:
+            if susp.confirm(s.from_, now):
+                self._enqueue(s.encode(), name=s.node)
+                self._arm_suspicion(s.node, susp)
+            return
+        if rec.state != _ALIVE:
+            return
+        if rec is self._self:
+            self._refute(rec, s.incarnation)
+            return
+        self._enqueue(s.encode(), name=s.node)
+        rec.incarnation = s.incarnation
+        rec.state = _SUSPECT
+        rec.state_change = now
+        cfg = self.config
+        n = self._est_num_nodes()
+        k = confirmations_wanted(cfg.suspicion_mult, n)
+        lo = suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
+        susp = Suspicion(s.from_, k, lo, cfg.suspicion_max_timeout_mult * lo, now)
+        self._susp[s.node] = susp
+        self._arm_suspicion(s.node, susp)
+
+    def _dead(self, d: Dead, now: float) -> None:
+        """memberlist deadNode (also our own leave)."""
+        rec = self._map.get(d.node)
+        if rec is None or d.incarnation < rec.incarnation:
+            return
+        self._susp.pop(d.node, None)
+        if rec.dead_or_left():
+            return
+        if rec is self._self:
+            if not self._left:
+                self._refute(rec, d.incarnation)
+                return
+            self._enqueue(d.encode(), name=d.node, on_finished=self._mark_leave_done)
+        else:
+            self._enqueue(d.encode(), name=d.node)
+        rec.incarnation = d.incarnation
+        rec.state = _LEFT if d.node == d.from_ else _DEAD
+        rec.state_change = now
+        self.delegate.notify_leave(rec.snapshot(), now)
+
+    def _refute(self, me: _Rec, accused: int) -> None:
+        """Out-bid an accusation about ourselves with a newer incarnation."""
+        inc = (self._incarnation + 1) & _UINT32
+        if accused >= inc:
+            inc = (accused + 1) & _UINT32
+        self._incarnation = inc
+        me.incarnation = inc
+        self._apply_awareness(1)
+        a = Alive(inc, me.name, me.addr, me.port, me.meta, me.vsn)
+        # memberlist 0.2.2 names this broadcast after our address string, not our name.
+        self._enqueue(a.encode(), name=me.address[0])
+
+    def _merge_one(self, r: PushNodeState, now: float) -> None:
+        """memberlist mergeState for one remote entry."""
+        if r.state == _ALIVE:
+            self._alive(Alive(r.incarnation, r.name, r.addr, r.port, r.meta, r.vsn), now)
+        elif r.state == _LEFT:
+            self._dead(Dead(r.incarnation, r.name, r.name), now)
+        elif r.state == _DEAD or r.state == _SUSPECT:
+            # A remote death is only a suspicion here: the node gets to refute it.
+            self._suspect(Suspect(r.incarnation, r.name, self.name), now)
+
+    def _verify_protocol(self, remote: list[PushNodeState]) -> None:
+        """memberlist verifyProtocol over our alive nodes and the remote alive entries."""
+        max_pmin = max_dmin = 0
+        min_pmax = min_dmax = 255
+        for r in remote:
+            v = r.vsn or b""
+            if 0 < len(v) < 6:
+                raise DecodeError(f"node {r.name!r}: short Vsn")
+            if r.state != _ALIVE or not v:
+                continue
+            max_pmin = max(max_pmin, v[0])
+            min_pmax = min(min_pmax, v[1])
+            max_dmin = max(max_dmin, v[3])
+            min_dmax = min(min_dmax, v[4])
+        for n in self._nodes:
+            if n.state != _ALIVE:
+                continue
+            v = n.vsn
+            max_pmin = max(max_pmin, v[0])
+            min_pmax = min(min_pmax, v[1])
+            max_dmin = max(max_dmin, v[3])
+            min_dmax = min(min_dmax, v[4])
+        checks = [(r.name, (r.vsn or bytes(6))[2], (r.vsn or bytes(6))[5]) for r in remote]
+        checks += [(n.name, n.vsn[2], n.vsn[5]) for n in self._nodes]
+        for name, pcur, dcur in checks:
+            if pcur < max_pmin or pcur > min_pmax:
+                raise ProtocolError(
+                    f"Node '{name}' protocol version ({pcur}) is incompatible: "
+                    f"[{max_pmin}, {min_pmax}]"
+                )
+            if dcur < max_dmin or dcur > min_dmax:
+                raise ProtocolError(
+                    f"Node '{name}' delegate protocol version ({dcur}) is incompatible: "
+                    f"[{max_dmin}, {min_dmax}]"
+                )
+
+    # ------------------------------------------------------------------ suspicion timers
+
+    def _arm_suspicion(self, name: str, susp: Suspicion) -> None:
+        when = susp.deadline
+        self._at(when, lambda now: self._suspicion_expired(name, susp, when, now))
+
+    def _suspicion_expired(self, name: str, susp: Suspicion, when: float, now: float) -> None:
+        if susp.deadline != when:
+            return  # a confirmation moved the deadline; a newer timer is armed
+        rec = self._map.get(name)
+        # Fire only if this is still the same suspicion (memberlist compares StateChange).
+        if rec is None or rec.state != _SUSPECT or rec.state_change != susp.start:
+            return
+        self._count("suspect_timeout")
+        self._dead(Dead(rec.incarnation, rec.name, self.name), now)
+
+    # ------------------------------------------------------------------ probing
+
+    def _probe_tick(self, now: float) -> None:
+        self._at(now + self.config.probe_interval, self._probe_tick)
+        if self._probe is not None:
+            self._probe_tick_pending = True  # Go's ticker keeps one tick while we are busy
+            return
+        self._probe_round(now)
+
+    def _probe_round(self, now: float) -> None:
+        """memberlist probe(): the next node of the shuffled list that is worth probing."""
+        checked = 0
+        while True:
+            nodes = self._nodes
+            if checked >= len(nodes):
+                return
+            if self._probe_index >= len(nodes):
+                self._reset_nodes(now)
+                self._probe_index = 0
+                checked += 1
+                continue
+            rec = nodes[self._probe_index]
+            self._probe_index += 1
+            if rec is self._self or rec.dead_or_left():
+                checked += 1
+                continue
+            self._probe_node(rec, now)
+            return
+
+    def _reset_nodes(self, now: float) -> None:
+        """Reap nodes dead longer than GossipToTheDeadTime, then reshuffle the probe list."""
+        limit = self.config.gossip_to_the_dead_time
+        keep: list[_Rec] = []
+        for r in self._nodes:
+            if r.state == _DEAD and now - r.state_change > limit:
+                del self._map[r.name]
+            else:
+                keep.append(r)
+        self.rng.shuffle(keep)
+        self._nodes = keep
+
+    def _probe_node(self, rec: _Rec, now: float) -> None:
+        cfg = self.config
+        period = cfg.probe_interval * (self._awareness + 1)
+        ping = Ping(self._next_seq(), rec.name, self._self_addr, cfg.advertise_port, self.name)
+        probe = _Probe(rec, ping, now, now + period)
+        self._probe = probe
+
+        def on_ack(payload: bytes | None, t: float) -> None:
+            self._probe_acked(probe, payload, t)
+
+        def on_nack() -> None:
+            probe.nacks += 1
+
+        self._expect_ack(ping.seq_no, _AckHandler(on_ack, on_nack), now + period)
+        if rec.state == _ALIVE:
+            self._send_msg(ping.encode(), rec.address)
+        else:
+            # Tell a suspect node what we think so it can refute.
+            sus = Suspect(rec.incarnation, rec.name, self.name)
+            self._send_raw([ping.encode(), sus.encode()], rec.address, rec)
+        self._at(now + cfg.probe_timeout, lambda t: self._probe_indirect(probe, t))
+        self._at(probe.deadline, lambda t: self._probe_deadline(probe, t))
+
+    def _probe_acked(self, probe: _Probe, payload: bytes | None, now: float) -> None:
+        if probe.done:
+            return
+        if not probe.indirect:
+            hook = getattr(self.delegate, "notify_ping_complete", None)
+            rec = self._map.get(probe.name)
+            if hook is not None and rec is not None:
+                hook(rec.snapshot(), now - probe.start, payload, now)
+        self._probe_finish(probe, -1, now)
+
+    def _probe_indirect(self, probe: _Probe, now: float) -> None:
+        if probe.done:
+            return
+        probe.indirect = True
+        cfg = self.config
+        target = probe.name
+        me = self._self
+        peers = self._k_random(
+            cfg.indirect_checks,
+            lambda r: r is me or r.name == target or r.state != _ALIVE,
+        )
+        addr_raw = ip_to_bytes(probe.address[0])
+        for peer in peers:
+            nack = peer.vsn[1] >= 4
+            if nack:
+                probe.expected_nacks += 1
+            ind = IndirectPing(
+                probe.seq,
+                addr_raw,
+                probe.address[1],
+                target,
+                nack,
+                self._self_addr,
+                cfg.advertise_port,
+                self.name,
+            )
+            self._send_msg(ind.encode(), peer.address)
+        if not cfg.disable_tcp_pings and probe.pmax >= 3:
+            token = self._open_stream(
+                probe.address, probe.ping.encode(), True, probe.deadline, StreamKind.PING
+            )
+            self._pending_streams[token] = (StreamKind.PING, probe)
+            probe.tcp_pending = True
+
+    def _probe_deadline(self, probe: _Probe, now: float) -> None:
+        if probe.done:
+            return
+        if probe.tcp_pending:
+            # Go waits for the fallback ping, whose own deadline is this instant; give
+            # the driver a short grace to report it, then call it failed.
+            probe.waiting_tcp = True
+            self._at(now + self.config.probe_timeout, lambda t: self._probe_conclude(probe, t))
+            return
+        self._probe_conclude(probe, now)
+
+    def _tcp_ping_reply(self, probe: _Probe, plain: bytes | None, now: float) -> None:
+        probe.tcp_pending = False
+        if plain:
+            try:
+                msg = decode_message(plain)
+                probe.tcp_contacted = isinstance(msg, Ack) and msg.seq_no == probe.seq
+            except DecodeError:
+                self._count("bad_stream_ack")
+        if probe.waiting_tcp and not probe.done:
+            self._probe_conclude(probe, now)
+
+    def _probe_conclude(self, probe: _Probe, now: float) -> None:
+        if probe.done:
+            return
+        if probe.tcp_contacted:
+            # Reachable over TCP only: memberlist warns about the network, no suspicion.
+            self._count("probe_tcp_only")
+            self._probe_finish(probe, -1, now)
+            return
+        delta = max(0, probe.expected_nacks - probe.nacks) if probe.expected_nacks > 0 else 1
+        self._count("probe_failed")
+        self._probe_finish(probe, delta, now)
+        self._suspect(Suspect(probe.incarnation, probe.name, self.name), now)
+
+    def _probe_finish(self, probe: _Probe, awareness_delta: int, now: float) -> None:
+        probe.done = True
+        self._acks.pop(probe.seq, None)
+        self._apply_awareness(awareness_delta)
+        if self._probe is probe:
+            self._probe = None
+            if self._probe_tick_pending:
+                self._probe_tick_pending = False
+                self._probe_round(now)
+
+    def _serve_ping(self, p: Ping, src: Addr, now: float) -> None:
+        if p.node and p.node != self.name:
+            self._count("ping_wrong_node")
+            return
+        ack = Ack(p.seq_no, self.delegate.ack_payload())
+        reply_to = self._reply_addr(p.source_addr, p.source_port, src)
+        self._send_msg(ack.encode(), reply_to)
+        self._catch_up(p.source_node, reply_to, now)
+
+    def _serve_indirect_ping(self, ind: IndirectPing, src: Addr, now: float) -> None:
+        cfg = self.config
+        if self._indirect >= cfg.max_indirect_pings:
+            self.drops.drop("indirect_ping_refused", now,
+                            "%d indirect pings in progress: refusing one for %.64s from %s:%d",
+                            self._indirect, ind.node, *src)
+            return
+        target = (bytes_to_ip(ind.target or b""), ind.port or cfg.bind_port)
+        requester = self._reply_addr(ind.source_addr, ind.source_port, src)
+        self._catch_up(ind.source_node, requester, now)
+        seq = self._next_seq()
+        acked = [False]
+
+        def on_ack(payload: bytes | None, t: float) -> None:
+            acked[0] = True
+            self._send_msg(Ack(ind.seq_no, None).encode(), requester)
+
+        def done(t: float) -> None:
+            self._indirect -= 1
+
+        self._indirect += 1
+        self._expect_ack(seq, _AckHandler(on_ack, None), now + cfg.probe_timeout)
+        self._at(now + cfg.probe_timeout, done)
+        ping = Ping(seq, ind.node, self._self_addr, cfg.advertise_port, self.name)
+        self._send_msg(ping.encode(), target)
+        if ind.nack:
+
+            def maybe_nack(t: float) -> None:
+                if not acked[0]:
+                    self._send_msg(Nack(ind.seq_no).encode(), requester)
+
+            self._at(now + cfg.probe_timeout, maybe_nack)
+
+    def _catch_up(self, sender: str | None, addr: Addr, now: float) -> None:
+        """Push/pull with a sender that takes us for a member but that we do not know.
+
+        The case this is for: we restarted with no state and no join, and our old peers
+        still gossip our death to us (GossipToTheDeadTime) and finish the probes they had
+        started. We refute the death, a ping arrives, and its ack carries our new alive:
+        from then on the cluster sees us alive, nobody reconnects to us, and nothing
+        would tell us about them until a periodic push/pull (30 s on LAN) picks us.
+        The sender is named by the peer, so the cost is bounded: one exchange in flight,
+        one per ProbeInterval; what is skipped meanwhile is counted.
+        """
+        if not self.config.catch_up or not sender or sender == self.name or self._left:
+            return
+        rec = self._map.get(sender)
+        if rec is not None and not rec.dead_or_left():
+            return
+        busy = self._catch_up_token is not None and now < self._catch_up_deadline
+        if busy or now < self._catch_up_next:
+            self._count("catch_up_deferred")
+            return
+        self._catch_up_next = now + self.config.probe_interval
+        self._catch_up_deadline = now + self.config.tcp_timeout
+        self.activity["catch_up_push_pull"] = self.activity.get("catch_up_push_pull", 0) + 1
+        log.info("%s takes us for a member but is not one here: push/pull with %s:%d",
+                 sender, addr[0], addr[1])
+        self._catch_up_token = self.start_push_pull(addr, True, now)
+
+    def _expect_ack(self, seq: int, handler: _AckHandler, expires: float) -> None:
+        self._acks[seq] = handler
+
+        def expire(now: float) -> None:
+            if self._acks.get(seq) is handler:
+                del self._acks[seq]
+
+        self._at(expires, expire)
+
+    def _apply_awareness(self, delta: int) -> None:
+        score = self._awareness + delta
+        self._awareness = max(0, min(score, self.config.awareness_max_multiplier - 1))
+
+    # ------------------------------------------------------------------ gossip, push/pull
+
+    def _enqueue(
+        self, msg: bytes, name: str | None = None, on_finished: Callable[[], None] | None = None
+    ) -> None:
+        self._queue.queue(msg, name=name, on_finished=on_finished)
+        if self.config.eager_gossip:
+            self._fresh.append(msg)
+
+    def _maybe_eager(self, now: float) -> None:
+        """With eager_gossip, push fresh broadcasts once to a few nodes right away.
+
+        This is on top of memberlist's gossip: the pushed copies do not use up the
+        broadcast's retransmit budget, so regular dissemination is unchanged and the
+        news simply starts ~GossipInterval/2 earlier on average.
+        """
+        if not self._fresh:
+            return
+        # The same expression as in get_timer(), so that being called at that due time
+        # always passes (a subtraction here could round the other way and spin).
+        if now < self._last_eager + EAGER_GOSSIP_GAP * self.config.gossip_interval:
+            return  # get_timer() asks to be called again when the gap has passed
+        self._last_eager = now
+        fresh, self._fresh = self._fresh, []
+        me = self._self
+        targets = self._k_random(
+            self.config.gossip_nodes, lambda r: r is me or r.state != _ALIVE
+        )
+        avail = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD - self._encrypt_overhead
+        batch: list[bytes] = []
+        used = 0
+        batches: list[list[bytes]] = []
+        for msg in fresh:
+            if batch and used + len(msg) + COMPOUND_OVERHEAD > avail:
+                batches.append(batch)
+                batch, used = [], 0
+            batch.append(msg)
+            used += len(msg) + COMPOUND_OVERHEAD
+        if batch:
+            batches.append(batch)
+        for rec in targets:
+            for parts in batches[:GO_SAFE_BATCHES]:
+                self._send_raw(parts, rec.address, rec)
+
+    def _gossip_tick(self, now: float) -> None:
+        self._at(now + self.config.gossip_interval, self._gossip_tick)
+        self._gossip_round(now)
+
+    def _gossip_round(self, now: float) -> None:
+        cfg = self.config
+        me = self._self
+        dead_time = cfg.gossip_to_the_dead_time
+
+        def skip(r: _Rec) -> bool:
+            if r is me:
+                return True
+            if r.state == _ALIVE or r.state == _SUSPECT:
+                return False
+            if r.state == _DEAD:
+                return now - r.state_change > dead_time
+            return True
+
+        targets = self._k_random(cfg.gossip_nodes, skip)
+        avail = cfg.udp_buffer_size - COMPOUND_HEADER_OVERHEAD - self._encrypt_overhead
+        for rec in targets:
+            msgs = self._get_broadcasts(COMPOUND_OVERHEAD, avail)
+            if not msgs:
+                return
+            self._send_raw(msgs, rec.address, rec)
+
+    def _push_pull_tick(self, now: float) -> None:
+        cfg = self.config
+        self._at(
+            now + push_pull_scale(cfg.push_pull_interval, self._est_num_nodes()),
+            self._push_pull_tick,
+        )
+        me = self._self
+        peers = self._k_random(1, lambda r: r is me or r.state != _ALIVE)
+        if peers:
+            self.start_push_pull(peers[0].address, False, now)
+
+    def _push_pull_reply(self, plain: bytes | None, join: bool, now: float) -> None:
+        if plain is None:
+            self._count("push_pull_failed")
+            return
+        if plain[:1] == bytes((MsgType.ERR,)):
+            self._count("push_pull_remote_error")
+            return
+        if plain[:1] != bytes((MsgType.PUSH_PULL,)):
+            self._count("push_pull_bad_reply")
+            return
+        try:
+            self.merge_push_pull(plain, join, now)
+        except DecodeError:
+            self._count("push_pull_bad_reply")
+        except ProtocolError:
+            self._count("push_pull_refused")
+
+    # ------------------------------------------------------------------ sending
+
+    def _get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
+        """memberlist getBroadcasts: our queue first, then the delegate's as user messages."""
+        out = self._queue.get_broadcasts(overhead, limit)
+        used = sum(len(m) + overhead for m in out)
+        avail = limit - used
+        if avail > overhead + USER_MSG_OVERHEAD:
+            user = self.delegate.get_broadcasts(overhead + USER_MSG_OVERHEAD, avail)
+            prefix = bytes((MsgType.USER,))
+            out.extend(prefix + m for m in user)
+        return out
+
+    def _send_msg(self, msg: bytes, addr: Addr) -> None:
+        """memberlist sendMsg: one message plus whatever broadcasts fit alongside."""
+        avail = (
+            self.config.udp_buffer_size
+            - len(msg)
+            - COMPOUND_HEADER_OVERHEAD
+            - self._encrypt_overhead
+        )
+        parts = [msg]
+        parts.extend(self._get_broadcasts(COMPOUND_OVERHEAD, avail))
+        self._send_raw(parts, addr, None)
+
+    def _send_raw(self, parts: list[bytes], addr: Addr, rec: _Rec | None) -> None:
+        """memberlist rawSendMsgPacket: compress, CRC (peer PMax>=5), encrypt."""
+        if rec is None:
+            # 0.2.2 looks the node up by IP string in its name-keyed map: usually a miss.
+            rec = self._map.get(addr[0])
+        crc = rec is not None and rec.vsn[1] >= 5
+        data = encode_packet(
+            parts,
+            compress=self.config.enable_compression,
+            crc=crc,
+            keyring=self._keyring_out,
+        )
+        self._out_datagrams.append((data, addr))
+
+    def _open_stream(
+        self, addr: Addr, plain: bytes, expect_reply: bool, deadline: float, kind: StreamKind
+    ) -> int:
+        self._tokens += 1
+        token = self._tokens
+        self._out_streams.append(StreamRequest(token, addr, plain, expect_reply, deadline, kind))
+        return token
+
+    # ------------------------------------------------------------------ helpers
+
+    def _at(self, when: float, fn: Callable[[float], None]) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, fn))
+
+    def _count(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & _UINT32
+        return self._seq
+
+    def _est_num_nodes(self) -> int:
+        return len(self._nodes)
+
+    def _own_meta(self) -> bytes:
+        meta = self.delegate.node_meta(META_MAX_SIZE)
+        if len(meta) > META_MAX_SIZE:
+            raise ValueError(f"node meta is {len(meta)} bytes, the limit is {META_MAX_SIZE}")
+        return meta
+
+    def _any_alive(self) -> bool:
+        me = self._self
+        return any(r is not me and not r.dead_or_left() for r in self._nodes)
+
+    def _mark_leave_done(self) -> None:
+        self._leave_done = True
+
+    def _mark_update_done(self) -> None:
+        self._update_done = True
+
+    def _k_random(self, k: int, skip: Callable[[_Rec], bool]) -> list[_Rec]:
+        """memberlist kRandomNodes: up to k distinct nodes in 3n random draws."""
+        nodes = self._nodes
+        n = len(nodes)
+        out: list[_Rec] = []
+        if n == 0:
+            return out
+        randrange = self.rng.randrange
+        for _ in range(3 * n):
+            if len(out) >= k:
+                break
+            r = nodes[randrange(n)]
+            if skip(r) or r in out:
+                continue
+            out.append(r)
+        return out
+
+    @staticmethod
+    def _reply_addr(source_addr: bytes | None, source_port: int, src: Addr) -> Addr:
+        if source_addr and source_port > 0:
+            return (bytes_to_ip(source_addr), source_port)
+        return src
+
+
+def _full_vsn(vsn: bytes) -> bytes:
+    """Six version bytes, or zeros when the peer sent fewer (memberlist leaves them 0)."""
+    return bytes(vsn[:6]) if len(vsn) >= 6 else bytes(6)
