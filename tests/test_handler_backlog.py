@@ -2,7 +2,8 @@
 tasks, the backlog and coalescing batches bounded, and counts what was cut.
 
 No processes are started: the runner's ``_exec`` is replaced by a fake run that waits
-until the test lets it finish, so "handlers are slow" is exact, not timed.
+until the test lets it finish, so "handlers are slow" is exact, not timed; time is a
+FakeClock that moves only when the test says so.
 """
 
 from __future__ import annotations
@@ -20,16 +21,9 @@ from serfd.core.filters import AnyEvent
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery
 from serfd.core.serf import EventType, MemberEvent, UserEvent
+from serfd.testing.clock import FakeClock
 
 SELF = Member("self", "127.0.0.1", 7946, {})
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class StuckRunner(HandlerRunner):
@@ -45,7 +39,7 @@ class StuckRunner(HandlerRunner):
                          timeout=60.0, self_member=lambda: SELF,
                          respond=lambda q, out, label: None, spawn=self._track,
                          drops=DropLog(logging.getLogger("test.handlers"), counters),
-                         now=clock)
+                         clock=clock)
 
     def _track(self, coro: Awaitable[None]) -> object:
         task = asyncio.ensure_future(coro)
@@ -76,7 +70,7 @@ def test_flood_of_user_events_and_long_queries_keeps_handler_work_bounded() -> N
         handlers = parse_handlers({"user": "true", "query": "true"})
         r = StuckRunner(handlers, max_concurrent=4, clock=clock, counters=counters)
         events: list[AnyEvent] = [UserEvent(i, f"ev{i}", b"p" * 100, False) for i in range(1500)]
-        events += [query(i, clock.t + 3_600_000.0) for i in range(500)]
+        events += [query(i, clock.now() + 3_600_000.0) for i in range(500)]
         peak_tasks = 0
         for ev in events:
             r.dispatch(ev)
@@ -110,11 +104,11 @@ def test_a_query_that_expired_in_the_backlog_is_not_run() -> None:
         r = StuckRunner(parse_handlers({"user,query": "true"}), max_concurrent=1,
                         clock=clock, counters=counters)
         r.dispatch(UserEvent(1, "slow", b"", False))
-        r.dispatch(query(2, clock.t + 5.0))
-        r.dispatch(query(3, clock.t + 50.0))
+        r.dispatch(query(2, clock.now() + 5.0))
+        r.dispatch(query(3, clock.now() + 50.0))
         await settle()
         assert [ev.ltime for _, ev in r.ran] == [1]
-        clock.t += 10.0  # the first query's deadline passes while it waits
+        await clock.advance(10.0)  # the first query's deadline passes while it waits
         r.gate.set()
         while r.tasks:
             await asyncio.gather(*list(r.tasks))
@@ -182,9 +176,8 @@ class RecordingRunner:
 
 def test_coalescing_batches_are_flushed_early_when_full() -> None:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         runner = RecordingRunner()
-        d = Dispatcher(loop, runner, [],  # type: ignore[arg-type]
+        d = Dispatcher(FakeClock(), runner, [],  # type: ignore[arg-type]
                        member_coalescer=MemberCoalescer(max_pending=50),
                        user_coalescer=UserCoalescer(max_pending=50))
         for i in range(1000):  # distinct names: a peer's flood

@@ -316,15 +316,14 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
     async def main() -> None:
         agent = Agent(load_config(d), config_dir=d)
         run = asyncio.ensure_future(agent.run())
-        await until(lambda: hasattr(agent, "rpc") and agent.snapshot is not None,
-                    "the agent to start")
+        await until(lambda: hasattr(agent, "rpc"), "the agent to start")
         assert "snapshot" not in agent.status_line()
         assert agent.stats()["serfd"]["snapshot_error"] == ""
         full["on"] = True
         for i in range(1, 4):
             await agent.user_event(f"ev{i}", b"", False)
         for _ in range(500):
-            if agent.snapshot.fault is not None:
+            if agent.recorder.fault is not None:
                 break
             await asyncio.sleep(0.02)
         line = agent.status_line()
@@ -334,7 +333,7 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
         assert agent.members()  # still serving
         full["on"] = False
         for _ in range(1000):
-            if agent.snapshot.fault is None:
+            if agent.recorder.fault is None:
                 break
             await asyncio.sleep(0.02)
         assert "snapshot" not in agent.status_line()

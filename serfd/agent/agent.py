@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import ipaddress
 import logging
@@ -38,15 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from serfd import __version__
+from serfd.agent.clock import LoopClock
 from serfd.agent.config import Config, ConfigError, load_config
-from serfd.agent.events import EventsMixin
+from serfd.agent.events import EventsService
 from serfd.agent.logsetup import set_level
 from serfd.agent.looplag import LoopLag
+from serfd.agent.recorder import SnapshotRecorder
 from serfd.agent.reload import plan_reload
 from serfd.agent.rpc_server import RPCError, RPCServer
-from serfd.agent.snapshot import SnapshotState, Snapshotter, format_addr, read_snapshot
 from serfd.agent.systemd import Notifier
 from serfd.base.ratelog import DropLog
+from serfd.core.filters import AnyEvent
 from serfd.core.keymanager import (
     KEY_QUERIES,
     KeyResponder,
@@ -60,10 +63,9 @@ from serfd.core.keymanager import (
     tally,
 )
 from serfd.core.member import Member, MemberStatus
-from serfd.core.query import IncomingQuery, QueryParam, QueryRecord, QueryRecordType
+from serfd.core.query import IncomingQuery, PendingQuery, QueryParam, QueryRecord, QueryRecordType
 from serfd.core.serf import (
     DEFAULT_MAX_QUERY_TIMEOUT,
-    EventType,
     MemberEvent,
     Serf,
     SerfConfig,
@@ -162,7 +164,38 @@ class _UDP(asyncio.DatagramProtocol):
         log.debug("udp error: %s", exc)
 
 
-class Agent(EventsMixin):
+class _CoreGossip:
+    """The events service's GossipAPI (serfd.agent.events) over this agent's Serf core and
+    pump: each call hands the core ``now``, then pumps."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def local_member(self) -> Member:
+        return self._agent.serf.local_member()
+
+    def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
+        a = self._agent
+        a.serf.user_event(name, payload, coalesce, a._now())
+        a._pump()
+
+    def query(self, name: str, payload: bytes, param: QueryParam,
+              on_record: Callable[[QueryRecord], None]) -> PendingQuery:
+        a = self._agent
+        if a.serf.state != SerfState.ALIVE:
+            raise SerfError("Serf can't query after Leave or Shutdown")
+        pq = a.serf.query(name, payload, param, a._now())
+        a._queries[pq] = on_record
+        a._pump()
+        return pq
+
+    def respond(self, q: IncomingQuery, payload: bytes) -> None:
+        a = self._agent
+        a.serf.respond(q, payload, a._now())
+        a._pump()
+
+
+class Agent:
     """Runs one serfd node until told to leave or stop."""
 
     def __init__(self, config: Config, *, config_dir: Path | None = None,
@@ -195,11 +228,17 @@ class Agent(EventsMixin):
         self._left = asyncio.Event()
         self.serf: Serf
         self.rpc: RPCServer
-        self.listeners: list[Callable[[MemberEvent | UserEvent | IncomingQuery], None]] = []
+        self.clock = LoopClock()
+        # Events, handlers and monitor (serfd.agent.events): created in start(), with the core.
+        self.events: EventsService
+        # Open queries (RPC and key rotation): after every pump their new records go to the
+        # asker's callback, one loop iteration later, so the RPC header always goes first.
+        self._queries: dict[PendingQuery, Callable[[QueryRecord], None]] = {}
+        self._query_flush_scheduled = False
         self.last_join: str = "none yet"
-        # Durable state (serfd.agent.snapshot): members to rejoin and clocks, across restarts.
-        self.snapshot: Snapshotter | None = None
-        self._previous_nodes: list[tuple[str, str]] = []
+        # Durable state (serfd.agent.recorder): members to rejoin and clocks, across
+        # restarts; created in start(), with the core.
+        self.recorder: SnapshotRecorder
         # Gossip encryption (serfd.wire.keyring): the keyring, shared with the memberlist core
         # and mutated in place by key rotation, and the file that persists it.
         self.keyring: Keyring | None = None
@@ -282,8 +321,12 @@ class Agent(EventsMixin):
                      len(self.keyring.keys), self.config.gossip_verify_incoming,
                      self.config.gossip_verify_outgoing)
         self.serf = self._make_serf(loop.time())
-        self._start_events(loop)  # handlers, coalescing, monitor, queries (agent_events)
-        await self._open_snapshot()
+        self.events = EventsService(self.config, _CoreGossip(self), clock=self.clock,
+                                    spawn=self._spawn, config_dir=self.config_dir, loop=loop)
+        self.events.start()
+        self.reload_hooks.append(self._reload_events)
+        self.recorder = SnapshotRecorder(self.config, self.serf, clock=self.clock)
+        await self.recorder.open()
         self._setup_key_queries()
         self.rpc = RPCServer(self, auth_key=self.config.rpc_auth_key)
         sock_path = self.config.rpc_socket
@@ -319,7 +362,7 @@ class Agent(EventsMixin):
         self._spawn(self.notifier.keepalive(self.status_line))
         if self.config.join:
             self._spawn(self._retry_join())
-        if self._previous_nodes:
+        if self.recorder.previous_members():
             self._spawn(self._rejoin_previous())
         await self._stop.wait()
         await self._shutdown()
@@ -357,14 +400,12 @@ class Agent(EventsMixin):
             self._stop.set()
 
     async def _shutdown(self) -> None:
-        self._stop_events()
+        self.events.stop()
+        for pq in list(self._queries):
+            pq.finish()
+        self._flush_queries()
         self.serf.shutdown()
-        if self.snapshot is not None:
-            self.snapshot.clock(self.serf.clock.time())
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.snapshot.close)
-            except Exception:  # shutting down anyway: say why the last records may be missing
-                log.exception("closing the snapshot failed")
+        await self.recorder.close()
         if self._timer is not None:
             self._timer.cancel()
         try:
@@ -446,8 +487,31 @@ class Agent(EventsMixin):
         self._pump()
 
     def _dispatch(self, ev: MemberEvent | UserEvent | IncomingQuery) -> None:
-        self._record_event(ev)  # the snapshot sees events before coalescing, as Serf's does
-        self.dispatcher.event(ev)  # coalescing, then handlers and self.listeners
+        self.recorder.record(ev)  # the snapshot sees events before coalescing, as Serf's does
+        self.events.event(ev)  # coalescing, then handlers and RPC streams
+
+    def _after_pump(self) -> None:
+        if self.serf.conflict_lost and not self._stop.is_set():
+            log.error("lost the name conflict resolution for %s: stopping",
+                      self.config.node_name)
+            self._exit_code = 1
+            self._stop.set()
+        if self._queries and not self._query_flush_scheduled:
+            self._query_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_queries)
+
+    def _flush_queries(self) -> None:
+        self._query_flush_scheduled = False
+        for pq, cb in list(self._queries.items()):
+            for rec in pq.drain():
+                try:
+                    cb(rec)
+                except Exception:  # our bug: the other queries' records still go out
+                    self.counters["event_delivery_errors"] = (
+                        self.counters.get("event_delivery_errors", 0) + 1)
+                    log.exception("query record callback failed")
+            if pq.finished:
+                del self._queries[pq]
 
     # ------------------------------------------------------------------ UDP
 
@@ -784,70 +848,7 @@ class Agent(EventsMixin):
         await answered
         return result.rpc_body(with_keys), final_error(result)
 
-    # ------------------------------------------------------------------ snapshot
-
-    def snapshot_path(self) -> Path:
-        return self.config.snapshot_path or self.config.state_dir / "snapshot"
-
-    async def _open_snapshot(self) -> None:
-        """Read the snapshot (off the loop), restore the clocks, start recording."""
-        path = self.snapshot_path()
-        rejoin = self.config.rejoin_after_leave
-        loop = asyncio.get_running_loop()
-        state, warnings = await loop.run_in_executor(
-            None, lambda: read_snapshot(path, rejoin_after_leave=rejoin, logger=log))
-        self.serf.restore_clocks(state.last_clock, state.last_event_clock,
-                                 state.last_query_clock)
-        self._previous_nodes = state.previous_nodes(self.config.node_name)
-        if state.left and not rejoin:
-            log.info("snapshot %s: we left gracefully last time: not rejoining "
-                     "(rejoin_after_leave = false)", path)
-        # Disk faults never stop the agent: the writer reports them (snapshot.fault, shown
-        # in STATUS= and stats) and catches up by itself once the disk takes writes again.
-        snap = Snapshotter(path, state, rejoin_after_leave=rejoin, logger=log,
-                           counters=self.counters, state_fn=self._snapshot_state,
-                           post=loop.call_soon_threadsafe)
-        snap.start(rewrite=bool(warnings))
-        self.snapshot = snap
-        self._spawn(self._snapshot_clock_ticker())
-        log.info("snapshot %s: clocks %d/%d/%d, %d previous nodes", path, state.last_clock,
-                 state.last_event_clock, state.last_query_clock, len(self._previous_nodes))
-
-    def _record_event(self, ev: Any) -> None:
-        snap = self.snapshot
-        if snap is None:
-            return
-        if isinstance(ev, MemberEvent):
-            for m in ev.members:
-                if ev.type is EventType.MEMBER_JOIN:
-                    snap.member_alive(m.name, format_addr(m.addr, m.port))
-                elif ev.type in (EventType.MEMBER_LEAVE, EventType.MEMBER_FAILED):
-                    snap.member_gone(m.name)
-            snap.clock(self.serf.clock.time())
-        elif isinstance(ev, UserEvent):
-            log.debug("delivered user event %s (ltime %d)", ev.name, ev.ltime)
-            snap.user_event(ev.ltime)
-        elif isinstance(ev, IncomingQuery):
-            snap.query(ev.ltime)
-
-    def _snapshot_state(self) -> SnapshotState:
-        """What the snapshot should say now (members and clocks), from memory: the writer
-        rewrites the file from it after it had to cut records."""
-        serf = self.serf
-        alive = {m.name: format_addr(m.addr, m.port) for m in serf.members()
-                 if m.status in (MemberStatus.ALIVE, MemberStatus.LEAVING)}
-        return SnapshotState(alive=alive, last_clock=max(0, serf.clock.time() - 1),
-                             last_event_clock=max(0, serf.event_clock.time() - 1),
-                             last_query_clock=max(0, serf.query_clock.time() - 1),
-                             left=serf.state in (SerfState.LEAVING, SerfState.LEFT))
-
-    async def _snapshot_clock_ticker(self) -> None:
-        while self.snapshot is not None:
-            await asyncio.sleep(0.5)  # snapshot.go clockUpdateInterval
-            self.snapshot.check()  # a writer that fell behind or ended
-            self.snapshot.clock(self.serf.clock.time())
-            # Internal queries (key rotation, ...) are handled inside Serf; keep their clock.
-            self.snapshot.query(self.serf.query_clock.time() - 1)
+    # ------------------------------------------------------------------ rejoin
 
     async def _rejoin_previous(self) -> None:
         """Rejoin the members the snapshot knew (serf.go handleRejoin: memberlist join, no
@@ -855,7 +856,7 @@ class Agent(EventsMixin):
         member is reached, so a whole cluster restarting together finds itself again."""
         delay = 1.0
         while self.serf.state == SerfState.ALIVE:
-            previous = list(self._previous_nodes)
+            previous = self.recorder.previous_members()
             random.shuffle(previous)
             for name, addr in previous:
                 if self.serf.memberlist.num_alive() > 1:
@@ -874,6 +875,22 @@ class Agent(EventsMixin):
             delay = min(delay * 2, self.config.retry_interval)
 
     # ------------------------------------------------------------------ AgentAPI (RPC)
+
+    async def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
+        self.events.user_event(name, payload, coalesce)
+
+    def query(self, name: str, payload: bytes, param: QueryParam,
+              on_record: Callable[[QueryRecord], None]) -> object:
+        return self.events.query(name, payload, param, on_record)
+
+    def respond(self, q: IncomingQuery, payload: bytes) -> None:
+        self.events.respond(q, payload)
+
+    def subscribe_events(self, cb: Callable[[AnyEvent], None]) -> Callable[[], None]:
+        return self.events.subscribe_events(cb)
+
+    def subscribe_logs(self, level: int, cb: Callable[[str], None]) -> Callable[[], None]:
+        return self.events.subscribe_logs(level, cb)
 
     def members(self) -> list[Member]:
         return self.serf.members()
@@ -905,8 +922,7 @@ class Agent(EventsMixin):
         except SerfError as e:
             log.warning("leave: %s", e)
             return
-        if self.snapshot is not None:
-            self.snapshot.leave()  # a restart will not rejoin unless rejoin_after_leave
+        self.recorder.leave()  # a restart will not rejoin unless rejoin_after_leave
         self._pump()
         cfg = self.serf.config
         limit = 2 * cfg.broadcast_timeout + cfg.leave_propagate_delay + 1.0
@@ -952,8 +968,8 @@ class Agent(EventsMixin):
 
     def stats(self) -> dict[str, dict[str, str]]:
         drops: dict[str, int] = {}
-        for src in (self.counters, self.serf.counters, self.serf.memberlist.counters,
-                    self.rpc.counters):
+        for src in (self.counters, self.events.counters, self.recorder.counters,
+                    self.serf.counters, self.serf.memberlist.counters, self.rpc.counters):
             for k, v in src.items():
                 drops[k] = drops.get(k, 0) + v
         return {
@@ -968,18 +984,10 @@ class Agent(EventsMixin):
             },
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
-            "serfd": {"version": __version__, **self._snapshot_stats(), **self.loop_lag.stats(),
+            "serfd": {"version": __version__, **self.recorder.stats(), **self.loop_lag.stats(),
                       **{k: str(v) for k, v in sorted(self.serf.memberlist.activity.items())},
                       **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }
-
-    def _snapshot_stats(self) -> dict[str, str]:
-        snap = self.snapshot
-        if snap is None:
-            return {}
-        fault = snap.fault
-        return {"snapshot_error": "" if fault is None else str(fault),
-                "snapshot_write_errors": str(snap.errors)}
 
     def status_line(self) -> str:
         """A one-line summary (for systemd STATUS= and logs)."""
@@ -993,8 +1001,8 @@ class Agent(EventsMixin):
             line += f"; {self.last_reload_error}"
         if self.restart_needed:
             line += f"; restart needed for: {', '.join(self.restart_needed)}"
-        if self.snapshot is not None and (fault := self.snapshot.fault) is not None:
-            line += f"; snapshot: error: {fault}"
+        if snapshot := self.recorder.status():
+            line += f"; {snapshot}"
         return line
 
     # ------------------------------------------------------------------ reload
@@ -1064,6 +1072,17 @@ class Agent(EventsMixin):
         log.info("reload done: %s", "applied " + ", ".join(plan.changed) if plan.changed
                  else "nothing to apply")
         return errors
+
+    def _reload_events(self, old: Config, new: Config) -> None:
+        """Reload hook: handlers (the events service), then the core's size limits."""
+        self.events.reload(old, new)
+        self.serf.config = dataclasses.replace(
+            self.serf.config,
+            user_event_size_limit=new.user_event_size_limit,
+            query_size_limit=new.query_size_limit,
+            query_response_size_limit=new.query_response_size_limit,
+            max_query_timeout=max(DEFAULT_MAX_QUERY_TIMEOUT, new.handler_timeout),
+        )
 
     async def _join_after_reload(self, addrs: list[str]) -> None:
         try:

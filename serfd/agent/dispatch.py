@@ -10,10 +10,10 @@ at once, so a peer cannot grow it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
+from serfd.agent.clock import Clock, Timer
 from serfd.agent.handlers import HandlerRunner
 from serfd.core.coalesce import MemberCoalescer, UserCoalescer
 from serfd.core.filters import AnyEvent
@@ -30,7 +30,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        clock: Clock,
         runner: HandlerRunner,
         listeners: list[Callable[[AnyEvent], None]],
         *,
@@ -39,7 +39,7 @@ class Dispatcher:
         member_coalescer: MemberCoalescer | None = None,
         user_coalescer: UserCoalescer | None = None,
     ) -> None:
-        self._loop = loop
+        self._clock = clock
         self.runner = runner
         self.listeners = listeners
         self.coalesce = coalesce
@@ -47,13 +47,13 @@ class Dispatcher:
         self.counters = counters if counters is not None else {}
         self._member = member_coalescer if member_coalescer is not None else MemberCoalescer()
         self._user = user_coalescer if user_coalescer is not None else UserCoalescer()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at: float | None = None
 
     def event(self, ev: AnyEvent) -> None:
         """One event from the Serf layer."""
         _log_event(ev)
-        now = self._loop.time()
+        now = self._clock.now()
         if self.coalesce and isinstance(ev, MemberEvent) and self._member.handles(ev):
             self._member.add(ev, now)
             if self._member.full():
@@ -77,12 +77,12 @@ class Dispatcher:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = due
-        self._timer = None if due is None else self._loop.call_at(due, self._flush)
+        self._timer = None if due is None else self._clock.call_at(due, self._flush)
 
     def _flush(self) -> None:
         self._timer = None
         self._timer_at = None
-        now = self._loop.time()
+        now = self._clock.now()
         batch: list[AnyEvent] = [*self._member.flush(now), *self._user.flush(now)]
         for ev in batch:
             self._deliver(ev)
@@ -105,8 +105,11 @@ class Dispatcher:
         self.counters["event_delivery_errors"] = self.counters.get("event_delivery_errors", 0) + 1
 
     def close(self) -> None:
+        """Disarm the flush timer (events still held are not delivered)."""
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
 
 
 def _log_event(ev: AnyEvent) -> None:

@@ -54,10 +54,11 @@ import re
 import shlex
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serfd.agent.clock import Clock, LoopClock
 from serfd.base.ratelog import DropLog
 from serfd.core.filters import AnyEvent, EventFilter, event_type, matches_any, parse_filters
 from serfd.core.member import Member
@@ -172,7 +173,7 @@ class HandlerRunner:
         respond: Callable[[IncomingQuery, bytes, str], None],
         spawn: Callable[[Awaitable[None]], object],
         drops: DropLog | None = None,
-        now: Callable[[], float] | None = None,
+        clock: Clock | None = None,
         backlog: int = BACKLOG,
         member_backlog: int = MEMBER_BACKLOG,
     ) -> None:
@@ -184,7 +185,8 @@ class HandlerRunner:
         self._respond = respond
         self._spawn = spawn
         self._drops = drops if drops is not None else DropLog(log)
-        self._now = now if now is not None else (lambda: asyncio.get_running_loop().time())
+        self._clock: Clock = clock if clock is not None else LoopClock()
+        self._now = self._clock.now
         self.backlog_limit = backlog
         self.member_backlog_limit = member_backlog
         self._chains: dict[Handler, _Chain] = {}
@@ -319,24 +321,25 @@ class HandlerRunner:
             asyncio.ensure_future(self._pump(h, proc.stderr, "stderr", None)),
             asyncio.ensure_future(self._feed(proc.stdin, event_stdin(ev))),
         ]
+        # Both waits are on the clock: the handler timeout, then a grace for the pipes.
+        exited: asyncio.Future[None] = asyncio.ensure_future(_wait(proc))
         timed_out = False
         try:
-            await asyncio.wait_for(proc.wait(), self.timeout)
-        except TimeoutError:
-            timed_out = True
-            self.counters["timed_out"] += 1
-            log.error("handler %s: timed out after %gs for %s; killing its process group %d",
-                      h.label, self.timeout, what, proc.pid)
-            _kill_group(proc.pid)
-            await proc.wait()
+            if not await self._within(self.timeout, [exited]):
+                timed_out = True
+                self.counters["timed_out"] += 1
+                log.error("handler %s: timed out after %gs for %s; killing its process group %d",
+                          h.label, self.timeout, what, proc.pid)
+                _kill_group(proc.pid)
+                await exited
         except asyncio.CancelledError:
             _kill_group(proc.pid)
+            exited.cancel()
             raise
         finally:
-            _done, pending = await asyncio.wait(readers, timeout=_PIPE_GRACE)
-            for t in pending:
-                t.cancel()
-            if pending:
+            if not await self._within(_PIPE_GRACE, readers):
+                for t in readers:
+                    t.cancel()
                 # A child of the handler still holds the pipes: it goes with the group.
                 _kill_group(proc.pid)
         rc = proc.returncode
@@ -349,6 +352,30 @@ class HandlerRunner:
         log.debug("handler %s: done for %s", h.label, what)
         if isinstance(ev, IncomingQuery) and out:
             self._respond(ev, bytes(out), h.label)
+
+    async def _within(self, delay: float, tasks: Sequence[asyncio.Future[None]]) -> bool:
+        """Wait until every task is done, for at most ``delay`` seconds of the clock.
+
+        True if they all finished in time; False if time ran out first (cancelling the
+        unfinished tasks is the caller's choice).
+        """
+        expired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def expire() -> None:
+            if not expired.done():
+                expired.set_result(None)
+
+        timer = self._clock.call_at(self._clock.now() + delay, expire)
+        pending = set(tasks)
+        try:
+            while pending and not expired.done():
+                done, _ = await asyncio.wait({*pending, expired},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                pending -= done
+        finally:
+            timer.cancel()
+            expired.cancel()
+        return not pending
 
     async def _feed(self, stdin: asyncio.StreamWriter | None, data: bytes) -> None:
         if stdin is None:
@@ -379,6 +406,10 @@ class HandlerRunner:
             else:
                 log.info("handler %s: %s: %s", h.label, name,
                          line.rstrip(b"\n").decode("utf-8", "replace"))
+
+
+async def _wait(proc: asyncio.subprocess.Process) -> None:
+    await proc.wait()
 
 
 def _kill_group(pgid: int) -> None:

@@ -4,13 +4,14 @@ A reload builds a whole new :class:`~serfd.agent.config.Config` from the drop-in
 :func:`plan_reload` compares it with the running one, field by field. Only the fields in
 :data:`LIVE_FIELDS` are applied at once: the agent applies the built-in ones itself
 (``Agent._reload``: tags, log level, join list, RPC auth key), the events reload hook
-applies the handler ones (``agent_events._reload_events``: routes, handlers directory,
-concurrency, timeout, size limits), and the rest are read from the running config each
-time they are used (retries, leave on SIGTERM). Every other field needs a restart:
-:data:`RESTART_FIELDS` lists the ones known to (sockets, identity, protocol, timings
-and keys built at start, as in Serf's own reload), and a field added to Config later
-is restart-only until it is listed live, so a reload never claims to apply what nothing
-applies (tests/test_reload_plan.py fails until a new field is put in one of the two).
+applies the handler ones (``Agent._reload_events``: ``EventsService.reload`` for routes,
+handlers directory, concurrency and timeout, then the core's size limits), and the rest
+are read from the running config each time they are used (retries, leave on SIGTERM).
+Every other field needs a restart: :data:`RESTART_FIELDS` lists the ones known to
+(sockets, identity, protocol, timings and keys built at start, as in Serf's own reload),
+and a field added to Config later is restart-only until it is listed live, so a reload
+never claims to apply what nothing applies (tests/test_reload_plan.py fails until a new
+field is put in one of the two).
 
 The plan's ``applied`` config is what the agent runs from then on: new values for
 live fields, the running values for restart-only fields. So ``serfctl info`` and the
@@ -42,7 +43,8 @@ LIVE_FIELDS = frozenset({
     "log_level",  # logsetup.set_level
     "join",  # the new list is joined (no replay)
     "rpc_auth_key",  # the RPC server's key for new handshakes
-    # Applied by the events reload hook (agent_events._reload_events).
+    # Applied by the events reload hook (Agent._reload_events: EventsService.reload, then
+    # the core's size limits).
     "handlers",
     "handlers_dir",
     "handler_max_concurrent",
