@@ -86,7 +86,8 @@ class SnapshotRecorder:
         self._core = core
         self._clock = clock
         self.counters: dict[str, int] = {}  # the writer's drops (serfctl info: dropped_<key>)
-        self.writer: Snapshotter | None = None  # from open() to close()
+        self.writer: Snapshotter | None = None  # from open() on (after close(): its last word)
+        self._closed = False
         self._previous: list[tuple[str, str]] = []
         self._ticker: Timer | None = None
 
@@ -122,9 +123,9 @@ class SnapshotRecorder:
             self._ticker.cancel()
             self._ticker = None
         writer = self.writer
-        if writer is None:
+        if writer is None or self._closed:
             return
-        self.writer = None
+        self._closed = True
         writer.clock(self._core.clock.time())
         try:
             await asyncio.get_running_loop().run_in_executor(None, writer.close)
@@ -141,7 +142,7 @@ class SnapshotRecorder:
     def record(self, ev: AnyEvent) -> None:
         """One core event, before coalescing."""
         writer = self.writer
-        if writer is None:
+        if writer is None or self._closed:
             return
         if isinstance(ev, MemberEvent):
             for m in ev.members:
@@ -159,7 +160,7 @@ class SnapshotRecorder:
     def leave(self) -> None:
         """We are leaving gracefully: the leave marker (a restart will not rejoin unless
         ``rejoin_after_leave``)."""
-        if self.writer is not None:
+        if self.writer is not None and not self._closed:
             self.writer.leave()
 
     def state(self) -> SnapshotState:
@@ -178,7 +179,7 @@ class SnapshotRecorder:
 
     def _tick(self) -> None:
         writer = self.writer
-        if writer is None:
+        if writer is None or self._closed:
             return
         try:
             writer.check()  # a writer that fell behind or ended
@@ -192,7 +193,7 @@ class SnapshotRecorder:
 
     @property
     def fault(self) -> SnapshotFault | None:
-        """The writer's current fault (None: the file is up to date, or not open)."""
+        """The writer's fault (None: the file is up to date, or not open yet)."""
         return self.writer.fault if self.writer is not None else None
 
     def stats(self) -> dict[str, str]:
