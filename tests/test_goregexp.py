@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.agent.rpc_server import filter_members
+from serfd.rpc.protocol import filter_members
 from serfd.base import goregexp
 from serfd.base.goregexp import GoRegexpError, RegexCache, TooLargeError, UnsupportedError
 from serfd.core.member import Member, MemberStatus

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serfd.agent.rpc_server import RPCServer, encode_member, filter_members
+from serfd.agent.rpc_server import RPCServer
+from serfd.rpc.protocol import encode_member, filter_members
 from serfd.core.member import Member, MemberStatus
 from serfd.testing.fake_agent import FakeAgent, ServerThread
 from tests.support import AUTH_KEY, wait_until
