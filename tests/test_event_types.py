@@ -6,11 +6,11 @@ from __future__ import annotations
 import msgpack
 
 from serfd.agent.handlers import event_env
-from serfd.rpc.protocol import encode_event_record
 from serfd.core.filters import EVENT_TYPES, event_type, parse_filters
 from serfd.core.member import Member
 from serfd.core.query import QueryRecordType
 from serfd.core.serf import MEMBER_EVENT_TYPES, EventType, MemberEvent, UserEvent
+from serfd.rpc.protocol import encode_event_record
 
 SERF_NAMES = ("member-join", "member-leave", "member-failed", "member-update", "member-reap",
               "user", "query")

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.rpc.protocol import filter_members
 from serfd.base import goregexp
 from serfd.base.goregexp import GoRegexpError, RegexCache, TooLargeError, UnsupportedError
 from serfd.core.member import Member, MemberStatus
 from serfd.core.query import PendingQuery, QueryParam, encode_filters, filters_match
+from serfd.rpc.protocol import filter_members
 
 ERR = "error"
 

@@ -25,8 +25,7 @@ from serfd.agent.rpc_server import MAX_OPEN_QUERIES, MAX_STREAMS, STREAM_BUFFER_
 from serfd.core.query import IncomingQuery
 from serfd.core.serf import UserEvent
 from serfd.testing.fake_agent import FakeAgent, ServerThread
-from tests.support import wait_until
-from tests.test_rpc import Raw
+from tests.support import Raw, wait_until
 
 
 class StreamAgent(FakeAgent):
