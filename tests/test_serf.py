@@ -10,12 +10,14 @@ from typing import Any, ClassVar
 import pytest
 
 from serfd.core.member import MemberStatus
+from serfd.core.query import QueryParam
 from serfd.core.serf import (
     ForceLeaveDone,
     JoinDone,
     JoinError,
     LeaveDone,
     MemberEvent,
+    QueryRecordEvent,
     Serf,
     SerfConfig,
     SerfError,
@@ -377,3 +379,18 @@ def test_force_leave_with_nobody_to_tell_has_nothing_to_wait_for() -> None:
     s.notify_leave(FakeNode("a"), 2.0)
     assert s.force_leave("a", False, 3.0) is None
     assert status(s, "a") == MemberStatus.LEFT
+
+
+def test_query_records_are_events_with_the_query_id_even_if_it_ends_as_it_starts() -> None:
+    s = make_serf()
+    events(s)
+    # Alone, our own ack answers a ping in full before query() returns.
+    qid = s.query("_serf_ping", b"", QueryParam(request_ack=True), 1.0)
+    assert [(e.query_id, e.record.type, e.record.from_) for e in events(s)
+            if isinstance(e, QueryRecordEvent)] == [(qid, "ack", "me"), (qid, "done", "")]
+    assert s.pending_query_count() == 0
+    other = s.query("q", b"", QueryParam(timeout=2.0), 1.0)
+    assert other != qid
+    assert not [e for e in events(s) if isinstance(e, QueryRecordEvent)]  # nobody answered
+    s.handle_timer(3.0)
+    assert [(e.query_id, e.record.type) for e in events(s)] == [(other, "done")]
