@@ -394,3 +394,15 @@ def test_query_records_are_events_with_the_query_id_even_if_it_ends_as_it_starts
     assert not [e for e in events(s) if isinstance(e, QueryRecordEvent)]  # nobody answered
     s.handle_timer(3.0)
     assert [(e.query_id, e.record.type) for e in events(s)] == [(other, "done")]
+
+
+def test_a_join_stream_the_driver_never_reports_fails_at_the_next_reap() -> None:
+    s = make_serf()
+    join_id = s.join([("10.0.0.1", 7946)], False, 1.0)
+    events(s)
+    s.handle_timer(16.0)  # the first reap: the request (TCPTimeout 10 s) is past due
+    assert [e for e in events(s) if isinstance(e, JoinDone)] == [
+        JoinDone(join_id, 0, (JoinError(("10.0.0.1", 7946), "i/o timeout"),))]
+    assert s.counters["join_stream_lost"] == 1
+    s.stream_outcome(FakeMemberlist.of[s].joins[0][0], b"late", 17.0)  # ignored now
+    assert events(s) == []

@@ -118,6 +118,9 @@ itself bounds none of these unless said.
   (300 s, Serf's RecentIntentTimeout, checked every ``reap_interval``); at most
   ``max_intents`` (8192) and ``max_intent_bytes`` (1 MiB of names): the oldest go
   first (``intents_full``).
+* Join streams (``_join_streams``): one per address of a join in progress and per
+  reconnect; a driver reports each by its deadline (TCPTimeout), and one it lost is
+  failed at the next reap after it (``join_stream_lost``).
 * Prunes (``_prunes``): one per member, due BroadcastTimeout + LeavePropagateDelay
   after the first prune-leave (Serf starts a goroutine per message).
 * Events for the agent (``_events``): user events and queries at most
@@ -418,6 +421,7 @@ class _JoinStream:
 
     join_id: int | None  # None: a reconnect
     index: int
+    deadline: float  # the request's; a driver reports the outcome by then
     name: str = ""  # the reconnect's member
 
 
@@ -722,9 +726,10 @@ class Serf:
         join_id = self._next_op()
         job = _Join(ignore_old, intent, [None] * len(addrs), list(addrs))
         self._joins[join_id] = job
+        deadline = now + self.config.memberlist.tcp_timeout
         for i, addr in enumerate(addrs):
             token = self._memberlist.start_join(addr, now, StreamKind.JOIN)
-            self._join_streams[token] = _JoinStream(join_id, i)
+            self._join_streams[token] = _JoinStream(join_id, i, deadline)
         self._maybe_join_done(join_id, now)
         return join_id
 
@@ -886,6 +891,11 @@ class Serf:
                      if now - i.wall > self.config.recent_intent_timeout]:
             del self._intents[name]
             self._intent_bytes -= _intent_cost(name)
+        # A join stream whose outcome never came (a driver that lost it) fails here, so
+        # its JoinDone still comes and nothing is kept past the request's deadline.
+        for token in [t for t, js in self._join_streams.items() if now > js.deadline]:
+            self._count("join_stream_lost")
+            self._join_outcome(self._join_streams.pop(token), None, "i/o timeout", now)
 
     def _reconnect(self, now: float) -> None:
         # serf.go reconnect: maybe one failed member, a memberlist join (no intent).
@@ -898,7 +908,8 @@ class Serf:
         m = self._rng.choice(self._failed)
         log.info("attempting reconnect to %s %s:%d", m.name, m.addr, m.port)
         token = self._memberlist.start_join((m.addr, m.port), now, StreamKind.RECONNECT)
-        self._join_streams[token] = _JoinStream(None, 0, m.name)
+        self._join_streams[token] = _JoinStream(None, 0, now + self.config.memberlist.tcp_timeout,
+                                                m.name)
 
     def _erase(self, m: _MemberState) -> None:
         if self._members.get(m.name) is m:
