@@ -7,8 +7,8 @@ agent's socket and join code stays readable). It owns:
   and the :class:`~serfd.agent.handlers.HandlerRunner`, rebuilt from the config on reload;
 * the RPC operations ``user_event``, ``query``, ``respond``, ``subscribe_events``
   and ``subscribe_logs`` (serfd.agent.rpc_server.AgentAPI);
-* open queries asked through RPC: after every pump their new records are handed to
-  the asker's callback, one loop iteration later, so the RPC header always goes first;
+* queries asked through RPC: the gossip driver hands each record to the asker's
+  callback, one loop iteration later, so the RPC header always goes first;
 * the :class:`~serfd.agent.monitor.LogRing` behind RPC ``monitor``.
 """
 
@@ -29,11 +29,12 @@ from serfd.agent.rpc_server import RPCError
 from serfd.base.ratelog import DropLog
 from serfd.core.filters import AnyEvent
 from serfd.core.member import Member
-from serfd.core.query import INTERNAL_PREFIX, IncomingQuery, PendingQuery, QueryParam, QueryRecord
+from serfd.core.query import INTERNAL_PREFIX, IncomingQuery, QueryParam, QueryRecord
 from serfd.core.serf import DEFAULT_MAX_QUERY_TIMEOUT, SerfError, SerfState
 from serfd.wire.serf_messages import MessageQueryResponse
 
 if TYPE_CHECKING:
+    from serfd.agent.gossip import GossipDriver
     from serfd.core.serf import Serf
 
 __all__ = ["EventsMixin"]
@@ -50,6 +51,7 @@ class EventsMixin:
     config_dir: Path | None
     counters: dict[str, int]  # the agent's drop counters (serfctl info: dropped_<key>)
     serf: Serf
+    gossip: GossipDriver | None
     listeners: list[Callable[[AnyEvent], None]]
     reload_hooks: list[Callable[[Config, Config], None]]
     _stop: asyncio.Event
@@ -71,8 +73,6 @@ class EventsMixin:
         return DEFAULT_HANDLERS_DIR
 
     def _start_events(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._queries: dict[PendingQuery, Callable[[QueryRecord], None]] = {}
-        self._query_flush_scheduled = False
         self.event_drops = DropLog(log, self.counters)
         self.log_ring = LogRing(loop=loop, counters=self.counters)
         logging.getLogger().addHandler(self.log_ring)
@@ -101,9 +101,6 @@ class EventsMixin:
     def _stop_events(self) -> None:
         self.dispatcher.close()
         logging.getLogger().removeHandler(self.log_ring)
-        for pq in list(self._queries):
-            pq.finish()
-        self._flush_queries()
 
     def _reload_events(self, old: Config, new: Config) -> None:
         """Reload hook: new routing, limits and size limits; runs in progress go on."""
@@ -136,22 +133,6 @@ class EventsMixin:
                       self.config.node_name)
             self._exit_code = 1
             self._stop.set()
-        if self._queries and not self._query_flush_scheduled:
-            self._query_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_queries)
-
-    def _flush_queries(self) -> None:
-        self._query_flush_scheduled = False
-        for pq, cb in list(self._queries.items()):
-            for rec in pq.drain():
-                try:
-                    cb(rec)
-                except Exception:  # our bug: the other queries' records still go out
-                    self.counters["event_delivery_errors"] = (
-                        self.counters.get("event_delivery_errors", 0) + 1)
-                    log.exception("query record callback failed")
-            if pq.finished:
-                del self._queries[pq]
 
     # ------------------------------------------------------------------ AgentAPI
 
@@ -167,21 +148,19 @@ class EventsMixin:
         self._pump()
 
     def query(self, name: str, payload: bytes, param: QueryParam,
-              on_record: Callable[[QueryRecord], None]) -> PendingQuery:
+              on_record: Callable[[QueryRecord], None]) -> int:
         """RPC ``query``: start it; ack/response/done records go to on_record later."""
         if name.startswith(INTERNAL_PREFIX) and (name != INTERNAL_PREFIX + "ping" or payload):
             raise RPCError(f"Queries cannot contain the '{INTERNAL_PREFIX}' prefix")
         if self.serf.state != SerfState.ALIVE:
             raise RPCError("Serf can't query after Leave or Shutdown")
         log.debug("requesting query send: %s. Payload: %r", name, payload)
+        assert self.gossip is not None
         try:
-            pq = self.serf.query(name, payload, param, self._now())
+            return self.gossip.query(name, payload, param, on_record)
         except SerfError as e:
             log.warning("failed to start user query: %s", e)
             raise RPCError(str(e)) from None
-        self._queries[pq] = on_record
-        self._pump()
-        return pq
 
     def respond(self, q: IncomingQuery, payload: bytes) -> None:
         """RPC ``respond``: Serf's errors come back as RPCError."""
