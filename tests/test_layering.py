@@ -133,3 +133,34 @@ def test_relative_and_from_package_imports_are_resolved(tmp_path: Path) -> None:
     src.write_text("from . import lamport\nfrom ..agent import gossip\nfrom serfd import agent\n")
     found = {name for _, name in imports_of(src, "serfd.core.x")}
     assert {"serfd.core.lamport", "serfd.agent.gossip", "serfd.agent"} <= found
+
+
+def private_reaches(path: Path, root: Path = ROOT) -> list[str]:
+    """``x._name`` on anything but self/cls, and ``.memberlist`` not through a config."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Attribute):
+            continue
+        text = ast.unparse(node)
+        owner = node.value
+        if node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls", "os")):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
+        if node.attr == "memberlist" and not text.endswith("config.memberlist"):
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
+    return found
+
+
+def test_the_agent_and_the_simulator_use_only_the_cores_public_contract() -> None:
+    """Issue 9: nothing outside the core reads its private state or reaches its memberlist."""
+    paths = [p for layer in ("agent", "rpc", "testing") for p in (ROOT / "serfd" / layer).rglob("*.py")]
+    problems = [line for p in sorted(paths) for line in private_reaches(p)]
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_private_reach_check_catches_both_forms(tmp_path: Path) -> None:
+    src = tmp_path / "x.py"
+    src.write_text("def f(serf):\n    serf._leave_phase\n    serf.memberlist.num_alive()\n"
+                   "    self._ok\n    serf.config.memberlist\n")
+    found = private_reaches(src, tmp_path)
+    assert [f.split(": ", 1)[1] for f in found] == ["serf._leave_phase", "serf.memberlist"]
