@@ -143,9 +143,9 @@ def private_reaches(path: Path, root: Path = ROOT) -> list[str]:
             continue
         text = ast.unparse(node)
         owner = node.value
-        if node.attr.startswith("_") and not node.attr.startswith("__"):
-            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls", "os")):
-                found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
+        own = isinstance(owner, ast.Name) and owner.id in ("self", "cls", "os")
+        if node.attr.startswith("_") and not node.attr.startswith("__") and not own:
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
         if node.attr == "memberlist" and not text.endswith("config.memberlist"):
             found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
     return found
@@ -153,7 +153,8 @@ def private_reaches(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_the_agent_and_the_simulator_use_only_the_cores_public_contract() -> None:
     """Issue 9: nothing outside the core reads its private state or reaches its memberlist."""
-    paths = [p for layer in ("agent", "rpc", "testing") for p in (ROOT / "serfd" / layer).rglob("*.py")]
+    paths = [p for layer in ("agent", "rpc", "testing")
+             for p in (ROOT / "serfd" / layer).rglob("*.py")]
     problems = [line for p in sorted(paths) for line in private_reaches(p)]
     assert problems == [], "\n".join(problems)
 
