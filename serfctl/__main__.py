@@ -24,6 +24,7 @@ from serfctl.client import (
     format_addr,
     parse_host_port,
 )
+from serfd.rpc.protocol import Command
 
 DEFAULT_SOCKET = "/run/serfd/serfd.sock"
 
@@ -429,7 +430,7 @@ def _query(c: RPCClient, args: argparse.Namespace) -> str | None:
     }
     c.set_timeout(None)
     try:
-        seq = c.open_stream("query", body)
+        seq = c.open_stream(Command.QUERY, body)
     except ClientError as e:
         raise ClientError(f"Error sending query: {e}") from None
     text = args.format == "text"
@@ -532,7 +533,7 @@ def _reachability(c: RPCClient, args: argparse.Namespace) -> str:
             "Timeout": 0, "Name": "_serf_ping", "Payload": b""}
     c.set_timeout(None)
     try:
-        seq = c.open_stream("query", body)
+        seq = c.open_stream(Command.QUERY, body)
     except ClientError as e:
         raise ClientError(f"Error sending query: {e}") from None
     _print("Starting reachability test...")
@@ -575,16 +576,16 @@ def _reachability(c: RPCClient, args: argparse.Namespace) -> str:
 def _keys(c: RPCClient, args: argparse.Namespace) -> str:
     """serf keys: one cluster-wide key query; failures per node, as serf prints them."""
     if args.list:
-        command, body = "list-keys", None
+        command, body = Command.LIST_KEYS, None
         start, fail = "Asking all members for installed keys...", "Failed to gather member keys"
     elif args.install:
-        command, body = "install-key", {"Key": args.install}
+        command, body = Command.INSTALL_KEY, {"Key": args.install}
         start, fail = "Installing key on all members...", "Error installing key"
     elif args.use:
-        command, body = "use-key", {"Key": args.use}
+        command, body = Command.USE_KEY, {"Key": args.use}
         start, fail = "Changing primary key on all members...", "Error changing primary key"
     else:
-        command, body = "remove-key", {"Key": args.remove}
+        command, body = Command.REMOVE_KEY, {"Key": args.remove}
         start, fail = "Removing key on all members...", "Error removing key"
     print(f"==> {start}")
     error, resp = c.call_keeping_body(command, body)

@@ -14,6 +14,14 @@ from typing import Any, Self
 
 import msgpack
 
+from serfd.rpc.protocol import (
+    DEFAULT_RPC_PORT,
+    ERRORS_WITHOUT_BODY,
+    IPC_VERSION,
+    Command,
+    pack_request,
+)
+
 __all__ = [
     "DEFAULT_RPC_PORT",
     "AgentError",
@@ -26,16 +34,6 @@ __all__ = [
     "parse_host_port",
 ]
 
-DEFAULT_RPC_PORT = 7373  # Serf's default rpc_addr port
-
-# Header-only errors: the agent writes no body after these, whatever the command.
-_NO_BODY_ERRORS = frozenset(
-    {
-        "Handshake required",
-        "Authentication required",
-        "Unsupported command",
-    }
-)
 
 
 class ClientError(Exception):
@@ -189,9 +187,9 @@ class RPCClient:
 
     def _start(self, auth_key: str | None) -> None:
         try:
-            self.call("handshake", {"Version": 1})
+            self.call(Command.HANDSHAKE, {"Version": IPC_VERSION})
             if auth_key:
-                self.call("auth", {"AuthKey": auth_key})
+                self.call(Command.AUTH, {"AuthKey": auth_key})
         except BaseException:
             self.close()
             raise
@@ -242,9 +240,7 @@ class RPCClient:
         The caller reads the answers itself (:meth:`read_message`), in order."""
         seq = self._seq
         self._seq += 1
-        data = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
-        if body is not None:
-            data += msgpack.packb(body, use_bin_type=True)
+        data = pack_request(command, seq, body)
         try:
             self.sock.sendall(data)
         except OSError as e:
@@ -264,7 +260,7 @@ class RPCClient:
         if header.get("Seq") != seq:
             raise ClientError(f"response Seq {header.get('Seq')!r}, expected {seq}")
         result = None
-        if expect_body and error not in _NO_BODY_ERRORS:
+        if expect_body and error not in ERRORS_WITHOUT_BODY:
             result = self._read()
         if error:
             raise AgentError(error)
@@ -277,7 +273,7 @@ class RPCClient:
         if not isinstance(header, dict) or header.get("Seq") != seq:
             raise ClientError(f"bad response header from the agent: {header!r}")
         error = str(header.get("Error") or "")
-        if error in _NO_BODY_ERRORS:
+        if error in ERRORS_WITHOUT_BODY:
             raise AgentError(error)
         return error, self._read()
 
@@ -285,7 +281,7 @@ class RPCClient:
 
     def members(self) -> list[RPCMember]:
         """All members the agent knows."""
-        resp = self.call("members", expect_body=True)
+        resp = self.call(Command.MEMBERS, expect_body=True)
         return [RPCMember.from_wire(m) for m in (resp or {}).get("Members") or []]
 
     def members_filtered(
@@ -293,34 +289,34 @@ class RPCClient:
     ) -> list[RPCMember]:
         """Members matching anchored regexes (what ``serf members`` uses)."""
         body = {"Tags": tags or {}, "Status": status, "Name": name}
-        resp = self.call("members-filtered", body, expect_body=True)
+        resp = self.call(Command.MEMBERS_FILTERED, body, expect_body=True)
         return [RPCMember.from_wire(m) for m in (resp or {}).get("Members") or []]
 
     def join(self, addrs: list[str], replay: bool = False) -> int:
         """Ask the agent to join; the number of nodes contacted."""
-        resp = self.call("join", {"Existing": addrs, "Replay": replay}, expect_body=True)
+        resp = self.call(Command.JOIN, {"Existing": addrs, "Replay": replay}, expect_body=True)
         return int((resp or {}).get("Num") or 0)
 
     def leave(self) -> None:
         """Graceful leave; the agent shuts down afterwards."""
-        self.call("leave")
+        self.call(Command.LEAVE)
 
     def force_leave(self, node: str, prune: bool = False) -> None:
         """Force a (failed) member into the left state."""
-        self.call("force-leave", {"Node": node, "Prune": prune})
+        self.call(Command.FORCE_LEAVE, {"Node": node, "Prune": prune})
 
     def update_tags(self, tags: dict[str, str], delete: list[str]) -> None:
         """Set and delete the agent's tags."""
-        self.call("tags", {"Tags": tags, "DeleteTags": delete})
+        self.call(Command.TAGS, {"Tags": tags, "DeleteTags": delete})
 
     def stats(self) -> dict[str, dict[str, str]]:
         """The agent's stats map."""
-        resp = self.call("stats", expect_body=True)
+        resp = self.call(Command.STATS, expect_body=True)
         return resp if isinstance(resp, dict) else {}
 
     def event(self, name: str, payload: bytes, coalesce: bool) -> None:
         """Send a user event."""
-        self.call("event", {"Name": name, "Payload": payload, "Coalesce": coalesce})
+        self.call(Command.EVENT, {"Name": name, "Payload": payload, "Coalesce": coalesce})
 
     # -- streams: one request, then records (header with the request's Seq + body) --
 
@@ -341,8 +337,7 @@ class RPCClient:
 
     def stop(self, seq: int) -> None:
         """End a stream or monitor (the answer is not awaited: records may be in flight)."""
-        data = msgpack.packb({"Command": "stop", "Seq": self._seq}, use_bin_type=True)
-        data += msgpack.packb({"Stop": seq}, use_bin_type=True)
+        data = pack_request(Command.STOP, self._seq, {"Stop": seq})
         self._seq += 1
         try:
             self.sock.sendall(data)
@@ -354,4 +349,4 @@ class RPCClient:
 
     def reload(self) -> None:
         """serfd only: re-read the config; returns once applied (AgentError: the errors)."""
-        self.call("reload")
+        self.call(Command.RELOAD)

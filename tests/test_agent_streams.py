@@ -1,6 +1,6 @@
-"""The agent's TCP stream tasks are bounded: outbound exchanges it opens for the core
-(push/pull, fallback pings) and reconnects, inbound gossip connections, and the bytes
-all stream reads hold together. What is refused is counted.
+"""The agent's TCP stream tasks (its GossipDriver's) are bounded: outbound exchanges it
+opens for the core (push/pull, fallback pings, reconnects), inbound gossip connections,
+and the bytes all stream reads hold together. What is refused is counted.
 
 An in-process Agent on 127.0.0.1 (ephemeral ports, a temporary state directory); the
 core's stream requests and the exchange itself are faked where a peer would be needed.
@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-import serfd.agent.agent as agent_mod
-from serfd.agent.agent import MAX_INBOUND_STREAMS, MAX_KEY_CHANGES, MAX_OUTBOUND_STREAMS, Agent
+import serfd.agent.gossip as gossip_mod
+from serfd.agent.agent import Agent
 from serfd.agent.config import Config
+from serfd.agent.gossip import MAX_INBOUND_STREAMS, MAX_OUTBOUND_STREAMS, GossipDriver
+from serfd.agent.keys import MAX_KEY_CHANGES
 from serfd.agent.systemd import Notifier
 from serfd.core.keymanager import decode_key_response, request_payload
 from serfd.core.query import IncomingQuery
@@ -32,9 +34,13 @@ from serfd.wire.messages import ErrResp, MsgType
 from tests.support import running_agent, until
 
 
+def driver(agent: Agent) -> GossipDriver:
+    assert agent.gossip is not None
+    return agent.gossip
+
+
 def tcp_port(agent: Agent) -> int:
-    assert agent._tcp_server is not None
-    return int(agent._tcp_server.sockets[0].getsockname()[1])
+    return driver(agent).tcp_port
 
 
 def test_outbound_streams_and_reconnects_are_capped() -> None:
@@ -49,33 +55,36 @@ def test_outbound_streams_and_reconnects_are_capped() -> None:
                 await gate.wait()
                 return None
 
-            agent._exchange = stalled  # type: ignore[method-assign]
-            ml = agent.serf.memberlist
+            gd = driver(agent)
+            gd._exchange = stalled  # type: ignore[method-assign]
             now = agent._now()
             requests = [StreamRequest(10_000 + i, ("127.0.0.2", 7946), b"\x00", True,
                                       now + 3600.0, StreamKind.PING) for i in range(200)]
-            replies: list[tuple[int, bytes | None]] = []
+            # Reconnects are stream requests too, under the same cap.
+            requests += [StreamRequest(20_000 + i, ("127.0.0.3", 7946), b"\x06", True,
+                                       now + 3600.0, StreamKind.RECONNECT) for i in range(30)]
+            replies: list[tuple[int, bytes | None, str]] = []
             once = [requests]
-            ml.streams_to_open = lambda: once.pop() if once else []  # type: ignore[method-assign]
-            ml.stream_reply = (  # type: ignore[method-assign]
-                lambda token, plain, now: replies.append((token, plain)))
-            reconnects = [[(f"n{i}", "127.0.0.3", 7946) for i in range(30)]]
-            agent.serf.joins_to_attempt = (  # type: ignore[method-assign]
-                lambda: reconnects.pop() if reconnects else [])
+            agent.serf.streams_to_open = (  # type: ignore[method-assign]
+                lambda: once.pop() if once else [])
+            agent.serf.stream_outcome = (  # type: ignore[method-assign]
+                lambda token, plain, now, error="": replies.append((token, plain, error)))
             agent._pump()
             for _ in range(10):
                 await asyncio.sleep(0)
             assert len(started) == MAX_OUTBOUND_STREAMS
-            assert agent._outbound_streams == MAX_OUTBOUND_STREAMS
+            assert gd._outbound_streams == MAX_OUTBOUND_STREAMS
             # The ones not opened failed at once, as far as the core is concerned.
-            assert sorted(t for t, _ in replies) == [10_000 + i for i in
-                                                     range(MAX_OUTBOUND_STREAMS, 200)]
+            assert sorted(t for t, _, _ in replies) == [
+                10_000 + i for i in range(MAX_OUTBOUND_STREAMS, 200)] + [
+                20_000 + i for i in range(30)]
+            assert {e for _, _, e in replies} == {"too many outbound streams"}
             assert agent.counters["tcp_outbound_too_many"] == 200 - MAX_OUTBOUND_STREAMS + 30
             stats = agent.stats()["serfd"]
             assert stats["dropped_tcp_outbound_too_many"] == str(200 - MAX_OUTBOUND_STREAMS + 30)
             gate.set()
-            await until(lambda: agent._outbound_streams == 0, "streams to finish")
-            assert len(replies) == 200
+            await until(lambda: gd._outbound_streams == 0, "streams to finish")
+            assert len(replies) == 230
 
     asyncio.run(main())
 
@@ -87,22 +96,23 @@ def test_inbound_connections_beyond_the_cap_are_refused_and_counted() -> None:
             conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
             for _ in range(MAX_INBOUND_STREAMS):
                 conns.append(await asyncio.open_connection("127.0.0.1", port))
-            await until(lambda: agent._inbound_streams == MAX_INBOUND_STREAMS, "held streams")
+            await until(lambda: driver(agent)._inbound_streams == MAX_INBOUND_STREAMS,
+                        "held streams")
             extra = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
             await until(lambda: agent.counters.get("tcp_too_many", 0) == 40, "refusals")
             for r, _w in extra:  # closed by serfd at once, not held
                 with contextlib.suppress(ConnectionResetError):
                     assert await r.read() == b""
-            assert agent._inbound_streams == MAX_INBOUND_STREAMS
+            assert driver(agent)._inbound_streams == MAX_INBOUND_STREAMS
             for _r, w in conns + extra:
                 w.close()
-            await until(lambda: agent._inbound_streams == 0, "streams to close")
+            await until(lambda: driver(agent)._inbound_streams == 0, "streams to close")
 
     asyncio.run(main())
 
 
 def test_stream_reads_in_progress_share_one_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_mod, "STREAM_BYTES_BUDGET", 300_000)
+    monkeypatch.setattr(gossip_mod, "STREAM_BYTES_BUDGET", 300_000)
 
     async def main() -> None:
         async with running_agent() as agent:
@@ -116,12 +126,12 @@ def test_stream_reads_in_progress_share_one_byte_budget(monkeypatch: pytest.Monk
                 await w.drain()
                 conns.append((r, w))
             await until(lambda: agent.counters.get("tcp_over_budget", 0) == 1, "budget refusal")
-            assert agent._stream_bytes <= 300_000
-            await until(lambda: agent._inbound_streams == 2, "the refused stream to end")
+            assert driver(agent)._stream_bytes <= 300_000
+            await until(lambda: driver(agent)._inbound_streams == 2, "the refused stream to end")
             for _r, w in conns:
                 w.close()
-            await until(lambda: agent._inbound_streams == 0, "streams to close")
-            assert agent._stream_bytes == 0
+            await until(lambda: driver(agent)._inbound_streams == 0, "streams to close")
+            assert driver(agent)._stream_bytes == 0
 
     asyncio.run(main())
 
@@ -129,16 +139,16 @@ def test_stream_reads_in_progress_share_one_byte_budget(monkeypatch: pytest.Monk
 def test_a_peer_that_never_reads_our_reply_does_not_hold_the_stream() -> None:
     async def main() -> None:
         async with running_agent(profile="local", compress=False) as agent:  # TCPTimeout 1 s
-            ml = agent.serf.memberlist
             # Our reply (a push/pull of a big cluster, say) is more than the socket takes.
-            ml.receive_stream = lambda plain, addr, now: b"\x08" + b"r" * 8_000_000  # type: ignore[method-assign]
+            agent.serf.receive_stream = (  # type: ignore[method-assign]
+                lambda plain, addr, now: b"\x08" + b"r" * 8_000_000)
             port = tcp_port(agent)
             _r, w = await asyncio.open_connection("127.0.0.1", port)
             sock = w.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             w.write(encode_user_stream(b"hello"))
             await w.drain()
-            await until(lambda: agent._inbound_streams == 1, "the stream to be served")
+            await until(lambda: driver(agent)._inbound_streams == 1, "the stream to be served")
             # We never read. After its deadline, serfd gives up and aborts the connection:
             # no task is left serving it.
             def serving() -> int:
@@ -146,7 +156,7 @@ def test_a_peer_that_never_reads_our_reply_does_not_hold_the_stream() -> None:
 
             assert serving() == 1
             await until(lambda: serving() == 0, "serfd to let go", limit=15.0)
-            assert agent._inbound_streams == 0
+            assert driver(agent)._inbound_streams == 0
             w.close()
 
     asyncio.run(main())
@@ -164,18 +174,18 @@ def test_key_changes_asked_by_peers_wait_in_a_bounded_line() -> None:
                 answered: list[bytes] = []
                 agent.serf.respond = (  # type: ignore[method-assign]
                     lambda q, payload, now: answered.append(payload))
-                await agent._keyring_lock.acquire()  # a rotation in progress holds it
+                await agent.keys._lock.acquire()  # a rotation in progress holds it
                 new = request_payload(bytes(range(1, 17)))
-                out = [agent._on_key_query("install-key", IncomingQuery(
+                out = [agent.keys.on_key_query("install-key", IncomingQuery(
                     7, i, "_serf_install-key", new, "peer", agent._now() + 60.0))
                     for i in range(MAX_KEY_CHANGES + 4)]
                 assert out[:MAX_KEY_CHANGES] == [None] * MAX_KEY_CHANGES
                 refused = [decode_key_response(o[1:]) for o in out[MAX_KEY_CHANGES:] if o]
                 assert len(refused) == 4 and not any(r.result for r in refused)
                 assert agent.counters["key_change_refused"] == 4
-                agent._keyring_lock.release()
+                agent.keys._lock.release()
                 await until(lambda: len(answered) == MAX_KEY_CHANGES, "the waiting changes")
-                assert agent._key_changes == 0
+                assert agent.keys.changes_waiting == 0
                 assert all(decode_key_response(a[1:]).result for a in answered)
             finally:
                 await agent._shutdown()
@@ -198,7 +208,8 @@ def test_a_stop_signal_during_start_up_ends_the_run_cleanly() -> None:
 
             agent.start = start_with_a_signal  # type: ignore[method-assign]
             code = await asyncio.wait_for(agent.run(), 30)
-            assert agent._udp is not None and agent._udp.is_closing()
+            udp = driver(agent)._udp
+            assert udp is not None and udp.is_closing()
             return code
 
     assert asyncio.run(main()) == 0

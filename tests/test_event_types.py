@@ -6,11 +6,11 @@ from __future__ import annotations
 import msgpack
 
 from serfd.agent.handlers import event_env
-from serfd.agent.rpc_server import _event_record
 from serfd.core.filters import EVENT_TYPES, event_type, parse_filters
 from serfd.core.member import Member
 from serfd.core.query import QueryRecordType
 from serfd.core.serf import MEMBER_EVENT_TYPES, EventType, MemberEvent, UserEvent
+from serfd.rpc.protocol import encode_event_record
 
 SERF_NAMES = ("member-join", "member-leave", "member-failed", "member-update", "member-reap",
               "user", "query")
@@ -29,7 +29,7 @@ def test_handler_environment_and_rpc_records_carry_plain_strings() -> None:
     ev = MemberEvent(EventType.MEMBER_FAILED, (m,))
     env = event_env(ev, m, {})
     assert type(env["SERF_EVENT"]) is str and env["SERF_EVENT"] == "member-failed"
-    rec = _event_record(ev)
+    rec = encode_event_record(ev)
     assert type(rec["Event"]) is str
     assert msgpack.packb(rec) == msgpack.packb({**rec, "Event": "member-failed"})
     user = UserEvent(1, "deploy", b"", False)

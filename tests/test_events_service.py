@@ -50,9 +50,13 @@ class Gossip:
         self.queries: list[tuple[str, bytes, QueryParam, Callable[[QueryRecord], None]]] = []
         self.responses: list[tuple[IncomingQuery, bytes]] = []
         self.refuse: SerfError | None = None
+        self.is_alive = True
 
     def local_member(self) -> Member:
         return SELF
+
+    def alive(self) -> bool:
+        return self.is_alive
 
     def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
         if self.refuse is not None:
@@ -384,9 +388,14 @@ def test_rpc_refusals_come_back_as_rpc_errors_with_serfs_text(tmp_path: Path) ->
         r.gossip.refuse = SerfError("user event exceeds configured limit of 512 bytes")
         with pytest.raises(RPCError, match=r"^user event exceeds configured limit of 512 bytes$"):
             r.svc.user_event("big", b"x" * 600, False)
-        r.gossip.refuse = SerfError("Serf can't query after Leave or Shutdown")
+        r.gossip.refuse = SerfError("too many queries in progress (64): try again")
+        with pytest.raises(RPCError, match=r"^too many queries in progress \(64\): try again$"):
+            r.svc.query("uptime", b"", QueryParam(), lambda rec: None)
+        r.gossip.refuse = None
+        r.gossip.is_alive = False  # leaving or left
         with pytest.raises(RPCError, match=r"^Serf can't query after Leave or Shutdown$"):
             r.svc.query("uptime", b"", QueryParam(), lambda rec: None)
+        assert r.gossip.queries == []
         r.gossip.refuse = SerfError("response already sent")
         with pytest.raises(RPCError, match=r"^response already sent$"):
             r.svc.respond(query(r.clock), b"again")

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serfd.agent.rpc_server import filter_members
 from serfd.base import goregexp
 from serfd.base.goregexp import GoRegexpError, RegexCache, TooLargeError, UnsupportedError
 from serfd.core.member import Member, MemberStatus
-from serfd.core.query import PendingQuery, QueryParam, encode_filters, filters_match
+from serfd.core.query import QueryParam, encode_filters, filters_match
+from serfd.core.serf import QueryRecordEvent
+from serfd.rpc.protocol import filter_members
 
 ERR = "error"
 
@@ -380,14 +381,14 @@ def test_serf_counts_refused_filters_and_nobody_answers() -> None:
     sim = build_cluster(3, seed=4)
     for expr, reason in (("(?=db)", "regex_invalid"), ("\\p{Greek}", "regex_unsupported"),
                          ("x{1000}" * 3, "regex_too_large")):
-        pq = sim.serf("n0").query("q", b"", QueryParam(filter_tags={"role": expr}), sim.now)
+        qid = sim.serf("n0").query("q", b"", QueryParam(filter_tags={"role": expr}), sim.now)
         sim.service("n0")
         records: list[str] = []
 
-        def step(pq: PendingQuery = pq, records: list[str] = records) -> bool:
+        def step(qid: int = qid, records: list[str] = records) -> bool:
             for n in sim.nodes:
-                list(sim.serf(n).drain_events())
-            records.extend(r.type for r in pq.drain())
+                records.extend(e.record.type for e in sim.serf(n).drain_events()
+                               if isinstance(e, QueryRecordEvent) and e.query_id == qid)
             return "done" in records
 
         assert sim.run_until(sim.now + 10.0, step, every=0.01)

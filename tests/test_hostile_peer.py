@@ -19,14 +19,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from serfd.core.lamport import MAX_LTIME
-from serfd.core.query import IncomingQuery, PendingQuery, QueryParam
+from serfd.core.query import IncomingQuery, PendingQuery, QueryParam, QueryRecord
 from serfd.core.serf import (
     DEFAULT_MAX_QUERY_TIMEOUT,
     ENTRY_OVERHEAD,
     MemberEvent,
+    QueryRecordEvent,
     Serf,
     SerfConfig,
     SerfError,
+    UserEvent,
 )
 from serfd.memberlist.swim import Memberlist, MemberlistConfig
 from serfd.wire.codec import pack_gossip
@@ -71,7 +73,7 @@ def query(ltime: int, qid: int = 1, timeout: int = HOUR_NS, relay: int = 0, flag
 
 
 def sent(s: Serf) -> list[tuple[tuple[str, int], bytes]]:
-    ml: Any = s.memberlist
+    ml = FakeMemberlist.of[s]
     out: list[tuple[tuple[str, int], bytes]] = ml.sent
     ml.sent = []
     return out
@@ -179,6 +181,17 @@ def test_asked_timeout_over_the_maximum_is_an_error() -> None:
     s.query("q", b"", QueryParam(timeout=s.config.max_query_timeout), 1.0)
 
 
+def _asked(s: Serf) -> PendingQuery:
+    # White box: the one query Serf is asking, to forge answers to it.
+    [pq] = s._asking.values()
+    return pq
+
+
+def _records(s: Serf, query_id: int) -> list[QueryRecord]:
+    return [e.record for e in s.drain_events()
+            if isinstance(e, QueryRecordEvent) and e.query_id == query_id]
+
+
 def _respond_many(s: Serf, pq: PendingQuery, n: int, payload: bytes, flags: int = 0) -> None:
     for i in range(n):
         resp = MessageQueryResponse(ltime=pq.ltime, id=pq.id, from_=f"forged-{i}",
@@ -188,20 +201,22 @@ def _respond_many(s: Serf, pq: PendingQuery, n: int, payload: bytes, flags: int 
 
 def test_answers_to_one_query_are_capped_in_count() -> None:
     s = make_serf(max_query_answers=100)
-    pq = s.query("q", b"", QueryParam(timeout=60.0, request_ack=True), 1.0)
+    qid = s.query("q", b"", QueryParam(timeout=60.0, request_ack=True), 1.0)
+    pq = _asked(s)
     _respond_many(s, pq, 5000, b"")
     _respond_many(s, pq, 5000, b"", flags=QUERY_FLAG_ACK)
     assert len(pq.responses) == 100 and len(pq.acks) == 100
-    assert len(pq.drain()) == 200
+    assert len(_records(s, qid)) == 200
     assert "me" in pq.acks  # our own ack took one of the places
     assert s.counters["query_answers_cut"] == 10_000 - 199
 
 
 def test_answers_to_one_query_are_capped_in_bytes() -> None:
     s = make_serf(max_query_answer_bytes=64 * 1024)
-    pq = s.query("q", b"", QueryParam(timeout=60.0), 1.0)
+    qid = s.query("q", b"", QueryParam(timeout=60.0), 1.0)
+    pq = _asked(s)
     _respond_many(s, pq, 200, b"x" * 4000)
-    kept = pq.drain()
+    kept = _records(s, qid)
     assert pq.used_bytes <= 64 * 1024
     assert sum(len(r.payload) for r in kept) <= 64 * 1024
     assert len(kept) == 16 and s.counters["query_answers_cut"] == 184
@@ -210,7 +225,8 @@ def test_answers_to_one_query_are_capped_in_bytes() -> None:
 def test_answer_limits_grow_with_the_cluster() -> None:
     s = make_serf(max_query_answers=10, max_query_answer_bytes=1000)
     add_members(s, 50)
-    pq = s.query("q", b"", QueryParam(timeout=60.0), 1.0)
+    s.query("q", b"", QueryParam(timeout=60.0), 1.0)
+    pq = _asked(s)
     assert pq.max_answers == 4 * 51
     assert pq.max_bytes == 2 * 51 * s.config.query_response_size_limit
 
@@ -484,7 +500,14 @@ class HostilePeer(RuleBasedStateMachine):
         mlc = MemberlistConfig.from_profile("lan", name="me", advertise_addr="10.7.0.1",
                                             enable_compression=False, max_indirect_pings=4)
         cfg = SerfConfig(node_name="me", memberlist=mlc, **SMALL)  # type: ignore[arg-type]
-        self.serf = Serf(cfg, random.Random(seed), 0.0, memberlist_factory=RecordingMemberlist)
+        made: list[RecordingMemberlist] = []
+
+        def factory(*args: Any) -> RecordingMemberlist:
+            made.append(RecordingMemberlist(*args))
+            return made[-1]
+
+        self.serf = Serf(cfg, random.Random(seed), 0.0, memberlist_factory=factory)
+        [self._ml] = made
         self.cfg = cfg
         self.inc = 1
         for i, p in enumerate(PEERS):
@@ -495,26 +518,24 @@ class HostilePeer(RuleBasedStateMachine):
 
     @property
     def ml(self) -> RecordingMemberlist:
-        ml = self.serf.memberlist
-        assert isinstance(ml, RecordingMemberlist)
-        return ml
+        return self._ml
 
     def _alive(self, name: str, i: int) -> None:
         self.inc += 1
         a = Alive(self.inc, name, ip_to_bytes(f"10.7.1.{i + 1}"), 7946, b"",
                   bytes([1, 5, 2, 2, 5, 5]))
-        self.ml.receive_datagram(_packet(a.encode()), (f"10.7.1.{i + 1}", 7946), self.now)
+        self.serf.receive_datagram(_packet(a.encode()), (f"10.7.1.{i + 1}", 7946), self.now)
 
     def _flush(self) -> None:
-        self.ml.datagrams_to_send()
-        for req in self.ml.streams_to_open():
-            self.ml.stream_reply(req.token, None, self.now)
+        self.serf.datagrams_to_send()
+        for req in self.serf.streams_to_open():
+            self.serf.stream_outcome(req.token, None, self.now, "i/o timeout")
         self.ml.user_sent.clear()
 
     def _from_peer(self, data: bytes) -> list[tuple[tuple[str, int], bytes]]:
         before = len(self.ml.user_sent)
-        self.ml.receive_datagram(_packet(bytes((MsgType.USER,)) + data), ("10.7.1.1", 7946),
-                                 self.now)
+        self.serf.receive_datagram(_packet(bytes((MsgType.USER,)) + data), ("10.7.1.1", 7946),
+                                   self.now)
         out = self.ml.user_sent[before:]
         # One peer message makes at most an ack and a response, each with its relays,
         # plus the eager fan-out and one forwarded relay.
@@ -609,7 +630,7 @@ class HostilePeer(RuleBasedStateMachine):
                              left_members=tuple(nodes[::2]), event_ltime=lt, events=slots,
                              query_ltime=lt)
         plain = encode_push_pull(False, [], pp.encode())
-        self.ml.receive_stream(plain, ("10.7.1.1", 7946), self.now)
+        self.serf.receive_stream(plain, ("10.7.1.1", 7946), self.now)
         self._flush()
 
     @rule(count=st.integers(1, 12))
@@ -617,7 +638,7 @@ class HostilePeer(RuleBasedStateMachine):
         for i in range(count):
             ind = IndirectPing(i, ip_to_bytes("10.7.9.9"), 7946, "t", bool(i % 2),
                                ip_to_bytes("10.7.1.1"), 7946, "p0")
-            self.ml.receive_datagram(_packet(ind.encode()), ("10.7.1.1", 7946), self.now)
+            self.serf.receive_datagram(_packet(ind.encode()), ("10.7.1.1", 7946), self.now)
         self._flush()
 
     @rule(i=st.integers(0, len(PEERS) - 1))
@@ -656,7 +677,7 @@ class HostilePeer(RuleBasedStateMachine):
             t = self.serf.get_timer()
             if t is None or t > self.now:
                 break
-            self.serf.handle_timer(max(t, self.serf.memberlist._clock))
+            self.serf.handle_timer(max(t, self.ml._clock))
             self._flush()
         self.serf.handle_timer(self.now)
         self._flush()
@@ -705,7 +726,7 @@ class HostilePeer(RuleBasedStateMachine):
         for due in s._prunes.values():
             assert due <= now + cfg.broadcast_timeout + cfg.leave_propagate_delay
         # Queues.
-        pending = sum(1 for e in s._events if not isinstance(e, MemberEvent))
+        pending = sum(1 for e in s._events if isinstance(e, UserEvent | IncomingQuery))
         assert pending == s._pending_user <= cfg.max_pending_events
         for q in (s._intent_q, s._event_q, s._query_q):
             assert len(q) <= cfg.max_queue_depth
@@ -747,13 +768,13 @@ def test_name_conflict_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) 
              random.Random(1), 0.0)
     vsn = bytes([1, 5, 2, 2, 5, 5])
     first = Alive(1, "peer", ip_to_bytes("10.8.0.2"), 7946, b"", vsn)
-    s.memberlist.receive_datagram(_packet(first.encode()), ("10.8.0.2", 7946), 0.1)
+    s.receive_datagram(_packet(first.encode()), ("10.8.0.2", 7946), 0.1)
     with caplog.at_level(logging.WARNING, "serfd.serf"):
         for i in range(200):
             for name in ("peer", "me"):  # another node's name, and ours
                 other = Alive(5 + i, name, ip_to_bytes("10.8.0.66"), 7946, b"", vsn)
-                s.memberlist.receive_datagram(_packet(other.encode()), ("10.8.0.66", 7946),
+                s.receive_datagram(_packet(other.encode()), ("10.8.0.66", 7946),
                                               1.0 + i / 100)
-    assert s.memberlist.counters["conflict"] == 400  # all counted
+    assert s.counters_view().dropped["conflict"] == 400  # all counted
     lines = [r for r in caplog.records if "name conflict" in r.getMessage()]
     assert [r.levelno for r in lines] == [logging.WARNING, logging.ERROR]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 
 import pytest
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serfd.testing.fakes import KEY_A, KEY_B, GcmKeyring
 from serfd.wire import lzw
 from serfd.wire.codec import DecodeError
 from serfd.wire.messages import Ack, Alive, Compress, Dead, Nack, Ping, PushPullHeader, Suspect
@@ -25,34 +23,6 @@ from serfd.wire.packet import (
     make_compound,
 )
 from serfd.wire.serf_messages import encode_tags
-
-
-class GcmKeyring:
-    """memberlist encryption version 1 (``[1][nonce 12][ciphertext + tag 16]``), for tests."""
-
-    def __init__(self, *keys: bytes) -> None:
-        self.keys = list(keys)
-
-    def encrypted_length(self, n: int) -> int:
-        return n + 29
-
-    def encrypt(self, data: bytes, aad: bytes) -> bytes:
-        nonce = os.urandom(12)
-        return b"\x01" + nonce + AESGCM(self.keys[0]).encrypt(nonce, data, aad)
-
-    def decrypt(self, data: bytes, aad: bytes) -> bytes:
-        if len(data) < 29 or data[0] != 1:
-            raise DecodeError("bad encrypted payload")
-        for key in self.keys:
-            try:
-                return AESGCM(key).decrypt(data[1:13], data[13:], aad)
-            except InvalidTag:
-                continue
-        raise DecodeError("no installed keys could decrypt the message")
-
-
-KEY_A = bytes(range(32))
-KEY_B = bytes(range(1, 17))
 
 LOCAL = bytes([127, 0, 0, 1])
 PING = Ping(seq_no=7, node="py1", source_addr=LOCAL, source_port=7946, source_node="goA").encode()

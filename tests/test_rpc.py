@@ -20,78 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serfd.agent.rpc_server import RPCServer, encode_member, filter_members
+from serfd.agent.rpc_server import RPCServer
 from serfd.core.member import Member, MemberStatus
+from serfd.rpc.protocol import encode_member, filter_members
 from serfd.testing.fake_agent import FakeAgent, ServerThread
-from tests.support import AUTH_KEY, wait_until
+from tests.support import AUTH_KEY, Raw, wait_until
 
 H = bytes.fromhex
-
-
-class Raw:
-    """A raw RPC connection: send msgpack objects or bytes, read objects or bytes."""
-
-    def __init__(self, target: str | tuple[str, int], timeout: float = 5.0) -> None:
-        if isinstance(target, str):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        else:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(target)
-        self.unpacker = msgpack.Unpacker(raw=False)
-        self.seq = 0
-
-    def send(self, *objs: Any) -> None:
-        self.sock.sendall(b"".join(msgpack.packb(o, use_bin_type=True) for o in objs))
-
-    def send_bytes(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def request(self, command: str, body: Any = None, *, has_body: bool | None = None) -> None:
-        objs: list[Any] = [{"Command": command, "Seq": self.seq}]
-        if body is not None or has_body:
-            objs.append(body)
-        self.seq += 1
-        self.send(*objs)
-
-    def read(self) -> Any:
-        while True:
-            try:
-                return next(self.unpacker)
-            except StopIteration:
-                pass
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError("closed by server")
-            self.unpacker.feed(data)
-
-    def read_bytes(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            data = self.sock.recv(n - len(buf))
-            if not data:
-                break
-            buf += data
-        return buf
-
-    def closed(self) -> bool:
-        """True once the server has closed (any pending objects are discarded)."""
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    return True
-        except TimeoutError:
-            return False
-        except ConnectionResetError:
-            return True
-
-    def handshake(self) -> None:
-        self.request("handshake", {"Version": 1})
-        assert self.read() == {"Error": "", "Seq": self.seq - 1}
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def both(s: ServerThread) -> list[str | tuple[str, int]]:

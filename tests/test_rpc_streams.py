@@ -25,8 +25,7 @@ from serfd.agent.rpc_server import MAX_OPEN_QUERIES, MAX_STREAMS, STREAM_BUFFER_
 from serfd.core.query import IncomingQuery
 from serfd.core.serf import UserEvent
 from serfd.testing.fake_agent import FakeAgent, ServerThread
-from tests.support import wait_until
-from tests.test_rpc import Raw
+from tests.support import Raw, wait_until
 
 
 class StreamAgent(FakeAgent):
@@ -111,14 +110,14 @@ def test_a_stream_client_that_never_reads_loses_records_not_memory(
         srv: ServerThread, payload_size: int, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     encoded = 0
-    real = rpc_mod._event_record
+    real = rpc_mod.encode_event_record
 
     def counting(ev: Any) -> dict[str, Any]:
         nonlocal encoded
         encoded += 1
         return real(ev)
 
-    monkeypatch.setattr(rpc_mod, "_event_record", counting)
+    monkeypatch.setattr(rpc_mod, "encode_event_record", counting)
     hog = stalled_stream_client(srv)
     other = Raw(srv.socket_path)
     other.handshake()

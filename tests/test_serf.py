@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import random
+import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from serfd.core.member import MemberStatus
-from serfd.core.serf import MemberEvent, Serf, SerfConfig, SerfError, SerfState, UserEvent
+from serfd.core.query import QueryParam
+from serfd.core.serf import (
+    ForceLeaveDone,
+    JoinDone,
+    JoinError,
+    LeaveDone,
+    MemberEvent,
+    QueryRecordEvent,
+    Serf,
+    SerfConfig,
+    SerfError,
+    SerfState,
+    UserEvent,
+)
 from serfd.memberlist.broadcast import retransmit_limit
-from serfd.memberlist.swim import MemberlistConfig
+from serfd.memberlist.swim import MemberlistConfig, ProtocolError, StreamKind
+from serfd.wire.messages import ErrResp
 from serfd.wire.serf_messages import (
     MessageJoin,
     MessageLeave,
@@ -33,7 +48,10 @@ class FakeNode:
 
 
 class FakeMemberlist:
-    """Records what Serf asks of memberlist; reports self as joined like the real one."""
+    """Records what Serf asks of memberlist; reports self as joined like the real one.
+    ``FakeMemberlist.of[serf]`` is the one a Serf made (its memberlist is private)."""
+
+    of: ClassVar[weakref.WeakKeyDictionary[Serf, FakeMemberlist]] = weakref.WeakKeyDictionary()
 
     def __init__(self, config: Any, delegate: Serf, rng: random.Random, now: float) -> None:
         self.config = config
@@ -41,7 +59,29 @@ class FakeMemberlist:
         self.meta_updates = 0
         self.left = False
         self.sent: list[tuple[tuple[str, int], bytes]] = []
+        self.joins: list[tuple[int, tuple[str, int], StreamKind]] = []
+        self.counters: dict[str, int] = {}
+        self.activity: dict[str, int] = {}
+        FakeMemberlist.of[delegate] = self
         delegate.notify_join(FakeNode(config.name, meta=delegate.node_meta(512)), now)
+
+    def start_join(self, addr: tuple[str, int], now: float, kind: StreamKind) -> int:
+        token = 100 + len(self.joins)
+        self.joins.append((token, addr, kind))
+        return token
+
+    def merge_push_pull(self, plain: bytes, join: bool, now: float) -> None:
+        # The fake's "push/pull" is Serf's own state alone.
+        if plain == b"refuse":
+            raise ProtocolError("incompatible protocol")
+        self.delegate.merge_remote_state(plain, join, now)
+
+    def stream_outcome(self, token: int, reply: bytes | None, now: float,
+                       error: str = "") -> None:
+        pass
+
+    def num_alive(self) -> int:
+        return 1
 
     def update_meta(self, now: float) -> None:
         self.meta_updates += 1
@@ -150,7 +190,7 @@ def test_tags_update_event_and_meta() -> None:
     [ev] = events(s)
     assert ev.type == "member-update" and ev.members[0].tags == {"role": "lb"}
     s.set_tags({"role": "cache"}, 3.0)
-    assert s.memberlist.meta_updates == 1  # type: ignore[attr-defined]
+    assert FakeMemberlist.of[s].meta_updates == 1
     with pytest.raises(SerfError, match="exceeds limit of 512"):
         s.set_tags({"k": "v" * 600}, 4.0)
 
@@ -187,12 +227,58 @@ def test_join_with_ignore_old_skips_old_events() -> None:
         a.notify_msg(MessageUserEvent(ltime=lt, name="e", payload=bytes([lt])).encode(), 1.0)
     state = a.local_state(True)
     b = make_serf("b")
-    b.begin_join(ignore_old=True)
-    b.merge_remote_state(state, True, 2.0)
-    b.end_join(1, 2.0)
-    assert [e for e in events(b) if isinstance(e, UserEvent)] == []
+    join_id = b.join([("10.0.0.1", 7946)], True, 2.0)
+    [(token, addr, kind)] = FakeMemberlist.of[b].joins
+    assert addr == ("10.0.0.1", 7946) and kind is StreamKind.JOIN
+    assert not any(isinstance(m, MessageJoin) for m in broadcasts(b))  # not joined yet
+    b.stream_outcome(token, state, 2.0)
+    evs = events(b)
+    assert [e for e in evs if isinstance(e, UserEvent)] == []
+    assert JoinDone(join_id, 1, ()) in evs
     # The join intent goes out once joined.
     assert any(isinstance(m, MessageJoin) and m.node == "b" for m in broadcasts(b))
+    # Without ignore_old, the same state replays the events.
+    c = make_serf("c")
+    c.join([("10.0.0.1", 7946)], False, 2.0)
+    c.stream_outcome(FakeMemberlist.of[c].joins[0][0], state, 2.0)
+    assert len([e for e in events(c) if isinstance(e, UserEvent)]) == 4
+
+
+def test_join_done_reports_each_address_in_order_with_its_reason() -> None:
+    s = make_serf()
+    addrs = [("10.0.0.1", 7946), ("10.0.0.2", 7946), ("10.0.0.3", 7946), ("10.0.0.4", 7946)]
+    join_id = s.join(addrs, False, 1.0)
+    t1, t2, t3, t4 = (t for t, _, _ in FakeMemberlist.of[s].joins)
+    events(s)
+    # Outcomes in any order; the event waits for the last and lists failures in order.
+    s.stream_outcome(t3, ErrResp(error="No installed keys could decrypt the message")
+                     .encode(), 1.1)
+    s.stream_outcome(t1, None, 1.2, "dial tcp 10.0.0.1:7946: connect: connection refused")
+    s.stream_outcome(t4, b"refuse", 1.3)
+    assert not [e for e in events(s) if isinstance(e, JoinDone)]
+    s.stream_outcome(t2, make_serf("x").local_state(True), 1.4)
+    [done] = [e for e in events(s) if isinstance(e, JoinDone)]
+    assert done == JoinDone(join_id, 1, (
+        JoinError(addrs[0], "dial tcp 10.0.0.1:7946: connect: connection refused"),
+        JoinError(addrs[2], "remote error: No installed keys could decrypt the message"),
+        JoinError(addrs[3], "incompatible protocol")))
+    assert str(done.errors[0]) == ("Failed to join 10.0.0.1: dial tcp 10.0.0.1:7946: "
+                                   "connect: connection refused")
+    assert any(isinstance(m, MessageJoin) and m.node == "me" for m in broadcasts(s))
+
+
+def test_a_join_that_reaches_nobody_sends_no_intent_and_an_empty_one_ends_at_once() -> None:
+    s = make_serf()
+    join_id = s.join([("10.0.0.1", 7946)], False, 1.0)
+    s.stream_outcome(FakeMemberlist.of[s].joins[0][0], None, 1.5)
+    assert [e for e in events(s) if isinstance(e, JoinDone)] == [
+        JoinDone(join_id, 0, (JoinError(("10.0.0.1", 7946), "no reply"),))]
+    assert broadcasts(s) == []
+    empty = s.join([], False, 2.0)
+    assert [e for e in events(s) if isinstance(e, JoinDone)] == [JoinDone(empty, 0, ())]
+    s.shutdown()
+    with pytest.raises(SerfError, match=r"^Serf can't Join after Leave or Shutdown$"):
+        s.join([("10.0.0.1", 7946)], False, 3.0)
 
 
 def test_user_event_dedup() -> None:
@@ -207,18 +293,45 @@ def test_user_event_dedup() -> None:
 def test_graceful_leave_phases() -> None:
     s = make_serf()
     s.notify_join(FakeNode("a"), 0.0)
+    events(s)
     s.leave(1.0)
     assert s.state == SerfState.LEAVING
+    with pytest.raises(SerfError, match=r"^Leave already in progress$"):
+        s.leave(1.0)
     # The intent must go out first: drain it past its retransmit limit.
     for _ in range(10):
         s.get_broadcasts(2, 1400)
     s.handle_timer(1.2)
-    assert s.memberlist.left  # type: ignore[attr-defined]
+    assert FakeMemberlist.of[s].left
     s.handle_timer(1.3)
     assert s.state == SerfState.LEAVING  # propagation delay still running
+    assert events(s) == []
     s.handle_timer(2.5)
     assert s.state == SerfState.LEFT
+    assert events(s) == [LeaveDone("")]
     s.leave(3.0)  # leaving twice is harmless once left
+    assert events(s) == [LeaveDone("")]
+
+
+def test_leave_done_says_why_a_leave_was_cut_short() -> None:
+    s = make_serf()
+    s.notify_join(FakeNode("a"), 0.0)
+    s.leave(1.0)  # nobody takes the intent off the queue
+    due = s.get_timer()
+    assert due is not None and due <= 1.0 + s.config.broadcast_timeout
+    s.handle_timer(1.0 + s.config.broadcast_timeout)
+    s.handle_timer(1.0 + s.config.broadcast_timeout + s.config.leave_propagate_delay)
+    assert [e for e in events(s) if isinstance(e, LeaveDone)] == [
+        LeaveDone("timeout while waiting for graceful leave")]
+
+
+def test_a_leave_with_nobody_to_tell_needs_only_the_propagation_delay() -> None:
+    s = make_serf()
+    events(s)
+    s.leave(1.0)
+    assert s.get_timer() == 1.0 + s.config.leave_propagate_delay
+    s.handle_timer(1.0 + s.config.leave_propagate_delay)
+    assert events(s) == [LeaveDone("")] and s.state == SerfState.LEFT
 
 
 def test_garbage_serf_messages_are_counted() -> None:
@@ -248,11 +361,48 @@ def test_force_leave_reports_when_its_own_broadcast_has_gone_out() -> None:
     for n in ("a", "b"):
         s.notify_join(FakeNode(n), 1.0)
     s.notify_leave(FakeNode("a"), 2.0)
-    sent: list[float] = []
-    assert s.force_leave("a", False, 3.0, on_sent=lambda: sent.append(3.0))
+    events(s)
+    op_id = s.force_leave("a", False, 3.0)
+    assert op_id is not None
     rounds = 0
-    while not sent:
+    while not (done := [e for e in events(s) if isinstance(e, ForceLeaveDone)]):
         assert any(isinstance(m, MessageLeave) and m.node == "a" for m in broadcasts(s))
         rounds += 1
+    assert done == [ForceLeaveDone(op_id)]
     # Reported once retransmitted its full budget (memberlist's limit for 3 members).
     assert rounds == retransmit_limit(s.config.memberlist.retransmit_mult, 3)
+
+
+def test_force_leave_with_nobody_to_tell_has_nothing_to_wait_for() -> None:
+    s = make_serf()
+    s.notify_join(FakeNode("a"), 1.0)
+    s.notify_leave(FakeNode("a"), 2.0)
+    assert s.force_leave("a", False, 3.0) is None
+    assert status(s, "a") == MemberStatus.LEFT
+
+
+def test_query_records_are_events_with_the_query_id_even_if_it_ends_as_it_starts() -> None:
+    s = make_serf()
+    events(s)
+    # Alone, our own ack answers a ping in full before query() returns.
+    qid = s.query("_serf_ping", b"", QueryParam(request_ack=True), 1.0)
+    assert [(e.query_id, e.record.type, e.record.from_) for e in events(s)
+            if isinstance(e, QueryRecordEvent)] == [(qid, "ack", "me"), (qid, "done", "")]
+    assert s.pending_query_count() == 0
+    other = s.query("q", b"", QueryParam(timeout=2.0), 1.0)
+    assert other != qid
+    assert not [e for e in events(s) if isinstance(e, QueryRecordEvent)]  # nobody answered
+    s.handle_timer(3.0)
+    assert [(e.query_id, e.record.type) for e in events(s)] == [(other, "done")]
+
+
+def test_a_join_stream_the_driver_never_reports_fails_at_the_next_reap() -> None:
+    s = make_serf()
+    join_id = s.join([("10.0.0.1", 7946)], False, 1.0)
+    events(s)
+    s.handle_timer(16.0)  # the first reap: the request (TCPTimeout 10 s) is past due
+    assert [e for e in events(s) if isinstance(e, JoinDone)] == [
+        JoinDone(join_id, 0, (JoinError(("10.0.0.1", 7946), "i/o timeout"),))]
+    assert s.counters["join_stream_lost"] == 1
+    s.stream_outcome(FakeMemberlist.of[s].joins[0][0], b"late", 17.0)  # ignored now
+    assert events(s) == []

@@ -11,7 +11,7 @@ from serfd.core.query import (
     encode_filters,
     filters_match,
 )
-from serfd.core.serf import SerfError, UserEvent
+from serfd.core.serf import QueryRecordEvent, SerfError, UserEvent
 from serfd.testing.serf_sim import SerfSim, build_cluster
 from serfd.wire.serf_messages import MessageQuery
 
@@ -111,7 +111,7 @@ def test_user_event_wire_format() -> None:
 
 def run_query(sim: SerfSim, asker: str, name: str, payload: bytes, param: QueryParam,
               answer: bool = True, limit: float = 30.0) -> tuple[list, float]:
-    pq = sim.serf(asker).query(name, payload, param, sim.now)
+    query_id = sim.serf(asker).query(name, payload, param, sim.now)
     sim.service(asker)
     start = sim.now
     records = []
@@ -122,7 +122,9 @@ def run_query(sim: SerfSim, asker: str, name: str, payload: bytes, param: QueryP
                 if isinstance(e, IncomingQuery) and answer:
                     sim.serf(n).respond(e, f"{n}:".encode() + e.payload, sim.now)
                     sim.service(n)
-        records.extend(pq.drain())
+                elif isinstance(e, QueryRecordEvent) and n == asker:
+                    assert e.query_id == query_id
+                    records.append(e.record)
         return any(r.type == "done" for r in records)
 
     assert sim.run_until(start + limit, step, every=0.005)
@@ -180,7 +182,7 @@ def test_query_relay_factor_dedups_responses() -> None:
 def test_respond_once_and_before_deadline() -> None:
     sim = build_cluster(2, seed=4)
     s0, s1 = sim.serf("n0"), sim.serf("n1")
-    pq = s0.query("q", b"", QueryParam(timeout=1.0), sim.now)
+    query_id = s0.query("q", b"", QueryParam(timeout=1.0), sim.now)
     sim.service("n0")
     sim.run_for(0.1)
     q = next(e for e in sim.events_of("n1") if isinstance(e, IncomingQuery))
@@ -189,11 +191,13 @@ def test_respond_once_and_before_deadline() -> None:
     s1.respond(q, b"hi", sim.now)
     with pytest.raises(SerfError, match=r"^response already sent$"):
         s1.respond(q, b"again", sim.now)
-    q2 = next(e for e in sim.events_of("n0") if isinstance(e, IncomingQuery))
+    evs = sim.events_of("n0")
+    q2 = next(e for e in evs if isinstance(e, IncomingQuery))
     sim.run_for(2.0)
     with pytest.raises(SerfError, match=r"^response is past the deadline$"):
         s0.respond(q2, b"late", sim.now)
-    recs = pq.drain()
+    evs += sim.events_of("n0")
+    recs = [e.record for e in evs if isinstance(e, QueryRecordEvent) and e.query_id == query_id]
     assert [(r.type, r.from_, r.payload) for r in recs] == [("response", "n1", b"hi"),
                                                             ("done", "", b"")]
 

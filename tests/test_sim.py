@@ -307,8 +307,7 @@ def _serf_restart_without_state(seed: int, catch_up: bool) -> tuple[str, float |
             seen_at = sim.now
         if all(_statuses(sim, "pyb").get(n) == "alive" for n in ("pya", "gosrf")):
             learned_at = sim.now
-    pyb = sim.serf("pyb").memberlist
-    if pyb.activity.get("catch_up_push_pull", 0):
+    if sim.serf("pyb").counters_view().activity.get("catch_up_push_pull", 0):
         via = "catch-up"
     elif learned_at is not None:
         via = "reconnect"  # a push/pull from them (pya reconnecting) taught pyb too

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serfd.testing.fakes import KEY_A, KEY_B, GcmKeyring
 from serfd.wire.codec import DecodeError, pack_gossip
 from serfd.wire.framing import (
     MAX_STREAM_SIZE,
@@ -22,7 +23,6 @@ from serfd.wire.framing import (
 from serfd.wire.messages import Ack, ErrResp, Ping, PushNodeState, PushPullHeader
 from serfd.wire.packet import compress_message
 from serfd.wire.serf_messages import MessagePushPull, decode_serf_message, encode_tags
-from tests.test_packet import KEY_A, KEY_B, GcmKeyring
 
 LOCAL = bytes([127, 0, 0, 1])
 

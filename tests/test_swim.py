@@ -231,7 +231,7 @@ def test_probed_by_an_unknown_member_we_push_pull_with_it_bounded() -> None:
     reply = encode_push_pull(
         True, [PushNodeState("x0", ip_to_bytes("10.0.1.0"), 7946, b"", 4, 0, DEFAULT_VSN)], b""
     )
-    m.stream_reply(req.token, reply, 1.1)
+    m.stream_outcome(req.token, reply, 1.1)
     assert m.get_node("x0").state == ALIVE  # type: ignore[union-attr]
     feed(m, Ping(90, "me", ip_to_bytes("10.0.2.1"), 7946, "y").encode(), now=1.5)
     assert m.streams_to_open() == []
@@ -354,7 +354,7 @@ def test_tcp_fallback_ping_prevents_suspicion() -> None:
     assert req.addr == addr and req.expect_reply
     assert decode_message(req.plain) == ping
     target = m.get_node(ping.node)
-    m.stream_reply(req.token, Ack(ping.seq_no).encode(), req.deadline - 0.1)
+    m.stream_outcome(req.token, Ack(ping.seq_no).encode(), req.deadline - 0.1)
     for _ in range(20):
         m.handle_timer(m.get_timer())  # type: ignore[arg-type]
     assert m.get_node(ping.node).state == ALIVE  # type: ignore[union-attr]
@@ -509,9 +509,9 @@ def test_push_pull_timer_uses_stream_requests_and_merges_the_reply() -> None:
     reply = encode_push_pull(
         False, [PushNodeState("new", ip_to_bytes("10.0.0.8"), 7946, b"", 3, 0, DEFAULT_VSN)], b""
     )
-    m.stream_reply(req.token, reply, 40.0)
+    m.stream_outcome(req.token, reply, 40.0)
     assert m.get_node("new").incarnation == 3  # type: ignore[union-attr]
-    m.stream_reply(999, None, 40.0)  # unknown token: ignored
+    m.stream_outcome(999, None, 40.0)  # unknown token: ignored
 
 
 # ------------------------------------------------------------------ leave

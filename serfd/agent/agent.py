@@ -1,16 +1,28 @@
-"""The serfd agent: one asyncio driver around the pure Serf/memberlist core.
+"""The serfd agent: lifecycle, signals and reload over a few services around the Serf core.
 
 Theory of operation
 -------------------
-The agent owns every socket and the single timer; the core owns every decision.
-Each input (a datagram, an inbound TCP message, the outcome of an outbound stream,
-the timer, an RPC command) is handed to the core with ``now = loop.time()``, then
-``_pump()`` drains what the core produced:
+The core (:class:`~serfd.core.serf.Serf`) owns every decision; the services own the
+I/O, each with its own state, talking to the core only through its driver contract:
 
-1. datagrams to send go out on the UDP socket;
-2. streams to open (push/pull, TCP fallback pings) and reconnect joins become tasks;
-3. Serf events are logged (handlers come with a later issue);
-4. the one timer is re-armed for ``serf.get_timer()``.
+* :class:`~serfd.agent.gossip.GossipDriver` (``agent.gossip``): the gossip sockets, the
+  pump and the one timer; commands that wait (join, leave, force-leave, queries) wait
+  on futures its pump resolves from the core's completion events;
+* :class:`~serfd.agent.joins.Joiner` (``agent.joins``): DNS, RPC join, retry_join,
+  snapshot rejoin, join after reload;
+* :class:`~serfd.agent.keys.KeyService` (``agent.keys``): the key queries;
+* :class:`~serfd.agent.events.EventsService` (``agent.events``): coalescing, handlers,
+  RPC event streams and the monitor;
+* :class:`~serfd.agent.recorder.SnapshotRecorder` (``agent.recorder``): the snapshot
+  (clocks restored at start, members to rejoin, events recorded);
+* the RPC server (serfd.agent.rpc_server).
+
+``Agent.start`` builds them in order: keyring, Serf core, driver (unbound), events,
+snapshot (clocks restored), key hooks, then the gossip sockets (so no gossip reaches a
+core without its clocks and hooks), then RPC. The driver hands member events, user
+events and incoming queries to ``_dispatch`` (the recorder first, then the events
+service: coalescing, handlers, RPC streams). The agent's own methods that RPC calls
+(``join``, ``leave``, ``query``, ...) are thin delegations to these services.
 
 Slow things never run on the loop itself: DNS goes through ``getaddrinfo`` (the
 loop's executor), TCP I/O is asynchronous with deadlines. A peer that sends
@@ -21,7 +33,6 @@ process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import fcntl
 import ipaddress
@@ -39,76 +50,33 @@ from pathlib import Path
 from typing import Any
 
 from serfd import __version__
-from serfd.agent.clock import LoopClock
+from serfd.agent.clock import Clock, LoopClock
 from serfd.agent.config import Config, ConfigError, load_config
 from serfd.agent.events import EventsService
+from serfd.agent.gossip import GossipDriver
+from serfd.agent.joins import Joiner, JoinFailed, parse_join_addr
+from serfd.agent.keys import KeyService
 from serfd.agent.logsetup import set_level
 from serfd.agent.looplag import LoopLag
 from serfd.agent.recorder import SnapshotRecorder
 from serfd.agent.reload import plan_reload
 from serfd.agent.rpc_server import RPCError, RPCServer
 from serfd.agent.systemd import Notifier
-from serfd.base.ratelog import DropLog
 from serfd.core.filters import AnyEvent
-from serfd.core.keymanager import (
-    KEY_QUERIES,
-    KeyResponder,
-    KeyResult,
-    decode_key_arg,
-    decode_key_response,
-    encode_key_response,
-    final_error,
-    request_payload,
-    response_fits_for,
-    tally,
-)
 from serfd.core.member import Member, MemberStatus
-from serfd.core.query import IncomingQuery, PendingQuery, QueryParam, QueryRecord, QueryRecordType
+from serfd.core.query import IncomingQuery, QueryParam, QueryRecord
 from serfd.core.serf import (
     DEFAULT_MAX_QUERY_TIMEOUT,
-    MemberEvent,
+    DeliveredEvent,
     Serf,
     SerfConfig,
     SerfError,
     SerfState,
-    UserEvent,
 )
-from serfd.memberlist.swim import MemberlistConfig, ProtocolError, StreamRequest
-from serfd.wire.codec import DecodeError
-from serfd.wire.framing import StreamReader, encode_stream
-from serfd.wire.keyring import (
-    DecryptError,
-    Keyring,
-    KeyringError,
-    KeyringFileError,
-    keyring_from_config,
-    write_keyring_file,
-)
-from serfd.wire.messages import ErrResp, MsgType
+from serfd.memberlist.swim import MemberlistConfig
+from serfd.wire.keyring import Keyring, KeyringFileError, keyring_from_config
 
 log = logging.getLogger("serfd.agent")
-
-STREAM_MAX_SIZE = 20 * 1024 * 1024  # memberlist refuses larger stream messages
-MAX_INBOUND_STREAMS = 128  # memberlist drops push/pulls beyond this many at once
-# Ours (memberlist starts a goroutine per stream, unbounded): TCP exchanges the agent
-# opens for the core (push/pull, fallback pings, large user messages) and reconnects.
-# A healthy node has a handful at once; beyond this many the core is told "failed".
-MAX_OUTBOUND_STREAMS = 64
-# Ours: bytes of stream messages being read at once, inbound and outbound together
-# (128 peers x 20 MiB would otherwise be allowed). A push/pull of 5,000 members is
-# about 1 MiB.
-STREAM_BYTES_BUDGET = 64 * 1024 * 1024
-# Seconds a closing stream may take to hand its last bytes to the peer before it is
-# aborted (asyncio's close() waits for a peer that never reads forever).
-CLOSE_TIMEOUT = 1.0
-# Ours: key changes asked by peers (_serf_install-key etc.) waiting for the keyring lock
-# and the file write; a rotation needs one at a time, so beyond this many are refused.
-MAX_KEY_CHANGES = 16
-
-
-class _OverBudget(ConnectionError):
-    """Reading this stream would pass STREAM_BYTES_BUDGET."""
-
 
 def _private_ipv4() -> str | None:
     """The first non-loopback IPv4 address of this host's interfaces (no traffic sent)."""
@@ -126,81 +94,13 @@ def _private_ipv4() -> str | None:
     return None
 
 
-def parse_join_addr(text: str, default_port: int) -> tuple[str | None, str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or ``name/host:port`` → (name, host, port)."""
-    name: str | None = None
-    if "/" in text:
-        name, text = text.split("/", 1)
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-        return name, host, port
-    if text.count(":") == 1:
-        host, _, p = text.partition(":")
-        return name, host, int(p)
-    return name, text, default_port
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    """Close a TCP stream; abort it if the peer does not take what is left in time."""
-    writer.close()
-    try:
-        await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
-    except OSError:  # TimeoutError included: the peer is not reading, or the socket failed
-        writer.transport.abort()
-    except asyncio.CancelledError:
-        writer.transport.abort()
-        raise
-
-
-class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.agent.on_datagram(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error: %s", exc)
-
-
-class _CoreGossip:
-    """The events service's GossipAPI (serfd.agent.events) over this agent's Serf core and
-    pump: each call hands the core ``now``, then pumps."""
-
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-
-    def local_member(self) -> Member:
-        return self._agent.serf.local_member()
-
-    def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
-        a = self._agent
-        a.serf.user_event(name, payload, coalesce, a._now())
-        a._pump()
-
-    def query(self, name: str, payload: bytes, param: QueryParam,
-              on_record: Callable[[QueryRecord], None]) -> PendingQuery:
-        a = self._agent
-        if a.serf.state != SerfState.ALIVE:
-            raise SerfError("Serf can't query after Leave or Shutdown")
-        pq = a.serf.query(name, payload, param, a._now())
-        a._queries[pq] = on_record
-        a._pump()
-        return pq
-
-    def respond(self, q: IncomingQuery, payload: bytes) -> None:
-        a = self._agent
-        a.serf.respond(q, payload, a._now())
-        a._pump()
-
-
 class Agent:
     """Runs one serfd node until told to leave or stop."""
 
     def __init__(self, config: Config, *, config_dir: Path | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock: Clock = clock if clock is not None else LoopClock()
         self.config_dir = config_dir  # where reload() re-reads the drop-ins
         self.notifier = notifier if notifier is not None else Notifier()
         # Called as hook(old, new) after a reload applied the built-in keys; a hook may
@@ -209,36 +109,21 @@ class Agent:
         self.restart_needed: tuple[str, ...] = ()  # keys changed on disk, not yet in effect
         self.last_reload_error: str = ""
         self._reload_lock = asyncio.Lock()
-        self.counters: dict[str, int] = {}
+        self.counters: dict[str, int] = {}  # the agent's drops (serfctl info: dropped_<key>)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp_server: asyncio.base_events.Server | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._inbound_streams = 0  # _on_stream tasks (MAX_INBOUND_STREAMS)
-        self._outbound_streams = 0  # _outbound_stream + _reconnect tasks (MAX_OUTBOUND_STREAMS)
-        self._stream_bytes = 0  # bytes held by stream reads in progress (STREAM_BYTES_BUDGET)
-        self._key_changes = 0  # _answer_key_change tasks (MAX_KEY_CHANGES)
         self._started = False  # start() finished: the Serf layer and sockets exist
         self.loop_lag = LoopLag()
-        self.stream_drops = DropLog(log, self.counters)
         self._stop = asyncio.Event()
         self._exit_code = 0
-        self._left = asyncio.Event()
+        # The core and the services around it, made by start() (module docstring).
         self.serf: Serf
-        self.rpc: RPCServer
-        self.clock = LoopClock()
-        # Events, handlers and monitor (serfd.agent.events): created in start(), with the core.
+        self.gossip: GossipDriver | None = None
+        self.joins: Joiner
+        self.keys: KeyService
         self.events: EventsService
-        # Open queries (RPC and key rotation): after every pump their new records go to the
-        # asker's callback, one loop iteration later, so the RPC header always goes first.
-        self._queries: dict[PendingQuery, Callable[[QueryRecord], None]] = {}
-        self._query_flush_scheduled = False
-        self.last_join: str = "none yet"
-        # Durable state (serfd.agent.recorder): members to rejoin and clocks, across
-        # restarts; created in start(), with the core.
-        self.recorder: SnapshotRecorder
+        self.recorder: SnapshotRecorder  # members to rejoin and clocks, across restarts
+        self.rpc: RPCServer
         # Gossip encryption (serfd.wire.keyring): the keyring, shared with the memberlist core
         # and mutated in place by key rotation, and the file that persists it.
         self.keyring: Keyring | None = None
@@ -295,21 +180,11 @@ class Agent:
         return Serf(sc, random.Random(), now)
 
     async def start(self) -> None:
-        """Bind every socket (gossip UDP+TCP, RPC); after this the agent is 'ready'."""
+        """Build the core and the services, bind every socket (gossip UDP+TCP, RPC); after
+        this the agent is 'ready'."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         host, port = self.config.bind
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * 1024 * 1024)
-        sock.bind((host, port))
-        transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=sock)
-        self._udp = transport
-        self._tcp_server = await asyncio.start_server(
-            self._on_stream, host=host, port=port, reuse_address=True, limit=65536
-        )
         try:
             self.keyring, self.keyring_path = keyring_from_config(
                 self.config.encrypt_key, self.config.keyring_file, self.config.state_dir, log)
@@ -320,14 +195,27 @@ class Agent:
             log.info("gossip encryption on (%d keys; verify incoming %s, outgoing %s)",
                      len(self.keyring.keys), self.config.gossip_verify_incoming,
                      self.config.gossip_verify_outgoing)
-        self.serf = self._make_serf(loop.time())
-        self.events = EventsService(self.config, _CoreGossip(self), clock=self.clock,
-                                    spawn=self._spawn, config_dir=self.config_dir, loop=loop)
+        self.serf = self._make_serf(self._now())
+        cfg = self.config
+        self.gossip = GossipDriver(
+            self.serf, clock=self.clock, keyring=self.keyring, compress=cfg.enable_compression,
+            verify_incoming=cfg.gossip_verify_incoming,
+            verify_outgoing=cfg.gossip_verify_outgoing, counters=self.counters,
+            on_event=self._dispatch, after_pump=self._after_pump)
+        self.joins = Joiner(self.gossip, clock=self.clock, default_port=port)
+        self.events = EventsService(cfg, self.gossip, clock=self.clock, spawn=self._spawn,
+                                    config_dir=self.config_dir, loop=loop)
         self.events.start()
         self.reload_hooks.append(self._reload_events)
-        self.recorder = SnapshotRecorder(self.config, self.serf, clock=self.clock)
+        self.recorder = SnapshotRecorder(cfg, self.serf, clock=self.clock)
         await self.recorder.open()
-        self._setup_key_queries()
+        self.keys = KeyService(self.gossip, self.keyring, self.keyring_path,
+                               node_name=cfg.node_name,
+                               response_limit=self.serf.config.query_response_size_limit,
+                               spawn=self._spawn, counters=self.counters)
+        self.keys.install()
+        # Gossip only now: the core has its clocks back and answers key queries.
+        await self.gossip.bind(host, port)
         self.rpc = RPCServer(self, auth_key=self.config.rpc_auth_key)
         sock_path = self.config.rpc_socket
         sock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,8 +250,8 @@ class Agent:
         self._spawn(self.notifier.keepalive(self.status_line))
         if self.config.join:
             self._spawn(self._retry_join())
-        if self.recorder.previous_members():
-            self._spawn(self._rejoin_previous())
+        if previous := self.recorder.previous_members():
+            self._spawn(self.joins.rejoin(previous, retry_interval=self.config.retry_interval))
         await self._stop.wait()
         await self._shutdown()
         return self._exit_code
@@ -401,30 +289,24 @@ class Agent:
 
     async def _shutdown(self) -> None:
         self.events.stop()
-        for pq in list(self._queries):
-            pq.finish()
-        self._flush_queries()
-        self.serf.shutdown()
+        if self.gossip is not None:
+            self.gossip.shutdown()  # Serf.Shutdown; open queries end with their done record
         await self.recorder.close()
-        if self._timer is not None:
-            self._timer.cancel()
-        try:
-            await self.rpc.close()
-        except Exception:  # shutting down anyway
-            log.exception("closing the RPC server failed")
-        if self._tcp_server is not None:
-            self._tcp_server.close()
+        if hasattr(self, "rpc"):
+            try:
+                await self.rpc.close()
+            except Exception:  # shutting down anyway
+                log.exception("closing the RPC server failed")
+        if self.gossip is not None:
+            await self.gossip.close()
         for t in list(self._tasks):
             t.cancel()
-        if self._udp is not None:
-            self._udp.close()
         log.info("serfd stopped")
 
     # ------------------------------------------------------------------ the pump
 
     def _now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+        return self.clock.now()
 
     def _count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
@@ -440,53 +322,11 @@ class Agent:
             log.error("internal task failed: %r", task.exception(), exc_info=task.exception())
 
     def _pump(self) -> None:
-        """Drain the core's output and re-arm the timer. Called after every input."""
-        serf = self.serf
-        ml = serf.memberlist
-        if serf.leave_in_progress():
-            serf.poll(self._now())
-        if self._udp is not None:
-            for data, addr in ml.datagrams_to_send():
-                try:
-                    self._udp.sendto(data, addr)
-                except OSError as e:
-                    log.debug("udp send to %s failed: %s", addr, e)
-        for req in ml.streams_to_open():
-            if self._outbound_streams >= MAX_OUTBOUND_STREAMS:
-                self._refuse_outbound(f"{req.kind} to {req.addr[0]}:{req.addr[1]}")
-                self._loop.call_soon(self._stream_failed, req.token)  # type: ignore[union-attr]
-                continue
-            self._outbound_streams += 1
-            self._spawn(self._outbound_stream(req))
-        for name, ip, port in serf.joins_to_attempt():
-            if self._outbound_streams >= MAX_OUTBOUND_STREAMS:
-                self._refuse_outbound(f"reconnect to {name}")
-                continue
-            self._outbound_streams += 1
-            self._spawn(self._reconnect(name, ip, port))
-        while (ev := serf.next_event()) is not None:
-            self._dispatch(ev)
-        self._after_pump()
-        if serf.state == SerfState.LEFT:
-            self._left.set()
-        due = serf.get_timer()
-        if due != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = due
-            self._timer = None if due is None else self._loop.call_at(due, self._on_timer)  # type: ignore[union-attr]
+        """Drain the core's output and re-arm the timer (the gossip driver's pump)."""
+        if self.gossip is not None:
+            self.gossip.pump()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        try:
-            self.serf.handle_timer(self._now())
-        except Exception:  # a bug in the core must not stop the loop
-            log.exception("core timer handling failed")
-            self._count("core_errors")
-        self._pump()
-
-    def _dispatch(self, ev: MemberEvent | UserEvent | IncomingQuery) -> None:
+    def _dispatch(self, ev: DeliveredEvent) -> None:
         self.recorder.record(ev)  # the snapshot sees events before coalescing, as Serf's does
         self.events.event(ev)  # coalescing, then handlers and RPC streams
 
@@ -496,383 +336,18 @@ class Agent:
                       self.config.node_name)
             self._exit_code = 1
             self._stop.set()
-        if self._queries and not self._query_flush_scheduled:
-            self._query_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_queries)
-
-    def _flush_queries(self) -> None:
-        self._query_flush_scheduled = False
-        for pq, cb in list(self._queries.items()):
-            for rec in pq.drain():
-                try:
-                    cb(rec)
-                except Exception:  # our bug: the other queries' records still go out
-                    self.counters["event_delivery_errors"] = (
-                        self.counters.get("event_delivery_errors", 0) + 1)
-                    log.exception("query record callback failed")
-            if pq.finished:
-                del self._queries[pq]
-
-    # ------------------------------------------------------------------ UDP
-
-    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            self.serf.memberlist.receive_datagram(data, addr, self._now())
-        except Exception:
-            log.exception("core failed on a datagram from %s", addr)
-            self._count("core_errors")
-        self._pump()
-
-    # ------------------------------------------------------------------ TCP
-
-    async def _read_message(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
-        sr = StreamReader(max_size=STREAM_MAX_SIZE, keyring=self.keyring,
-                          verify_incoming=self.config.gossip_verify_incoming)
-        held = 0  # this read's share of _stream_bytes
-        try:
-            while True:
-                msg = sr.message()
-                if msg is not None:
-                    return msg
-                timeout = deadline - self._now()
-                if timeout <= 0:
-                    raise TimeoutError("stream read timed out")
-                chunk = await asyncio.wait_for(reader.read(65536), timeout)
-                if not chunk:
-                    raise ConnectionError("connection closed mid-message")
-                if self._stream_bytes + len(chunk) > STREAM_BYTES_BUDGET:
-                    raise _OverBudget(f"stream reads in progress hold over "
-                                      f"{STREAM_BYTES_BUDGET} bytes")
-                self._stream_bytes += len(chunk)
-                held += len(chunk)
-                sr.feed(chunk)
-        finally:
-            self._stream_bytes -= held
-
-    async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        if self._inbound_streams >= MAX_INBOUND_STREAMS:
-            self.stream_drops.drop("tcp_too_many", self._now(),
-                                   "refused a stream from %s: %d inbound streams already open",
-                                   peer, MAX_INBOUND_STREAMS)
-            writer.transport.abort()
-            return
-        self._inbound_streams += 1
-        try:
-            deadline = self._now() + self.serf.config.memberlist.tcp_timeout
-            try:
-                plain = await self._read_message(reader, deadline)
-            except DecryptError as e:
-                # Most likely a node with another key (or none): say so, and tell the
-                # peer in an error response, as memberlist does.
-                self.stream_drops.drop("tcp_bad_message", self._now(),
-                                       "refused stream from %s: %s", peer, e)
-                with contextlib.suppress(OSError):  # incl. TimeoutError: best effort
-                    writer.write(self._encode_stream(ErrResp(error=str(e)).encode()))
-                    await asyncio.wait_for(writer.drain(), 1.0)
-                return
-            except DecodeError as e:
-                self._count("tcp_bad_message")
-                log.debug("bad stream from %s: %s", peer, e)
-                return
-            except _OverBudget as e:
-                self.stream_drops.drop("tcp_over_budget", self._now(),
-                                       "dropped a stream from %s: %s", peer, e)
-                return
-            except (TimeoutError, ConnectionError, OSError) as e:
-                log.debug("stream from %s failed: %s", peer, e)
-                self._count("tcp_incomplete")
-                return
-            try:
-                reply = self.serf.memberlist.receive_stream(plain, (peer[0], peer[1]), self._now())
-            except Exception:
-                log.exception("core failed on a stream from %s", peer)
-                self._count("core_errors")
-                reply = None
-            self._pump()
-            if reply is not None:
-                writer.write(self._encode_stream(reply))
-                await asyncio.wait_for(writer.drain(), max(0.1, deadline - self._now()))
-        except (TimeoutError, ConnectionError, OSError) as e:
-            log.debug("stream with %s: %s", peer, e)
-        finally:
-            try:
-                await _close(writer)
-            finally:
-                self._inbound_streams -= 1
-
-    def _encode_stream(self, plain: bytes) -> bytes:
-        # memberlist encrypts streams when a keyring is set and GossipVerifyOutgoing.
-        out = self.keyring if self.config.gossip_verify_outgoing else None
-        return encode_stream(plain, compress=self.config.enable_compression, keyring=out)
-
-    # The timeout is a deadline shared by connect, write and read: the write keeps a 50 ms
-    # floor and the read uses the deadline per chunk, which asyncio.timeout() would not keep.
-    async def _exchange(self, host: str, port: int, plain: bytes, expect_reply: bool,
-                        timeout: float) -> bytes | None:  # noqa: ASYNC109 - see above
-        deadline = self._now() + timeout
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        try:
-            writer.write(self._encode_stream(plain))
-            await asyncio.wait_for(writer.drain(), max(0.05, deadline - self._now()))
-            if not expect_reply:
-                return None
-            return await self._read_message(reader, deadline)
-        finally:
-            await _close(writer)
-
-    def _refuse_outbound(self, what: str) -> None:
-        self.stream_drops.drop("tcp_outbound_too_many", self._now(),
-                               "not opening %s: %d outbound streams already open",
-                               what, MAX_OUTBOUND_STREAMS)
-
-    def _stream_failed(self, token: int) -> None:
-        """An outbound stream we did not open: the core sees it fail (as a timeout)."""
-        self._stream_done(token, None)
-
-    def _stream_done(self, token: int, reply: bytes | None) -> None:
-        try:
-            self.serf.memberlist.stream_reply(token, reply, self._now())
-        except Exception:  # a bug in the core must not stop the loop
-            log.exception("core failed on a stream reply")
-            self._count("core_errors")
-        self._pump()
-
-    async def _outbound_stream(self, req: StreamRequest) -> None:
-        """One exchange for the core; the caller counted it in _outbound_streams."""
-        reply: bytes | None = None
-        try:
-            # The core gives each stream its own deadline (a fallback ping must answer
-            # within the probe interval; a push/pull within TCPTimeout).
-            timeout = max(0.05, min(req.deadline - self._now(),
-                                    self.serf.config.memberlist.tcp_timeout))
-            reply = await self._exchange(req.addr[0], req.addr[1], req.plain, req.expect_reply,
-                                         timeout)
-        except _OverBudget as e:
-            self.stream_drops.drop("tcp_over_budget", self._now(),
-                                   "dropped the reply of %s:%d: %s", req.addr[0], req.addr[1], e)
-        except (DecodeError, TimeoutError, ConnectionError, OSError) as e:
-            log.debug("stream to %s:%d failed: %s", req.addr[0], req.addr[1], e)
-        finally:
-            self._outbound_streams -= 1
-        self._stream_done(req.token, reply)
-
-    async def _push_pull_join(self, host: str, port: int) -> None:
-        """One memberlist join: push/pull with Join=true, then merge the reply."""
-        ml = self.serf.memberlist
-        payload = ml.push_pull_payload(join=True)
-        reply = await self._exchange(host, port, payload, True, ml.config.tcp_timeout)
-        assert reply is not None
-        if reply[:1] == bytes((MsgType.ERR,)):
-            # The peer refused our push/pull (e.g. another encryption key): memberlist's text.
-            try:
-                text = ErrResp.from_body(reply[1:]).error
-            except DecodeError:
-                text = "undecodable error response"
-            raise DecodeError(f"remote error: {text}")
-        try:
-            ml.merge_push_pull(reply, True, self._now())
-        finally:
-            self._pump()
-
-    async def _resolve(self, host: str, port: int) -> list[str]:
-        try:
-            ipaddress.ip_address(host)
-            return [host]
-        except ValueError:
-            pass
-        assert self._loop is not None
-        infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        ips: list[str] = []
-        for family, _, _, _, sa in infos:
-            if family in (socket.AF_INET, socket.AF_INET6) and sa[0] not in ips:
-                ips.append(str(sa[0]))
-        return ips
-
-    async def memberlist_join(self, addrs: list[str]) -> tuple[int, list[str]]:
-        """memberlist.Join: push/pull with every address; (successes, error lines)."""
-        default_port = self.config.bind[1]
-        ok = 0
-        errors: list[str] = []
-        for text in addrs:
-            try:
-                _, host, port = parse_join_addr(text, default_port)
-            except ValueError:
-                errors.append(f"Failed to join {text}: bad address")
-                continue
-            try:
-                ips = await self._resolve(host, port)
-            except OSError as e:
-                errors.append(f"Failed to resolve {host}: {e}")
-                continue
-            for ip in ips:
-                try:
-                    await self._push_pull_join(ip, port)
-                    ok += 1
-                except Exception as e:  # noqa: BLE001 - every failure becomes a join error line
-                    errors.append(f"Failed to join {ip}: {self._describe(e, ip, port)}")
-        return ok, errors
-
-    @staticmethod
-    def _describe(e: BaseException, ip: str, port: int) -> str:
-        if isinstance(e, ConnectionRefusedError):
-            return f"dial tcp {ip}:{port}: connect: connection refused"
-        if isinstance(e, TimeoutError | asyncio.TimeoutError):
-            return f"dial tcp {ip}:{port}: i/o timeout"
-        if isinstance(e, OSError) and e.errno is not None:
-            return f"dial tcp {ip}:{port}: {os.strerror(e.errno).lower()}"
-        return str(e) or e.__class__.__name__
-
-    async def _reconnect(self, name: str, ip: str, port: int) -> None:
-        """One reconnect attempt; the caller counted it in _outbound_streams."""
-        try:
-            await self._push_pull_join(ip, port)
-            log.info("reconnected to %s (%s:%d)", name, ip, port)
-        except (DecodeError, ProtocolError, TimeoutError, ConnectionError, OSError) as e:
-            log.debug("reconnect to %s (%s:%d) failed: %s", name, ip, port, e)
-        except Exception:  # a bug in the core must not end the agent
-            self._count("core_errors")
-            log.exception("reconnect to %s (%s:%d) failed", name, ip, port)
-        finally:
-            self._outbound_streams -= 1
 
     async def _retry_join(self) -> None:
-        attempts = 0
-        delay = min(1.0, self.config.retry_interval)
-        while self.serf.state == SerfState.ALIVE:
-            attempts += 1
-            try:
-                n = await self.join(list(self.config.join), replay=False)
-                log.info("joined %d of the configured nodes", n)
-                return
-            except RPCError as e:
-                log.warning("join attempt %d failed: %s", attempts,
-                            str(e).strip().replace("\n", " "))
-            if self.config.retry_max_attempts and attempts >= self.config.retry_max_attempts:
-                log.error("giving up joining after %d attempts", attempts)
-                self._exit_code = 1
-                self._stop.set()
-                return
-            await asyncio.sleep(delay)
-            # Back off from 1 s up to retry_interval so a cluster that starts together
-            # finds itself fast, without hammering an absent seed.
-            delay = min(delay * 2, self.config.retry_interval)
-
-    # ------------------------------------------------------------------ key rotation
-
-    def _setup_key_queries(self) -> None:
-        """Answer Serf's _serf_*-key queries from our keyring (serfd.core.keymanager)."""
-        fits = response_fits_for(self.config.node_name,
-                                 self.serf.config.query_response_size_limit)
-        self.key_responder = KeyResponder(self.keyring, response_fits=fits)
-        self._keyring_lock = asyncio.Lock()
-
-        def hook(op: str) -> Callable[[IncomingQuery, float], bytes | None]:
-            return lambda q, now: self._on_key_query(op, q)
-
-        for op in KEY_QUERIES:
-            self.serf.internal_query_hooks[op] = hook(op)
-
-    def _on_key_query(self, op: str, q: Any) -> bytes | None:
-        if op == "list-keys" or self.keyring is None:
-            return self.key_responder.answer(op, q.payload)
-        if self._key_changes >= MAX_KEY_CHANGES:
-            self.stream_drops.drop("key_change_refused", self._now(),
-                                   "%d key changes in progress: refusing %s from %s",
-                                   self._key_changes, op, q.source_node)
-            return encode_key_response(False, "too many key changes in progress", None, "")
-        self._key_changes += 1
-        self._spawn(self._answer_key_change(op, q))  # the file is written off the loop
-        return None
-
-    async def _answer_key_change(self, op: str, q: Any) -> None:
-        try:
-            await self._change_key(op, q)
-        finally:
-            self._key_changes -= 1
-
-    async def _change_key(self, op: str, q: Any) -> None:
-        async with self._keyring_lock:
-            answer = self.key_responder.answer(op, q.payload)  # changes the keyring in memory
-            assert answer is not None
-            path = self.keyring_path
-            if path is not None and self.keyring is not None and \
-                    decode_key_response(answer[1:]).result:
-                keys = self.keyring.keys
-                try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        None, write_keyring_file, path, keys)
-                    log.info("keyring file %s rewritten after %s (%d keys)", path, op, len(keys))
-                except OSError as e:
-                    err = f"Failed to write keyring file: {e}"
-                    log.error("%s", err)
-                    answer = encode_key_response(False, err, None, "")
-        try:
-            self.serf.respond(q, answer, self._now())
-        except SerfError as e:
-            log.error("failed to respond to key query: %s", e)
-        self._pump()
+        cfg = self.config
+        joined = await self.joins.retry_join(list(cfg.join), retry_interval=cfg.retry_interval,
+                                             max_attempts=cfg.retry_max_attempts)
+        if not joined and self.serf.state is SerfState.ALIVE:  # gave up (not: we left)
+            self._exit_code = 1
+            self._stop.set()
 
     async def key_request(self, op: str, key: str) -> tuple[dict[str, Any], str]:
-        """RPC install-key/use-key/remove-key/list-keys: query every member, tally (the
-        RPC body, Serf's error text or "")."""
-        result = KeyResult()
-        with_keys = op == "list-keys"
-        raw = b""
-        if not with_keys:
-            try:
-                raw = decode_key_arg(key)
-            except KeyringError as e:
-                return result.rpc_body(with_keys), str(e)
-        if self.serf.state != SerfState.ALIVE:
-            return result.rpc_body(with_keys), "Serf can't query after Leave or Shutdown"
-        log.info("initiating %s", op)
-        try:
-            pq = self.serf.query(f"_serf_{op}", request_payload(raw), QueryParam(), self._now())
-        except SerfError as e:
-            return result.rpc_body(with_keys), str(e)
-        result.num_nodes = self.serf.memberlist.num_alive()
-        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def on_record(rec: QueryRecord) -> None:
-            # Records arrive after each pump (_flush_queries); done ends the wait at the
-            # latest, every member answering ends it sooner.
-            if rec.type is QueryRecordType.RESPONSE:
-                tally(result, rec.from_, rec.payload)
-            over = rec.type is QueryRecordType.DONE or result.num_resp >= result.num_nodes
-            if over and not answered.done():
-                answered.set_result(None)
-
-        self._queries[pq] = on_record
-        self._pump()
-        await answered
-        return result.rpc_body(with_keys), final_error(result)
-
-    # ------------------------------------------------------------------ rejoin
-
-    async def _rejoin_previous(self) -> None:
-        """Rejoin the members the snapshot knew (serf.go handleRejoin: memberlist join, no
-        join intent), one at a time. Unlike Serf we keep trying, backing off, until some
-        member is reached, so a whole cluster restarting together finds itself again."""
-        delay = 1.0
-        while self.serf.state == SerfState.ALIVE:
-            previous = self.recorder.previous_members()
-            random.shuffle(previous)
-            for name, addr in previous:
-                if self.serf.memberlist.num_alive() > 1:
-                    return  # joined meanwhile (config join, or someone joined us)
-                log.info("attempting re-join to previously known node %s: %s", name, addr)
-                ok, errors = await self.memberlist_join([f"{name}/{addr}"])
-                if ok:
-                    log.info("re-joined to previously known node %s: %s", name, addr)
-                    self.last_join = "rejoined"
-                    return
-                log.debug("re-join to %s failed: %s", name, "; ".join(errors))
-            if self.serf.memberlist.num_alive() > 1:
-                return
-            log.warning("failed to re-join any previously known node; retrying in %.0fs", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.retry_interval)
+        """RPC install-key/use-key/remove-key/list-keys (serfd.agent.keys)."""
+        return await self.keys.key_request(op, key)
 
     # ------------------------------------------------------------------ AgentAPI (RPC)
 
@@ -895,43 +370,29 @@ class Agent:
     def members(self) -> list[Member]:
         return self.serf.members()
 
+    @property
+    def last_join(self) -> str:
+        return self.joins.last_join if hasattr(self, "joins") else "none yet"
+
     async def join(self, addrs: list[str], replay: bool) -> int:
-        if self.serf.state != SerfState.ALIVE:
-            raise RPCError("Serf can't Join after Leave or Shutdown")
-        self.serf.begin_join(ignore_old=not replay)
-        n = 0
+        """RPC join (serfd.agent.joins): the number joined; RPCError with Go's text."""
         try:
-            n, errors = await self.memberlist_join(addrs)
-        finally:
-            self.serf.end_join(n, self._now())
-            self._pump()
-        if n > 0:
-            self.last_join = f"joined {n}"
-            return n
-        self.last_join = "failed"
-        if not errors:
-            errors = ["no addresses to join"]
-        plural = "s" if len(errors) != 1 else ""
-        points = "\n\t".join(f"* {e}" for e in errors)
-        raise RPCError(f"{len(errors)} error{plural} occurred:\n\t{points}\n\n")
+            return await self.joins.join(addrs, replay)
+        except (JoinFailed, SerfError) as e:
+            raise RPCError(str(e)) from None
 
     async def leave_cluster(self) -> None:
         """Graceful leave: intent, memberlist dead, propagation delay (Serf.Leave)."""
+        assert self.gossip is not None
+
         try:
-            self.serf.leave(self._now())
+            # The leave marker: a restart will not rejoin unless rejoin_after_leave.
+            error = await self.gossip.leave(on_started=self.recorder.leave)
         except SerfError as e:
             log.warning("leave: %s", e)
             return
-        self.recorder.leave()  # a restart will not rejoin unless rejoin_after_leave
-        self._pump()
-        cfg = self.serf.config
-        limit = 2 * cfg.broadcast_timeout + cfg.leave_propagate_delay + 1.0
-        try:
-            await asyncio.wait_for(self._left.wait(), limit)
-        except TimeoutError:
-            log.warning("leave did not complete in %.1fs", limit)
-        if self.serf.leave_error:
-            log.warning("leave: %s", self.serf.leave_error)
+        if error:
+            log.warning("leave: %s", error)
         log.info("left the cluster")
 
     async def leave(self) -> None:
@@ -940,18 +401,9 @@ class Agent:
         self._stop.set()
 
     async def force_leave(self, node: str, prune: bool) -> None:
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def on_sent() -> None:
-            if not sent.done():
-                sent.set_result(None)
-
-        queued = self.serf.force_leave(node, prune, self._now(), on_sent)
-        self._pump()
-        if not queued:
-            return
+        assert self.gossip is not None
         try:
-            await asyncio.wait_for(sent, self.serf.config.broadcast_timeout)
+            await self.gossip.force_leave(node, prune)
         except TimeoutError:
             raise RPCError("timed out broadcasting node removal") from None
 
@@ -967,11 +419,13 @@ class Agent:
         self._pump()
 
     def stats(self) -> dict[str, dict[str, str]]:
+        core = self.serf.counters_view()
         drops: dict[str, int] = {}
-        for src in (self.counters, self.events.counters, self.recorder.counters,
-                    self.serf.counters, self.serf.memberlist.counters, self.rpc.counters):
+        for src in (self.counters, self.events.counters, self.recorder.counters, core.dropped,
+                    self.rpc.counters):
             for k, v in src.items():
                 drops[k] = drops.get(k, 0) + v
+        tasks = len(self._tasks) + (self.gossip.task_count() if self.gossip else 0)
         return {
             "agent": {"name": self.config.node_name},
             "runtime": {
@@ -979,13 +433,13 @@ class Agent:
                 "arch": platform.machine(),
                 "version": f"python{platform.python_version()}",
                 "max_procs": str(os.cpu_count() or 1),
-                "goroutines": str(threading.active_count() + len(self._tasks)),
+                "goroutines": str(threading.active_count() + tasks),
                 "cpu_count": str(os.cpu_count() or 1),
             },
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
             "serfd": {"version": __version__, **self.recorder.stats(), **self.loop_lag.stats(),
-                      **{k: str(v) for k, v in sorted(self.serf.memberlist.activity.items())},
+                      **{k: str(v) for k, v in sorted(core.activity.items())},
                       **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }
 
@@ -1053,7 +507,7 @@ class Agent:
                 errors.append(f"tags: {e}")
             self._pump()
         if new.join != old.join and new.join:
-            self._spawn(self._join_after_reload(list(new.join)))
+            self._spawn(self.joins.join_after_reload(list(new.join)))
         for hook in list(self.reload_hooks):
             try:
                 hook(old, self.config)
@@ -1083,14 +537,6 @@ class Agent:
             query_response_size_limit=new.query_response_size_limit,
             max_query_timeout=max(DEFAULT_MAX_QUERY_TIMEOUT, new.handler_timeout),
         )
-
-    async def _join_after_reload(self, addrs: list[str]) -> None:
-        try:
-            n = await self.join(addrs, replay=False)
-            log.info("reload: joined %d node(s) of the new join list", n)
-        except RPCError as e:
-            log.warning("reload: joining the new join list failed: %s",
-                        " ".join(str(e).split()))
 
 
 __all__ = ["Agent", "parse_join_addr"]

@@ -18,7 +18,9 @@ agent). It owns, from ``__init__`` on:
   its errors turned into :class:`~serfd.agent.rpc_server.RPCError`.
 
 It reaches the core only through :class:`GossipAPI` (send a user event, start a query,
-answer one, read the local member); the gossip driver provides it. What the service
+answer one, read the local member, ask whether the core is alive), which
+:class:`~serfd.agent.gossip.GossipDriver` provides; query records come back through
+the driver to the asker's callback, never through this service. What the service
 drops or gets wrong is counted in :attr:`EventsService.counters` (``serfctl info``
 shows them as ``dropped_<key>``).
 """
@@ -62,14 +64,18 @@ class GossipAPI(Protocol):
         """This node as the cluster sees it (name and tags, for handler environments)."""
         ...
 
+    def alive(self) -> bool:
+        """The core can still send and query (not leaving, left or shut down)."""
+        ...
+
     def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
         """Send a user event (Serf.UserEvent)."""
         ...
 
     def query(self, name: str, payload: bytes, param: QueryParam,
               on_record: Callable[[QueryRecord], None]) -> object:
-        """Start a query (Serf.Query; refused once Serf is leaving or left); its ack,
-        response and done records go to ``on_record``, never before this returns."""
+        """Start a query (Serf.Query); its ack, response and done records go to
+        ``on_record``, never before this returns."""
         ...
 
     def respond(self, q: IncomingQuery, payload: bytes) -> None:
@@ -193,6 +199,8 @@ class EventsService:
         """RPC ``query``: start it; ack/response/done records go to on_record later."""
         if name.startswith(INTERNAL_PREFIX) and (name != INTERNAL_PREFIX + "ping" or payload):
             raise RPCError(f"Queries cannot contain the '{INTERNAL_PREFIX}' prefix")
+        if not self._gossip.alive():
+            raise RPCError("Serf can't query after Leave or Shutdown")
         log.debug("requesting query send: %s. Payload: %r", name, payload)
         try:
             return self._gossip.query(name, payload, param, on_record)

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import grp
 import hmac
-import ipaddress
 import logging
 import os
 import socket
@@ -53,44 +52,50 @@ from typing import Any, Protocol
 import msgpack
 
 from serfd.agent.monitor import MONITOR_LEVELS
-from serfd.base.goregexp import GoRegexpError, Regexp
-from serfd.base.goregexp import compile as go_compile
+from serfd.base.goregexp import GoRegexpError
 from serfd.base.ratelog import DropLog
 from serfd.core.filters import matches_any, parse_filters
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord
-from serfd.core.serf import UserEvent
+from serfd.rpc.protocol import (
+    ERR_AUTH_REQUIRED,
+    ERR_DUPLICATE_HANDSHAKE,
+    ERR_HANDSHAKE_REQUIRED,
+    ERR_INVALID_AUTH,
+    ERR_INVALID_FILTER,
+    ERR_INVALID_QUERY_ID,
+    ERR_MONITOR_EXISTS,
+    ERR_STREAM_EXISTS,
+    ERR_TOO_MANY_STREAMS,
+    ERR_UNSUPPORTED_COMMAND,
+    ERR_UNSUPPORTED_VERSION,
+    IPC_VERSION,
+    MUTATING_COMMANDS,
+    REQUEST_SCHEMAS,
+    BadRequest,
+    decode_body,
+    decode_header,
+    encode_event_record,
+    encode_member,
+    encode_query_record,
+    filter_members,
+    pack,
+    pack_header,
+)
 
 __all__ = [
     "ACTIVITY_KEYS",
     "COUNTER_KEYS",
-    "IPC_VERSION",
     "MAX_REQUEST_SIZE",
-    "REQUEST_SCHEMAS",
     "AgentAPI",
     "RPCError",
     "RPCServer",
-    "encode_member",
-    "filter_members",
 ]
 
-IPC_VERSION = 1  # Serf's MinIPCVersion == MaxIPCVersion == 1
 MAX_REQUEST_SIZE = 1 << 20  # our cap on one buffered request (Serf has none)
 WRITE_TIMEOUT = 10.0  # seconds a client may leave a response unread before we drop it
 REQUEST_TIMEOUT = 60.0  # seconds a started-but-unfinished request may stay incomplete
 
-# Error strings clients see, exactly as Serf's agent/ipc.go spells them.
-ERR_UNSUPPORTED_COMMAND = "Unsupported command"
-ERR_UNSUPPORTED_VERSION = "Unsupported IPC version"
-ERR_DUPLICATE_HANDSHAKE = "Handshake already performed"
-ERR_HANDSHAKE_REQUIRED = "Handshake required"
-ERR_AUTH_REQUIRED = "Authentication required"
-ERR_INVALID_AUTH = "Invalid authentication token"
-ERR_MONITOR_EXISTS = "Monitor already exists"
-ERR_INVALID_FILTER = "Invalid event filter"
-ERR_STREAM_EXISTS = "Stream with given sequence exists"
-ERR_INVALID_QUERY_ID = "No pending queries matching ID"
-ERR_TOO_MANY_STREAMS = "Too many streams on this connection"  # ours: Serf has no cap
 # Records of `stream`, `monitor` and query streams are written without waiting; once a
 # client leaves this many bytes unread, records are dropped (Serf: a 512-record channel
 # per stream, "Dropping event to ..."). A record always fits in an empty buffer, so
@@ -106,7 +111,6 @@ MAX_STREAMS = 64
 # a request (MAX_REQUEST_SIZE) and unread records (STREAM_BUFFER_LIMIT).
 MAX_CONNECTIONS = 256
 
-_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 _LOG = logging.getLogger("serfd.rpc")
 
 # Keys of RPCServer.counters: what peers sent that we refused or dropped. All present
@@ -189,202 +193,6 @@ class AgentAPI(Protocol):
         ...
 
 
-# ---------------------------------------------------------------------------
-# Request bodies: field converters that accept what Go's decoder accepts.
-
-
-class _Garbage(Exception):
-    """The peer sent something we refuse; closes the connection, bumps counters[key]."""
-
-    def __init__(self, key: str, detail: str) -> None:
-        super().__init__(detail)
-        self.key = key
-
-
-def _bad(field: str, value: Any) -> _Garbage:
-    return _Garbage("bad_field_type", f"field {field}: unexpected {type(value).__name__}")
-
-
-def _to_str(field: str, v: Any) -> str:
-    # A Go string field takes str or nil; bin is a decode error (PROTOCOL.md 1.1).
-    if v is None:
-        return ""
-    if isinstance(v, str):
-        return v
-    raise _bad(field, v)
-
-
-def _to_bytes(field: str, v: Any) -> bytes:
-    # A Go []byte field takes bin, str (serfclient sends str payloads) or nil.
-    if v is None:
-        return b""
-    if isinstance(v, bytes):
-        return v
-    if isinstance(v, str):
-        return v.encode()
-    raise _bad(field, v)
-
-
-def _to_bool(field: str, v: Any) -> bool:
-    if v is None:
-        return False
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int) and v in (0, 1):
-        return bool(v)
-    raise _bad(field, v)
-
-
-def _int_field(lo: int, hi: int) -> Callable[[str, Any], int]:
-    def conv(field: str, v: Any) -> int:
-        if v is None:
-            return 0
-        if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
-            return v
-        raise _bad(field, v)
-
-    return conv
-
-
-def _to_str_list(field: str, v: Any) -> list[str]:
-    if v is None:
-        return []
-    if isinstance(v, list):
-        return [_to_str(field, x) for x in v]
-    raise _bad(field, v)
-
-
-def _to_str_map(field: str, v: Any) -> dict[str, str]:
-    if v is None:
-        return {}
-    if isinstance(v, dict):
-        return {_to_str(field, k): _to_str(field, x) for k, x in v.items()}
-    raise _bad(field, v)
-
-
-_to_i32 = _int_field(-(1 << 31), (1 << 31) - 1)
-_to_u8 = _int_field(0, 0xFF)
-_to_u64 = _int_field(0, _U64_MAX)
-_to_i64 = _int_field(-(1 << 63), (1 << 63) - 1)
-
-Schema = dict[str, Callable[[str, Any], Any]]
-
-# Every Serf 0.9.4 command and its request body (None: the command has no body).
-# Kept complete so "Authentication required" can consume the body of any of them.
-REQUEST_SCHEMAS: dict[str, Schema | None] = {
-    "handshake": {"Version": _to_i32},
-    "auth": {"AuthKey": _to_str},
-    "event": {"Name": _to_str, "Payload": _to_bytes, "Coalesce": _to_bool},
-    "force-leave": {"Node": _to_str, "Prune": _to_bool},
-    "join": {"Existing": _to_str_list, "Replay": _to_bool},
-    "members": None,
-    "members-filtered": {"Tags": _to_str_map, "Status": _to_str, "Name": _to_str},
-    "tags": {"Tags": _to_str_map, "DeleteTags": _to_str_list},
-    "stream": {"Type": _to_str},
-    "monitor": {"LogLevel": _to_str},
-    "stop": {"Stop": _to_u64},
-    "leave": None,
-    "query": {
-        "FilterNodes": _to_str_list,
-        "FilterTags": _to_str_map,
-        "RequestAck": _to_bool,
-        "RelayFactor": _to_u8,
-        "Timeout": _to_i64,  # time.Duration, nanoseconds
-        "Name": _to_str,
-        "Payload": _to_bytes,
-    },
-    "respond": {"ID": _to_u64, "Payload": _to_bytes},
-    "install-key": {"Key": _to_str},
-    "use-key": {"Key": _to_str},
-    "remove-key": {"Key": _to_str},
-    "list-keys": None,
-    "stats": None,
-    "get-coordinate": {"Node": _to_str},
-    # serfd's own: re-read the drop-ins; the reply's Error is "" or the config errors.
-    "reload": None,
-}
-
-
-def decode_body(schema: Schema, obj: Any) -> dict[str, Any]:
-    """A request body as Go decodes it: unknown keys ignored, missing ones zero."""
-    if obj is None:
-        obj = {}
-    if not isinstance(obj, dict):
-        raise _Garbage("bad_field_type", f"body is a {type(obj).__name__}, not a map")
-    return {name: conv(name, obj.get(name)) for name, conv in schema.items()}
-
-
-def _decode_header(obj: Any) -> tuple[str, int]:
-    if not isinstance(obj, dict):
-        raise _Garbage("bad_field_type", f"header is a {type(obj).__name__}, not a map")
-    return _to_str("Command", obj.get("Command")), _to_u64("Seq", obj.get("Seq"))
-
-
-# ---------------------------------------------------------------------------
-# Response bodies.
-
-
-def _ip_bytes(addr: str) -> bytes | None:
-    # Go net.IP: 4 bytes for IPv4, 16 for IPv6; a nil IP (empty []byte) encodes as nil.
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.packed
-
-
-def encode_member(m: Member) -> dict[str, Any]:
-    """A member as Serf's RPC ``Member`` struct (keys in Go's alphabetical order)."""
-    return {
-        "Addr": _ip_bytes(m.addr),
-        "DelegateCur": m.delegate_cur,
-        "DelegateMax": m.delegate_max,
-        "DelegateMin": m.delegate_min,
-        "Name": m.name,
-        "Port": m.port,
-        "ProtocolCur": m.protocol_cur,
-        "ProtocolMax": m.protocol_max,
-        "ProtocolMin": m.protocol_min,
-        "Status": m.status.label,
-        "Tags": dict(m.tags),
-    }
-
-
-def _anchored(expr: str) -> Regexp:
-    # Serf compiles "^" + expr + "$" with Go's regexp (text concatenation, no group: an
-    # "a|b" filter is "^a|b$"); "$" is the end of the text. Linear time: serfd/goregexp.py.
-    return go_compile(f"^{expr}$")
-
-
-def filter_members(
-    members: list[Member], tags: dict[str, str], status: str, name: str
-) -> list[Member]:
-    """Serf's members-filtered: anchored Go regexes, "" = no filter; GoRegexpError if one is bad."""
-    tag_res = {k: _anchored(v) for k, v in tags.items()}
-    status_re = _anchored(status)
-    name_re = _anchored(name)
-    out = []
-    for m in members:
-        # A missing tag matches as "" (Go's map lookup zero value).
-        if not all(r.search(m.tags.get(k, "")) for k, r in tag_res.items()):
-            continue
-        if status and not status_re.search(m.status.label):
-            continue
-        if name and not name_re.search(m.name):
-            continue
-        out.append(m)
-    return out
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def _pack_header(seq: int, error: str) -> bytes:
-    return _pack({"Error": error, "Seq": seq})
-
 
 _NO_BODY = object()
 
@@ -456,7 +264,7 @@ class _Conn:
                 self._dropped(seq)
                 return False
             self.stalled = False
-        data = _pack_header(seq, "") + _pack(make_body())
+        data = pack_header(seq, "") + pack(make_body())
         if buffered and buffered + len(data) > STREAM_BUFFER_LIMIT:
             self.stalled = True
             self._dropped(seq)
@@ -506,13 +314,13 @@ class _Conn:
             except ValueError as e:  # FormatError, StackError, UnicodeDecodeError, ...
                 # msgpack refuses a container/str header over its limits at once.
                 key = "oversized_request" if "exceeds max_" in str(e) else "malformed_msgpack"
-                raise _Garbage(key, str(e) or type(e).__name__) from None
+                raise BadRequest(key, str(e) or type(e).__name__) from None
             started = in_request or self.fed > self.done
             try:
                 async with asyncio.timeout(self.server.request_timeout if started else None):
                     data = await self.reader.read(65536)
             except TimeoutError:
-                raise _Garbage("request_timeout", "request left incomplete") from None
+                raise BadRequest("request_timeout", "request left incomplete") from None
             except OSError:
                 data = b""
             if not data:
@@ -522,19 +330,19 @@ class _Conn:
             try:
                 self.unpacker.feed(data)
             except msgpack.BufferFull:
-                raise _Garbage("oversized_request", "request over the size cap") from None
+                raise BadRequest("oversized_request", "request over the size cap") from None
             self.fed += len(data)
 
     async def send(self, seq: int, reply: _Reply) -> None:
-        data = _pack_header(seq, reply.error)
+        data = pack_header(seq, reply.error)
         if reply.body is not _NO_BODY:
-            data += _pack(reply.body)
+            data += pack(reply.body)
         self.writer.write(data)
         try:
             async with asyncio.timeout(self.server.write_timeout):
                 await self.writer.drain()
         except TimeoutError:
-            raise _Garbage("slow_client", "client is not reading its responses") from None
+            raise BadRequest("slow_client", "client is not reading its responses") from None
         except OSError:
             raise _Closed from None
 
@@ -674,7 +482,7 @@ class RPCServer:
         self.log.debug("accepted client %s", conn.peer)
         try:
             await self._serve(conn)
-        except _Garbage as g:
+        except BadRequest as g:
             self.counters[g.key] += 1
             self.log.debug("dropping client %s: %s", conn.peer, g)
         except _Closed:
@@ -690,7 +498,7 @@ class RPCServer:
 
     async def _serve(self, conn: _Conn) -> None:
         while True:
-            command, seq = _decode_header(await conn.read_object())
+            command, seq = decode_header(await conn.read_object())
             conn.current_seq = seq
             self.activity["requests"] += 1
             reply = await self._request(conn, command, seq)
@@ -900,10 +708,10 @@ class RPCServer:
                 return
             if isinstance(ev, IncomingQuery):
                 qid = conn.next_query_id
-                if conn.push(seq, lambda: _query_record(qid, ev)):
+                if conn.push(seq, lambda: encode_query_record(qid, ev)):
                     conn.open_query(ev)  # only a query the client saw can be answered
             else:
-                conn.push(seq, lambda: _event_record(ev))
+                conn.push(seq, lambda: encode_event_record(ev))
 
         # Register once the OK header is out (as Serf does), so no record precedes it.
         async def register() -> None:
@@ -932,16 +740,6 @@ class RPCServer:
         return _Reply(after=register)
 
 
-def _query_record(qid: int, q: IncomingQuery) -> dict[str, Any]:
-    return {"Event": "query", "ID": qid, "LTime": q.ltime, "Name": q.name,
-            "Payload": q.payload or None}
-
-
-def _event_record(ev: Any) -> dict[str, Any]:
-    if isinstance(ev, UserEvent):
-        return {"Coalesce": ev.coalesce, "Event": "user", "LTime": ev.ltime,
-                "Name": ev.name, "Payload": ev.payload or None}
-    return {"Event": ev.type.value, "Members": [encode_member(m) for m in ev.members]}
 
 
 # ---------------------------------------------------------------------------
@@ -969,11 +767,6 @@ def _remove_stale_socket(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
-
-MUTATING_COMMANDS = frozenset({
-    "join", "leave", "force-leave", "tags", "event", "query", "respond",
-    "install-key", "use-key", "remove-key", "reload",
-})
 
 
 def peer_credentials(sock: Any) -> tuple[int, int, int] | None:

@@ -24,9 +24,54 @@ replays the intents and events it implies, so two clusters converge on one view.
 
 Time is always passed in (``now``, seconds). Everything that takes time in Go
 (graceful leave, pruning, reaping, reconnecting) is a phase with a deadline that
-``handle_timer`` advances. Output for the driver: member events via
-``next_event()``, join attempts via ``joins_to_attempt()`` and whatever the
-memberlist core wants sent.
+``handle_timer`` advances, or a step that the next input advances.
+
+The driver contract
+-------------------
+``Serf`` is the only object a driver (the agent's ``GossipDriver``, the simulator)
+touches; its memberlist is private. Everything is sans-IO: bytes and time in, bytes,
+stream requests, one timer and events out. After *any* input or command the driver
+drains the outputs, then re-arms its one timer.
+
+Inputs
+  * ``receive_datagram(data, addr, now)``: a UDP datagram.
+  * ``receive_stream(plain, addr, now) -> bytes | None``: an inbound TCP message
+    (unwrapped); the reply to write back, if any.
+  * ``stream_outcome(token, reply, now, error="")``: the outcome of a request from
+    ``streams_to_open``: the plain reply, or None if it failed, with ``error`` the
+    driver's Go-style text (``dial tcp 10.0.0.1:7946: connect: connection refused``).
+  * ``handle_timer(now)``: at (or after) ``get_timer()``.
+
+Commands (``now`` last; a refusal raises :class:`SerfError` with Serf's text)
+  * ``join(addrs, ignore_old, now, *, intent=True) -> join_id``: JOIN stream requests,
+    one per address; ends with ``JoinDone``. Merging the replies (an ``ErrResp`` is
+    "remote error: ...") and the join intent are Serf's.
+  * ``leave(now)``: ends with ``LeaveDone(error)``, ``state`` LEFT.
+  * ``force_leave(node, prune, now) -> op_id | None``: ``ForceLeaveDone(op_id)`` once
+    its broadcast went out (None: nobody to tell, nothing to wait for).
+  * ``user_event(name, payload, coalesce, now)``.
+  * ``query(name, payload, param, now) -> query_id``: ``QueryRecordEvent`` s (ack,
+    response, then one done) carry the id.
+  * ``respond(incoming_query, payload, now)``, ``set_tags(tags, now)``,
+    ``restore_clocks(clock, event_clock, query_clock)``, ``shutdown()``,
+    ``set_internal_query_hook(kind, hook)`` (``_serf_<kind>`` queries, e.g. keys).
+
+Outputs
+  * ``datagrams_to_send() -> [(packet, addr)]``.
+  * ``streams_to_open() -> [StreamRequest]``: token, addr, plain, expect_reply,
+    deadline and ``kind`` (``StreamKind``: PUSH_PULL, PING, USER from memberlist;
+    JOIN for ``join``; RECONNECT, Serf's own push/pull with a failed member).
+  * ``get_timer() -> float | None``: the one absolute instant to call ``handle_timer``.
+  * ``next_event() -> SerfEvent | None``: ``MemberEvent``, ``UserEvent``,
+    ``IncomingQuery`` (for handlers and RPC streams), and the completions
+    ``JoinDone(join_id, num_joined, errors: (JoinError(addr, reason), ...))``,
+    ``LeaveDone(error)``, ``ForceLeaveDone(op_id)``,
+    ``QueryRecordEvent(query_id, QueryRecord)``.
+
+Read-only views: ``members()``, ``local_member()``, ``num_alive()``, ``state``,
+``tags``, ``clock``/``event_clock``/``query_clock``, ``stats()`` (Serf's stats section),
+``counters_view()`` (drops of Serf and memberlist merged, and memberlist's activity),
+``conflict_lost`` (we lost a name conflict vote: the agent must stop).
 
 Bounds
 ------
@@ -73,6 +118,9 @@ itself bounds none of these unless said.
   (300 s, Serf's RecentIntentTimeout, checked every ``reap_interval``); at most
   ``max_intents`` (8192) and ``max_intent_bytes`` (1 MiB of names): the oldest go
   first (``intents_full``).
+* Join streams (``_join_streams``): one per address of a join in progress and per
+  reconnect; a driver reports each by its deadline (TCPTimeout), and one it lost is
+  failed at the next reap after it (``join_stream_lost``).
 * Prunes (``_prunes``): one per member, due BroadcastTimeout + LeavePropagateDelay
   after the first prune-leave (Serf starts a goroutine per message).
 * Events for the agent (``_events``): user events and queries at most
@@ -112,15 +160,24 @@ from serfd.core.query import (
     IncomingQuery,
     PendingQuery,
     QueryParam,
+    QueryRecord,
     QueryRecordType,
     default_query_timeout,
     encode_filters,
     filters_match,
 )
 from serfd.memberlist.broadcast import TransmitLimitedQueue
-from serfd.memberlist.swim import Memberlist, MemberlistConfig, Node
+from serfd.memberlist.swim import (
+    Addr,
+    Memberlist,
+    MemberlistConfig,
+    Node,
+    ProtocolError,
+    StreamKind,
+    StreamRequest,
+)
 from serfd.wire.codec import ANY, BYTES, STR, UINT16, DecodeError, Field, obj_to_struct, pack_gossip
-from serfd.wire.messages import META_MAX_SIZE, bytes_to_ip, ip_to_bytes
+from serfd.wire.messages import META_MAX_SIZE, ErrResp, MsgType, bytes_to_ip, ip_to_bytes
 from serfd.wire.serf_messages import (
     QUERY_FLAG_ACK,
     QUERY_FLAG_NO_BROADCAST,
@@ -248,7 +305,62 @@ class UserEvent:
     coalesce: bool
 
 
-SerfEvent = MemberEvent | UserEvent | IncomingQuery
+@dataclass(frozen=True, slots=True)
+class JoinError:
+    """One address a join could not reach, with why (the driver's or the peer's text)."""
+
+    addr: Addr
+    reason: str
+
+    def __str__(self) -> str:
+        return f"Failed to join {self.addr[0]}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class JoinDone:
+    """Every address of :meth:`Serf.join` ``join_id`` has an outcome."""
+
+    join_id: int
+    num_joined: int
+    errors: tuple[JoinError, ...]  # in the order the addresses were given
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveDone:
+    """The graceful leave is over (``state`` is LEFT); ``error`` is why it was cut short."""
+
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ForceLeaveDone:
+    """The broadcast of :meth:`Serf.force_leave` ``op_id`` has gone out its last time
+    (or was dropped from the queue), as Serf's RemoveFailedNode waits for it."""
+
+    op_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRecordEvent:
+    """One record (ack, response, then exactly one done) of query ``query_id``."""
+
+    query_id: int
+    record: QueryRecord
+
+
+# What the agent's handlers and RPC streams see; the others complete a command.
+DeliveredEvent = MemberEvent | UserEvent | IncomingQuery
+CompletionEvent = JoinDone | LeaveDone | ForceLeaveDone | QueryRecordEvent
+SerfEvent = DeliveredEvent | CompletionEvent
+
+
+@dataclass(frozen=True, slots=True)
+class CoreCounters:
+    """What the core counted: drops (Serf's and memberlist's, by reason) and activity
+    beyond memberlist that is not a drop (memberlist's ``activity``)."""
+
+    dropped: dict[str, int]
+    activity: dict[str, int]
 
 USER_EVENT_SANE_LIMIT = 9 * 1024  # Serf's UserEventSizeLimit constant: the hard maximum
 ENTRY_OVERHEAD = 64  # bytes charged per kept entry on top of its strings (byte budgets)
@@ -291,6 +403,26 @@ class _MemberState:
             delegate_max=dmax,
             delegate_cur=dcur,
         )
+
+
+@dataclass(slots=True)
+class _Join:
+    """One :meth:`Serf.join` in progress: an outcome slot per address."""
+
+    ignore_old: bool
+    intent: bool
+    outcomes: list[str | None]  # per address: None = pending, "" = joined, else the error
+    addrs: list[Addr]
+
+
+@dataclass(slots=True)
+class _JoinStream:
+    """A join push/pull we asked the driver for: whose, which address, or a reconnect."""
+
+    join_id: int | None  # None: a reconnect
+    index: int
+    deadline: float  # the request's; a driver reports the outcome by then
+    name: str = ""  # the reconnect's member
 
 
 @dataclass(slots=True)
@@ -378,7 +510,11 @@ class Serf:
         self._events: deque[SerfEvent] = deque()
         self._pending_user = 0  # user events and queries in _events (max_pending_events)
         self._intent_bytes = 0  # charged for _intents (max_intent_bytes)
-        self._join_requests: list[tuple[str, str, int]] = []
+        # Commands in progress, each ended by its completion event.
+        self._op_seq = 0  # join, force-leave and query ids
+        self._joins: dict[int, _Join] = {}
+        self._join_streams: dict[int, _JoinStream] = {}  # stream token -> whose
+        self._query_ids: dict[PendingQuery, int] = {}  # our public queries' ids
         # Event dedup ring (EventBuffer slots keyed by LTime % size).
         self._event_buffer: list[UserEvents | None] = [None] * config.event_buffer
         self._event_bytes = 0  # what the ring holds, charged as _event_cost
@@ -411,13 +547,107 @@ class Serf:
         self._leave_phase = LeavePhase.NONE
         self._leave_deadline = 0.0
         self._leave_intent_sent = False
-        self.leave_error: str | None = None
+        self._leave_error = ""
         # More internal queries ("install-key" -> answer(q, now)), e.g. serfd.core.keymanager.
         # A hook returning bytes is answered at once; None means it answers later itself.
         self.internal_query_hooks: dict[str, Callable[[IncomingQuery, float], bytes | None]] = {}
-        self.memberlist = memberlist_factory(config.memberlist, self, rng, now)
+        self._memberlist = memberlist_factory(config.memberlist, self, rng, now)
 
-    # ------------------------------------------------------------------ inspection
+    # ------------------------------------------------------------------ inputs
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+        """Feed one UDP datagram received from ``addr``."""
+        self._memberlist.receive_datagram(data, addr, now)
+        self._after_input(now)
+
+    def receive_stream(self, plain: bytes, addr: Addr, now: float) -> bytes | None:
+        """Serve one inbound TCP message (decrypted, decompressed); the plain reply, if any."""
+        reply = self._memberlist.receive_stream(plain, addr, now)
+        self._after_input(now)
+        return reply
+
+    def stream_outcome(self, token: int, reply: bytes | None, now: float,
+                       error: str = "") -> None:
+        """The outcome of a request from :meth:`streams_to_open`: the plain reply, or None
+        if the exchange failed, with ``error`` the driver's text for why (Go's, such as
+        ``dial tcp 10.0.0.1:7946: connect: connection refused``)."""
+        js = self._join_streams.pop(token, None)
+        if js is None:
+            self._memberlist.stream_outcome(token, reply, now, error)
+        else:
+            self._join_outcome(js, reply, error, now)
+        self._after_input(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything due at ``now`` (call it at :meth:`get_timer`)."""
+        self._memberlist.handle_timer(now)
+        if now >= self._next_reap:
+            self._next_reap = now + self.config.reap_interval
+            self._reap(now)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval
+            self._reconnect(now)
+        if self._prunes:
+            due = [name for name, t in self._prunes.items() if t <= now]
+            for name in due:
+                del self._prunes[name]
+                m = self._members.get(name)
+                if m is not None:
+                    self._erase(m)
+        self._expire_queries(now)
+        if self._conflict_wanted:
+            self._run_conflict_resolution(now)
+        self._after_input(now)
+
+    def _after_input(self, now: float) -> None:
+        # A graceful leave also waits on broadcasts going out (queue progress), which
+        # any input may make: advance it here, so no driver ever has to poll for it.
+        if self._leave_phase is not LeavePhase.NONE:
+            self._advance_leave(now)
+
+    # ------------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        """Drain the UDP datagrams to send: (packet, (ip, port))."""
+        return self._memberlist.datagrams_to_send()
+
+    def streams_to_open(self) -> list[StreamRequest]:
+        """Drain the TCP exchanges to run (push/pulls, fallback pings, reliable user
+        messages, joins, reconnects; ``kind`` says which). Each outcome goes back through
+        :meth:`stream_outcome` by its ``deadline``."""
+        return self._memberlist.streams_to_open()
+
+    def get_timer(self) -> float | None:
+        """The next absolute time Serf or memberlist has work to do."""
+        times = [self._next_reap, self._next_reconnect]
+        ml = self._memberlist.get_timer()
+        if ml is not None:
+            times.append(ml)
+        if self._leave_phase is not LeavePhase.NONE:
+            times.append(self._leave_deadline)
+        times.extend(self._prunes.values())
+        times.extend(pq.deadline for pq in self._asking.values())
+        times.extend(a.deadline for a in self._answering.values())
+        return min(times)
+
+    def next_event(self) -> SerfEvent | None:
+        """The next event (member, user event, incoming query, or a command's
+        completion), or None."""
+        if not self._events:
+            return None
+        ev = self._events.popleft()
+        if isinstance(ev, UserEvent | IncomingQuery):
+            self._pending_user -= 1
+        return ev
+
+    def drain_events(self) -> Iterable[SerfEvent]:
+        """:meth:`next_event` until there is none."""
+        while self._events:
+            ev = self.next_event()
+            assert ev is not None
+            yield ev
+
+    # ------------------------------------------------------------------ read-only views
 
     def _num_nodes(self) -> int:
         return len(self._members)
@@ -429,19 +659,9 @@ class Serf:
     def local_member(self) -> Member:
         return self._members[self.config.node_name].snapshot()
 
-    def next_event(self) -> SerfEvent | None:
-        """The next member or user event, or None."""
-        if not self._events:
-            return None
-        ev = self._events.popleft()
-        if not isinstance(ev, MemberEvent):
-            self._pending_user -= 1
-        return ev
-
-    def joins_to_attempt(self) -> list[tuple[str, str, int]]:
-        """Drain memberlist-level joins Serf wants (reconnects): (name, ip, port)."""
-        out, self._join_requests = self._join_requests, []
-        return out
+    def num_alive(self) -> int:
+        """memberlist's NumMembers: nodes not dead or left, ourselves included."""
+        return self._memberlist.num_alive()
 
     def stats(self) -> dict[str, str]:
         """Serf's stats section (serf.go Stats), values as strings."""
@@ -449,7 +669,7 @@ class Serf:
             "members": str(len(self._members)),
             "failed": str(len(self._failed)),
             "left": str(len(self._left)),
-            "health_score": str(self.memberlist.health_score()),
+            "health_score": str(self._memberlist.health_score()),
             "member_time": str(self.clock.time()),
             "event_time": str(self.event_clock.time()),
             "query_time": str(self.query_clock.time()),
@@ -460,10 +680,22 @@ class Serf:
             "coordinate_resets": "0",
         }
 
+    def counters_view(self) -> CoreCounters:
+        """Drops counted by Serf and memberlist (one dict, by reason) and memberlist's
+        activity counters; copies."""
+        dropped = dict(self.counters)
+        for k, v in self._memberlist.counters.items():
+            dropped[k] = dropped.get(k, 0) + v
+        return CoreCounters(dropped, dict(self._memberlist.activity))
+
     def _count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
 
-    # ------------------------------------------------------------------ operations
+    def _next_op(self) -> int:
+        self._op_seq += 1
+        return self._op_seq
+
+    # ------------------------------------------------------------------ commands
 
     def restore_clocks(self, clock: int, event_clock: int, query_clock: int) -> None:
         """Resume from a snapshot (serf.go Create): witness the saved clocks and ignore
@@ -474,15 +706,81 @@ class Serf:
         self._event_min_time = event_clock + 1
         self._query_min_time = query_clock + 1
 
-    def begin_join(self, ignore_old: bool) -> None:
-        """Call before an explicit join's push/pulls (Serf.Join's eventJoinIgnore)."""
-        self._event_join_ignore = ignore_old
+    def set_internal_query_hook(self, kind: str,
+                                hook: Callable[[IncomingQuery, float], bytes | None]) -> None:
+        """Answer ``_serf_<kind>`` queries with ``hook(q, now)``: bytes are sent at once,
+        None means the hook answers later through :meth:`respond`."""
+        self.internal_query_hooks[kind] = hook
 
-    def end_join(self, num_joined: int, now: float) -> None:
-        """Call after an explicit join: on success, broadcast our join intent."""
-        self._event_join_ignore = False
-        if num_joined > 0 and self.state == SerfState.ALIVE:
+    def join(self, addrs: list[Addr], ignore_old: bool, now: float, *,
+             intent: bool = True) -> int:
+        """Serf.Join: a push/pull (Join=true) with every address, as stream requests.
+
+        Returns the join's id; :class:`JoinDone` with that id comes once every address
+        has an outcome. With ``ignore_old`` the user events the pushed states carry are
+        not replayed. If any address was joined, our join intent is broadcast (not with
+        ``intent=False``: the snapshot rejoin of serf.go's handleRejoin sends none).
+        """
+        if self.state != SerfState.ALIVE:
+            raise SerfError("Serf can't Join after Leave or Shutdown")
+        join_id = self._next_op()
+        job = _Join(ignore_old, intent, [None] * len(addrs), list(addrs))
+        self._joins[join_id] = job
+        deadline = now + self.config.memberlist.tcp_timeout
+        for i, addr in enumerate(addrs):
+            token = self._memberlist.start_join(addr, now, StreamKind.JOIN)
+            self._join_streams[token] = _JoinStream(join_id, i, deadline)
+        self._maybe_join_done(join_id, now)
+        return join_id
+
+    def _join_outcome(self, js: _JoinStream, reply: bytes | None, error: str,
+                      now: float) -> None:
+        job = self._joins.get(js.join_id) if js.join_id is not None else None
+        # Serf's eventJoinIgnore, for exactly this join's merge (joins may overlap).
+        self._event_join_ignore = job is not None and job.ignore_old
+        try:
+            failure = self._merge_join_reply(reply, error, now)
+        finally:
+            self._event_join_ignore = False
+        if js.join_id is None:
+            if failure:
+                log.debug("reconnect to %s failed: %s", js.name, failure)
+            else:
+                log.info("reconnected to %s", js.name)
+            return
+        if job is None:
+            return
+        job.outcomes[js.index] = failure
+        self._maybe_join_done(js.join_id, now)
+
+    def _merge_join_reply(self, reply: bytes | None, error: str, now: float) -> str:
+        """Merge a join's push/pull reply; "" if joined, else the reason it was not."""
+        if reply is None:
+            return error or "no reply"
+        if reply[:1] == bytes((MsgType.ERR,)):
+            # The peer refused our push/pull (another encryption key, say): its text.
+            try:
+                text = ErrResp.from_body(reply[1:]).error
+            except DecodeError:
+                text = "undecodable error response"
+            return f"remote error: {text}"
+        try:
+            self._memberlist.merge_push_pull(reply, True, now)
+        except (DecodeError, ProtocolError) as e:
+            return str(e) or type(e).__name__
+        return ""
+
+    def _maybe_join_done(self, join_id: int, now: float) -> None:
+        job = self._joins[join_id]
+        if any(o is None for o in job.outcomes):
+            return
+        del self._joins[join_id]
+        joined = sum(1 for o in job.outcomes if o == "")
+        errors = tuple(JoinError(addr, o) for addr, o in zip(job.addrs, job.outcomes, strict=True)
+                       if o)
+        if joined > 0 and job.intent and self.state == SerfState.ALIVE:
             self._broadcast_join(self.clock.time(), now)
+        self._events.append(JoinDone(join_id, joined, errors))
 
     def _broadcast_join(self, ltime: int, now: float) -> None:
         msg = MessageJoin(ltime=ltime, node=self.config.node_name)
@@ -495,11 +793,13 @@ class Serf:
         if len(encode_tags(tags)) > META_MAX_SIZE:
             raise SerfError(f"Encoded length of tags exceeds limit of {META_MAX_SIZE} bytes")
         self.tags = dict(tags)
-        self.memberlist.update_meta(now)
+        self._memberlist.update_meta(now)
 
     def leave(self, now: float) -> None:
-        """Start a graceful leave; ``state`` becomes LEFT when it is done (see handle_timer)."""
+        """Start a graceful leave (Serf.Leave); :class:`LeaveDone` comes when it is over
+        and ``state`` is LEFT (at once if it already is)."""
         if self.state == SerfState.LEFT:
+            self._events.append(LeaveDone())
             return
         if self.state == SerfState.LEAVING:
             raise SerfError("Leave already in progress")
@@ -520,9 +820,10 @@ class Serf:
             self._leave_deadline = now + self.config.broadcast_timeout
         else:
             self._start_memberlist_leave(now)
+        self._advance_leave(now)
 
     def _start_memberlist_leave(self, now: float) -> None:
-        self.memberlist.leave(now)
+        self._memberlist.leave(now)
         self._leave_phase = LeavePhase.MEMBERLIST
         self._leave_deadline = now + self.config.broadcast_timeout
 
@@ -534,84 +835,50 @@ class Serf:
             elif now >= self._leave_deadline:
                 # Serf gives up here with an error; we still tell memberlist so peers
                 # see a graceful dead{From=self} rather than a failure.
-                self.leave_error = "timeout while waiting for graceful leave"
+                self._leave_error = "timeout while waiting for graceful leave"
                 self._start_memberlist_leave(now)
         if self._leave_phase is LeavePhase.MEMBERLIST and (
-            self.memberlist.leave_broadcast_done() or now >= self._leave_deadline
+            self._memberlist.leave_broadcast_done() or now >= self._leave_deadline
         ):
-            if not self.memberlist.leave_broadcast_done():
-                self.leave_error = "timeout waiting for leave broadcast"
+            if not self._memberlist.leave_broadcast_done():
+                self._leave_error = "timeout waiting for leave broadcast"
             self._leave_phase = LeavePhase.PROPAGATE
             self._leave_deadline = now + self.config.leave_propagate_delay
         if self._leave_phase is LeavePhase.PROPAGATE and now >= self._leave_deadline:
             self._leave_phase = LeavePhase.NONE
-            self.state = SerfState.LEFT
+            if self.state == SerfState.LEAVING:
+                self.state = SerfState.LEFT
+            self._events.append(LeaveDone(self._leave_error))
 
-    def force_leave(self, node: str, prune: bool, now: float,
-                    on_sent: Callable[[], None] | None = None) -> bool:
-        """Force a member into ``left`` cluster-wide. Returns True if a broadcast was queued;
-        ``on_sent`` is called once that broadcast has gone out its last time (or was
-        dropped), as Serf's RemoveFailedNode waits on its notify channel."""
+    def force_leave(self, node: str, prune: bool, now: float) -> int | None:
+        """Force a member into ``left`` cluster-wide (Serf.RemoveFailedNode). Returns an
+        op id if a broadcast was queued: :class:`ForceLeaveDone` with it comes once that
+        broadcast has gone out its last time (or was dropped); None if nobody listens."""
         msg = MessageLeave(ltime=self.clock.time(), node=node, prune=prune)
         self.clock.increment()
         self._handle_leave_intent(msg, now)
         if not self._has_alive_members():
-            return False
-        self._enqueue(self._intent_q, "intent", msg.encode(), now, on_finished=on_sent)
-        return True
+            return None
+        op_id = self._next_op()
+
+        def sent() -> None:
+            self._events.append(ForceLeaveDone(op_id))
+
+        self._enqueue(self._intent_q, "intent", msg.encode(), now, on_finished=sent)
+        return op_id
 
     def shutdown(self) -> None:
+        """Stop for good (Serf.Shutdown): no more leave, join or query; the queries we
+        asked end now (their done records are the last events)."""
         self.state = SerfState.SHUTDOWN
+        for pq in list(self._asking.values()):
+            self._close_query(pq)
 
     def _has_alive_members(self) -> bool:
         me = self.config.node_name
         return any(m.status == MemberStatus.ALIVE for n, m in self._members.items() if n != me)
 
-    # ------------------------------------------------------------------ timers
-
-    def get_timer(self) -> float | None:
-        """The next absolute time Serf or memberlist has work to do."""
-        times = [self._next_reap, self._next_reconnect]
-        ml = self.memberlist.get_timer()
-        if ml is not None:
-            times.append(ml)
-        if self._leave_phase is not LeavePhase.NONE:
-            times.append(self._leave_deadline)
-        times.extend(self._prunes.values())
-        times.extend(pq.deadline for pq in self._asking.values())
-        times.extend(a.deadline for a in self._answering.values())
-        return min(times)
-
-    def handle_timer(self, now: float) -> None:
-        """Run everything due at ``now``."""
-        self.memberlist.handle_timer(now)
-        if now >= self._next_reap:
-            self._next_reap = now + self.config.reap_interval
-            self._reap(now)
-        if now >= self._next_reconnect:
-            self._next_reconnect = now + self.config.reconnect_interval
-            self._reconnect()
-        if self._prunes:
-            due = [name for name, t in self._prunes.items() if t <= now]
-            for name in due:
-                del self._prunes[name]
-                m = self._members.get(name)
-                if m is not None:
-                    self._erase(m)
-        if self._leave_phase is not LeavePhase.NONE:
-            self._advance_leave(now)
-        self._expire_queries(now)
-        if self._conflict_wanted:
-            self._run_conflict_resolution(now)
-
-    def leave_in_progress(self) -> bool:
-        """A graceful leave is under way (:meth:`poll` advances it as queues drain)."""
-        return self._leave_phase is not LeavePhase.NONE
-
-    def poll(self, now: float) -> None:
-        """Advance things that wait on queue progress rather than time (leave phases)."""
-        if self._leave_phase is not LeavePhase.NONE:
-            self._advance_leave(now)
+    # ------------------------------------------------------------------ timed work
 
     def _reap(self, now: float) -> None:
         for lst, timeout in ((self._failed, self.config.reconnect_timeout),
@@ -624,9 +891,15 @@ class Serf:
                      if now - i.wall > self.config.recent_intent_timeout]:
             del self._intents[name]
             self._intent_bytes -= _intent_cost(name)
+        # A join stream whose outcome never came (a driver that lost it) fails here, so
+        # its JoinDone still comes and nothing is kept past the request's deadline.
+        for token in [t for t, js in self._join_streams.items() if now > js.deadline]:
+            self._count("join_stream_lost")
+            self._join_outcome(self._join_streams.pop(token), None, "i/o timeout", now)
 
-    def _reconnect(self) -> None:
-        if not self._failed:
+    def _reconnect(self, now: float) -> None:
+        # serf.go reconnect: maybe one failed member, a memberlist join (no intent).
+        if not self._failed or self.state != SerfState.ALIVE:
             return
         alive = len(self._members) - len(self._failed) - len(self._left)
         prob = len(self._failed) / max(1, alive)
@@ -634,7 +907,9 @@ class Serf:
             return
         m = self._rng.choice(self._failed)
         log.info("attempting reconnect to %s %s:%d", m.name, m.addr, m.port)
-        self._join_requests.append((m.name, m.addr, m.port))
+        token = self._memberlist.start_join((m.addr, m.port), now, StreamKind.RECONNECT)
+        self._join_streams[token] = _JoinStream(None, 0, now + self.config.memberlist.tcp_timeout,
+                                                m.name)
 
     def _erase(self, m: _MemberState) -> None:
         if self._members.get(m.name) is m:
@@ -731,7 +1006,7 @@ class Serf:
     def notify_conflict(self, existing: Node, other: Node) -> None:
         # memberlist counts the refused alive ("conflict"); here only the log line, one
         # per 10 s, as a peer can send as many conflicting alives as it likes.
-        now = self.memberlist.now()
+        now = self._memberlist.now()
         if existing.name == self.config.node_name:
             self._self_conflict_log.drop("self", now,
                                          "name conflict: another node claims our name %s "
@@ -865,7 +1140,7 @@ class Serf:
                             header["dest_name"], *dest_addr)
             return
         log.debug("relaying a query response to %.64s at %s:%d", header["dest_name"], *dest_addr)
-        self.memberlist.send_user_msg(dest_addr, inner)
+        self._memberlist.send_user_msg(dest_addr, inner)
 
     # ------------------------------------------------------------------ intents
 
@@ -1029,10 +1304,30 @@ class Serf:
     def default_query_timeout(self) -> float:
         """GossipInterval x QueryTimeoutMult x ceil(log10(N+1)), N = alive members."""
         return default_query_timeout(self.config.memberlist.gossip_interval,
-                                     self.memberlist.num_alive())
+                                     self._memberlist.num_alive())
 
-    def query(self, name: str, payload: bytes, param: QueryParam, now: float) -> PendingQuery:
-        """Start a query (Serf.Query); its records arrive in the returned PendingQuery."""
+    def query(self, name: str, payload: bytes, param: QueryParam, now: float) -> int:
+        """Start a query (Serf.Query); returns its id. Its records come as
+        :class:`QueryRecordEvent` s with that id: acks and responses, then one done (at
+        the deadline, or sooner once every member it reaches has answered)."""
+        pq = self._start_query(name, payload, param, now)
+        query_id = self._next_op()
+        self._query_ids[pq] = query_id
+        self._flush_records(pq)  # our own ack or answer may already be in
+        return query_id
+
+    def _flush_records(self, pq: PendingQuery) -> None:
+        # Bounded by the query's own bounds: 2 x max_answers + 1 records over its life.
+        query_id = self._query_ids.get(pq)
+        if query_id is None:
+            return  # an internal query (conflict resolution): Serf reads it itself
+        for rec in pq.drain():
+            self._events.append(QueryRecordEvent(query_id, rec))
+        if pq.finished:
+            del self._query_ids[pq]
+
+    def _start_query(self, name: str, payload: bytes, param: QueryParam,
+                     now: float) -> PendingQuery:
         if self.config.protocol < 4:
             raise SerfError("Feature not supported")
         timeout = param.timeout or self.default_query_timeout()
@@ -1112,7 +1407,7 @@ class Serf:
         if ans.addr == (ml.advertise_addr, ml.advertise_port):
             self._handle_query_response(resp, now)  # our own query: no trip through the socket
         else:
-            self.memberlist.send_user_msg(ans.addr, raw)
+            self._memberlist.send_user_msg(ans.addr, raw)
         self._relay_response(ans, resp)
 
     def _relay_response(self, ans: _Answering, resp: MessageQueryResponse) -> None:
@@ -1133,7 +1428,7 @@ class Serf:
         peers = [m for m in self._members.values()
                  if m.status == MemberStatus.ALIVE and m.name != me and m.versions[1] >= 5]
         for m in self._rng.sample(peers, min(k, len(peers))):
-            self.memberlist.send_user_msg((m.addr, m.port), raw)
+            self._memberlist.send_user_msg((m.addr, m.port), raw)
 
     def _enqueue(self, q: TransmitLimitedQueue, kind: str, raw: bytes, now: float,
                  on_finished: Callable[[], None] | None = None) -> None:
@@ -1159,7 +1454,7 @@ class Serf:
         peers = [m for m in self._members.values()
                  if m.status == MemberStatus.ALIVE and m.name != me]
         for m in self._rng.sample(peers, min(k, len(peers))):
-            self.memberlist.send_user_msg((m.addr, m.port), raw)
+            self._memberlist.send_user_msg((m.addr, m.port), raw)
 
     def _handle_query(self, msg: MessageQuery, now: float) -> bool:
         """Dedup, filter, ack and deliver a query; True if it should be re-gossiped."""
@@ -1273,10 +1568,13 @@ class Serf:
                             pq.used_bytes, resp.from_)
         if pq.complete():
             self._close_query(pq)
+        else:
+            self._flush_records(pq)
 
     def _close_query(self, pq: PendingQuery) -> None:
         pq.finish()
         self._asking.pop(pq.ltime, None)
+        self._flush_records(pq)
         if pq is self._conflict_query:
             self._conflict_query = None
             self._resolve_conflict(pq)
@@ -1299,8 +1597,8 @@ class Serf:
     def _run_conflict_resolution(self, now: float) -> None:
         self._conflict_wanted = False
         try:
-            self._conflict_query = self.query(INTERNAL_PREFIX + "conflict",
-                                              self.config.node_name.encode(), QueryParam(), now)
+            self._conflict_query = self._start_query(
+                INTERNAL_PREFIX + "conflict", self.config.node_name.encode(), QueryParam(), now)
         except SerfError as e:
             log.error("failed to start name resolution query: %s", e)
 
@@ -1332,12 +1630,6 @@ class Serf:
         self.conflict_lost = True
         self.state = SerfState.SHUTDOWN
 
-    def drain_events(self) -> Iterable[SerfEvent]:
-        while self._events:
-            ev = self.next_event()
-            assert ev is not None
-            yield ev
-
     def _deliver(self, ev: UserEvent | IncomingQuery, now: float) -> bool:
         # Member events are bounded by the member count; user events and queries by
         # max_pending_events (the agent drains after every input, so this is a guard).
@@ -1353,13 +1645,22 @@ class Serf:
 
 __all__ = [
     "MEMBER_EVENT_TYPES",
+    "CompletionEvent",
+    "CoreCounters",
+    "DeliveredEvent",
     "EventType",
+    "ForceLeaveDone",
     "IncomingQuery",
+    "JoinDone",
+    "JoinError",
+    "LeaveDone",
     "LeavePhase",
     "MemberEvent",
+    "QueryRecordEvent",
     "Serf",
     "SerfConfig",
     "SerfError",
+    "SerfEvent",
     "SerfState",
     "UserEvent",
 ]

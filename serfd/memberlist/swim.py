@@ -6,7 +6,7 @@ Theory of operation
 (address, meta, protocol versions, incarnation, state), the probe list, the running
 suspicions, the ack handlers of outstanding pings, the memberlist broadcast queue and
 the Lifeguard awareness score. It owns no socket, clock or thread: bytes and time come
-in (``receive_datagram``, ``receive_stream``, ``stream_reply``, ``handle_timer``, all
+in (``receive_datagram``, ``receive_stream``, ``stream_outcome``, ``handle_timer``, all
 with ``now`` in seconds) and bytes come out (``datagrams_to_send``, ``streams_to_open``)
 together with the next instant anything is due (``get_timer``). Randomness comes from
 the ``random.Random`` passed in, so a run is reproducible from its seed.
@@ -256,16 +256,20 @@ class Node:
 class StreamKind(StrEnum):
     """Why memberlist opens a TCP stream (the value shows in the driver's log lines)."""
 
-    PUSH_PULL = "push_pull"  # a join or the periodic state exchange
+    PUSH_PULL = "push_pull"  # the periodic state exchange (or memberlist's own catch-up)
     PING = "ping"  # the TCP fallback of a failed UDP probe
     USER = "user"  # a reliable user message (Serf's SendReliable)
+    # Push/pulls with Join=true opened for the layer above (``start_join``), which takes
+    # their outcome itself: an explicit join, and Serf's reconnect to a failed member.
+    JOIN = "join"
+    RECONNECT = "reconnect"
 
 
 @dataclass(frozen=True, slots=True)
 class StreamRequest:
     """A TCP exchange for the driver: connect to ``addr``, send ``plain`` (wrapped in
     compression/encryption), read one reply if ``expect_reply``, and hand the outcome to
-    ``stream_reply(token, reply_or_None, now)`` by ``deadline``."""
+    ``stream_outcome(token, reply_or_None, now)`` by ``deadline``."""
 
     token: int
     addr: Addr
@@ -647,12 +651,19 @@ class Memberlist:
                                  StreamKind.USER)
 
     def start_push_pull(self, addr: Addr, join: bool, now: float) -> int:
-        """Ask for a push/pull with ``addr``; the reply comes back through ``stream_reply``."""
+        """Ask for a push/pull with ``addr``; the reply comes back through ``stream_outcome``."""
         plain = self.push_pull_payload(join)
         token = self._open_stream(addr, plain, True, now + self.config.tcp_timeout,
                                   StreamKind.PUSH_PULL)
         self._pending_streams[token] = (StreamKind.PUSH_PULL, join)
         return token
+
+    def start_join(self, addr: Addr, now: float, kind: StreamKind = StreamKind.JOIN) -> int:
+        """memberlist Join's push/pull (Join=true) with ``addr``, for the layer above: its
+        outcome is not ours (``stream_outcome`` ignores the token); the caller merges the
+        reply with ``merge_push_pull``."""
+        return self._open_stream(addr, self.push_pull_payload(True), True,
+                                 now + self.config.tcp_timeout, kind)
 
     def push_pull_payload(self, join: bool) -> bytes:
         """Our full state as a plain push/pull message (memberlist sendLocalState)."""
@@ -713,8 +724,10 @@ class Memberlist:
         self._count("bad_stream_type")
         return ErrResp(f"Received invalid msgType ({t})").encode()
 
-    def stream_reply(self, token: int, plain: bytes | None, now: float) -> None:
-        """The outcome of a stream we asked for: the reply, or None on failure/timeout."""
+    def stream_outcome(self, token: int, plain: bytes | None, now: float,
+                       error: str = "") -> None:
+        """The outcome of a stream we asked for: the reply, or None on failure/timeout
+        (``error``, the driver's text for the failure, is only for the layer above)."""
         self._clock = max(self._clock, now)
         pending = self._pending_streams.pop(token, None)
         if pending is None:

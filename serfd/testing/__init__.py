@@ -1,0 +1,15 @@
+"""What tests and benchmarks need to drive serfd without a network or a clock.
+
+Theory of operation
+-------------------
+* ``sim``: a discrete-event network of memberlist state machines on a virtual clock
+  (latency, loss, partitions), seeded so every run is reproducible.
+* ``serf_sim``: the same network of Serf cores, driven through exactly the contract the
+  agent drives (datagrams, streams and their outcomes, timers, commands, events).
+* ``clock``: ``FakeClock``, the agent services' :class:`~serfd.agent.clock.Clock` for
+  unit tests: time moves only when the test advances it.
+* ``fake_agent``: a fake agent behind the real RPC server, on a loop thread, for the RPC
+  and ``serfctl`` tests; ``fakes``: small doubles (a GCM keyring).
+
+Nothing in serfd's runtime imports this package.
+"""

@@ -1,8 +1,11 @@
-"""Whole Serf instances (not just memberlist cores) on tests/sim.py's fake network.
+"""Whole Serf instances (not just memberlist cores) on serfd.testing.sim's fake network.
 
-``SerfSim`` reuses :class:`sim.Sim` unchanged: each node's "core" is a thin adapter
-that forwards to the Serf's memberlist but lets Serf own the timer, so Serf's own
-deadlines (queries, reaping, leave phases) run on the fake clock too.
+``SerfSim`` drives each ``Serf`` through exactly its driver contract, as the agent's
+``GossipDriver`` does on real sockets: datagrams, inbound streams, stream outcomes and
+the one timer go in; datagrams, stream requests (joins and reconnects included) and
+events come out. There is no adapter between the two: a join here is ``serf.join``,
+its push/pulls are stream requests the network carries, and its end is the
+``JoinDone`` event, so the join path the agent runs is the one these tests run.
 """
 
 from __future__ import annotations
@@ -10,27 +13,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from serfd.core.query import IncomingQuery
-from serfd.core.serf import MemberEvent, Serf, SerfConfig, UserEvent
-from serfd.memberlist.swim import Memberlist, MemberlistConfig
+from serfd.core.serf import JoinDone, Serf, SerfConfig, SerfEvent
+from serfd.memberlist.swim import MemberlistConfig
 from serfd.testing.sim import Sim, SimNode
-
-
-class SerfCore:
-    """What Sim drives: the memberlist API, with Serf's timer in front of it."""
-
-    def __init__(self, serf: Serf) -> None:
-        self.serf = serf
-        self.ml: Memberlist = serf.memberlist
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ml, name)
-
-    def get_timer(self) -> float | None:
-        return self.serf.get_timer()
-
-    def handle_timer(self, now: float) -> None:
-        self.serf.handle_timer(now)
 
 
 class SerfSim(Sim):
@@ -46,36 +31,49 @@ class SerfSim(Sim):
                                enable_compression=False, **self.config)
         cfg = SerfConfig(node_name=name, memberlist=mlc, tags=dict(tags or {}), **serf_overrides)
         serf = Serf(cfg, random.Random(self.rng.getrandbits(64)), self.now)
-        node = SimNode(name, addr, SerfCore(serf), serf)  # type: ignore[arg-type]
+        node = SimNode(name, addr, serf)
         self.nodes[name] = node
         self.by_addr[addr] = node
         self._service(node)
         return serf
 
-    def _service(self, node: SimNode) -> None:
-        core = node.core
-        if isinstance(core, SerfCore):
-            # Serf's reconnects, as the agent runs them: a push/pull with Join=true.
-            for _name, ip, port in core.serf.joins_to_attempt():
-                core.ml.start_push_pull((ip, port), True, self.now)
-        super()._service(node)
-
     def serf(self, name: str) -> Serf:
-        return self.nodes[name].core.serf  # type: ignore[attr-defined, no-any-return]
+        core = self.nodes[name].core
+        assert isinstance(core, Serf), f"{name} is not a Serf node"
+        return core
 
     def service(self, name: str) -> None:
-        """Flush what a Serf produced outside a timer or datagram (a local call)."""
+        """Flush what a Serf produced outside a timer or datagram (a local command)."""
         self._service(self.nodes[name])
 
-    def join_serf(self, name: str, other: str) -> None:
-        """An explicit join followed by the join intent, as the agent does it."""
-        self.join(name, other)
-        self.run_for(0.05)
-        self.serf(name).end_join(1, self.now)
+    def start_join(self, name: str, others: list[str], ignore_old: bool = False) -> int:
+        """``serf.join`` from ``name`` to the addresses of ``others``; the join's id."""
+        addrs = [self.nodes[o].addr for o in others]
+        join_id = self.serf(name).join(addrs, ignore_old, self.now)
         self.service(name)
+        return join_id
 
-    def events_of(self, name: str) -> list[MemberEvent | UserEvent | IncomingQuery]:
+    def join_serf(self, name: str, other: str) -> None:
+        """An explicit join, as the agent runs it, given time to complete (50 ms)."""
+        self.start_join(name, [other])
+        self.run_for(0.05)
+
+    def events_of(self, name: str) -> list[SerfEvent]:
         return list(self.serf(name).drain_events())
+
+    def wait_join(self, name: str, join_id: int, limit: float = 30.0) -> JoinDone:
+        """Run until ``name``'s join ``join_id`` is done; the other events it drains are
+        dropped."""
+        done: list[JoinDone] = []
+
+        def finished() -> bool:
+            done.extend(e for e in self.events_of(name)
+                        if isinstance(e, JoinDone) and e.join_id == join_id)
+            return bool(done)
+
+        assert finished() or self.run_until(self.now + limit, finished, every=0.001), \
+            f"join {join_id} of {name} did not finish"
+        return done[0]
 
 
 def build_cluster(n: int, seed: int = 1, loss: float = 0.0, settle: float = 5.0,

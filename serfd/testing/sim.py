@@ -1,10 +1,15 @@
-"""Deterministic simulation of many Memberlist cores: in-memory network, fake clock.
+"""Deterministic simulation of many sans-IO cores: in-memory network, fake clock.
+
+A core is anything that keeps the driver contract (:class:`Core`): a bare
+``Memberlist`` here, a whole ``Serf`` in :mod:`serfd.testing.serf_sim`. The simulator
+is their driver, as the agent's ``GossipDriver`` is on real sockets: it feeds them
+datagrams, inbound streams, stream outcomes and timers, and drains what they produce.
 
 One event heap drives everything: datagram deliveries, stream legs and each core's
 next timer. Loss, delay and partitions apply to datagrams; streams (TCP) are reliable
-but fail (reply None at their deadline) across a partition or to a crashed node. All
-randomness comes from one seeded ``random.Random``, so a run is a pure function of
-its seed.
+but fail (reply None, with the error text a dialer would give, at their deadline)
+across a partition or to a crashed node. All randomness comes from one seeded
+``random.Random``, so a run is a pure function of its seed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from serfd.memberlist.swim import Addr, Memberlist, MemberlistConfig, Node, StreamRequest
 from serfd.wire.messages import NodeStateType
@@ -81,12 +86,31 @@ class FakeDelegate:
         return None
 
 
+class Core(Protocol):
+    """The sans-IO driver contract that Memberlist and Serf both keep."""
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]: ...
+
+    def streams_to_open(self) -> list[StreamRequest]: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None: ...
+
+    def receive_stream(self, plain: bytes, addr: Addr, now: float) -> bytes | None: ...
+
+    def stream_outcome(self, token: int, reply: bytes | None, now: float,
+                       error: str = "") -> None: ...
+
+
 @dataclass
 class SimNode:
     name: str
     addr: Addr
-    core: Memberlist
-    delegate: FakeDelegate
+    core: Core
+    delegate: FakeDelegate | None = None  # a bare memberlist's stand-in for Serf
     up: bool = True
     wake: float = float("inf")  # time of this node's pending timer event in the heap
 
@@ -120,6 +144,8 @@ class Sim:
         self._seq = 0
         self._groups: dict[str, int] | None = None  # partition: name -> group id
         self.on_event: Callable[[Event], None] | None = None
+        # Sees every stream request a core makes: (requester's name, request).
+        self.on_stream: Callable[[str, StreamRequest], None] | None = None
 
     # -------------------------------------------------------------- building the cluster
 
@@ -143,11 +169,16 @@ class Sim:
         self._service(node)
         return node
 
+    def ml(self, name: str) -> Memberlist:
+        """The bare memberlist core of ``name`` (a node started by :meth:`add_node`)."""
+        core = self.nodes[name].core
+        assert isinstance(core, Memberlist), f"{name} is not a bare memberlist node"
+        return core
+
     def join(self, name: str, other: str) -> None:
         """Explicit join: a push/pull with Join=true from ``name`` to ``other``."""
-        node = self.nodes[name]
-        node.core.start_push_pull(self.nodes[other].addr, True, self.now)
-        self._service(node)
+        self.ml(name).start_push_pull(self.nodes[other].addr, True, self.now)
+        self._service(self.nodes[name])
 
     def crash(self, name: str) -> None:
         """The node stops: no timers, nothing delivered to it, its streams fail."""
@@ -196,7 +227,7 @@ class Sim:
         return [n for n in self.nodes.values() if n.up]
 
     def view(self, observer: str, name: str) -> NodeStateType | None:
-        node = self.nodes[observer].core.get_node(name)
+        node = self.ml(observer).get_node(name)
         return node.state if node is not None else None
 
     def converged(self) -> bool:
@@ -204,7 +235,7 @@ class Sim:
         live = self.live()
         names = [n.name for n in live]
         for n in live:
-            core = n.core
+            core = self.ml(n.name)
             for name in names:
                 rec = core.get_node(name)
                 if rec is None or rec.state != NodeStateType.ALIVE:
@@ -249,7 +280,9 @@ class Sim:
             self._push(self.now + rng.uniform(lo, hi), 1, (target, data, node.addr))
         for req in core.streams_to_open():
             self.stats.streams += 1
-            self._push(self.now + rng.uniform(lo, hi), 2, (node, req, "request", None))
+            if self.on_stream is not None:
+                self.on_stream(node.name, req)
+            self._push(self.now + rng.uniform(lo, hi), 2, (node, req, "request", None, ""))
         t = core.get_timer()
         if t is not None and t < node.wake:
             node.wake = t
@@ -270,22 +303,26 @@ class Sim:
         target.core.receive_datagram(data, src, self.now)
         self._service(target)
 
-    def _on_stream(self, payload: tuple[SimNode, StreamRequest, str, bytes | None]) -> None:
-        node, req, leg, reply = payload
+    def _on_stream(self, payload: tuple[SimNode, StreamRequest, str, bytes | None, str]) -> None:
+        node, req, leg, reply, error = payload
         if leg == "request":
             target = self.by_addr.get(req.addr)
             if target is None or not target.up or not self._can_talk(node.name, target.name):
-                # No answer: the requester's side gives up at the deadline.
-                self._push(max(self.now, req.deadline), 2, (node, req, "reply", None))
+                # No answer: the requester's side gives up at the deadline, with the
+                # text a dialer would give (nobody there, or nothing comes back).
+                why = ("connect: connection refused" if target is None or not target.up
+                       else "i/o timeout")
+                error = f"dial tcp {req.addr[0]}:{req.addr[1]}: {why}"
+                self._push(max(self.now, req.deadline), 2, (node, req, "reply", None, error))
                 return
             out = target.core.receive_stream(req.plain, node.addr, self.now)
             self._service(target)
             lo, hi = self.delay
             back = out if req.expect_reply else None
             when = min(self.now + self.rng.uniform(lo, hi), req.deadline)
-            self._push(when, 2, (node, req, "reply", back))
+            self._push(when, 2, (node, req, "reply", back, ""))
         else:
             if not node.up or self.nodes.get(node.name) is not node:
                 return
-            node.core.stream_reply(req.token, reply, self.now)
+            node.core.stream_outcome(req.token, reply, self.now, error)
             self._service(node)
