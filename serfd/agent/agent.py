@@ -288,10 +288,12 @@ class Agent:
             self._stop.set()
 
     async def _shutdown(self) -> None:
-        self.events.stop()
+        if hasattr(self, "events"):  # (start() may have stopped short)
+            self.events.stop()
         if self.gossip is not None:
             self.gossip.shutdown()  # Serf.Shutdown; open queries end with their done record
-        await self.recorder.close()
+        if hasattr(self, "recorder"):
+            await self.recorder.close()  # the final clock, then the file flushed off the loop
         if hasattr(self, "rpc"):
             try:
                 await self.rpc.close()
