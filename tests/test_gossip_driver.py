@@ -14,7 +14,16 @@ import pytest
 
 from serfd.agent.gossip import GossipDriver
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord, QueryRecordType
-from serfd.core.serf import DeliveredEvent, JoinError, MemberEvent, Serf, SerfConfig, SerfError
+from serfd.core.serf import (
+    ConflictLost,
+    DeliveredEvent,
+    JoinError,
+    MemberEvent,
+    Serf,
+    SerfConfig,
+    SerfError,
+    SerfState,
+)
 from serfd.memberlist.swim import MemberlistConfig
 from serfd.testing.clock import FakeClock
 from serfd.wire.keyring import Keyring
@@ -270,5 +279,50 @@ def test_the_one_timer_is_the_cores_and_runs_on_the_clock() -> None:
             assert a.serf.stats()["member_time"] == before
         finally:
             await a.driver.close()
+
+    run(main)
+
+
+def test_set_tags_goes_out_at_once_and_peers_see_the_update() -> None:
+    async def main() -> None:
+        async with nodes("a", "b") as (clock, (a, b)):
+            await a.driver.join_addrs([b.addr], ignore_old=False)
+            a.driver.set_tags({"role": "db"})
+            assert a.driver.tags == {"role": "db"}
+
+            async def seen() -> bool:
+                while {m.name: m.tags for m in b.driver.members()}["a"] != {"role": "db"}:  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+                return True
+
+            await run_until_done(clock, seen())
+            with pytest.raises(SerfError, match="exceeds limit"):
+                a.driver.set_tags({"k": "v" * 600})
+            assert a.driver.tags == {"role": "db"}
+
+    run(main)
+
+
+def test_a_lost_name_conflict_reaches_on_conflict_lost() -> None:
+    async def main() -> None:
+        async with nodes("a", "b", "c") as (clock, (a, b, c)):
+            await a.driver.join_addrs([b.addr, c.addr], ignore_old=False)
+            impostor = Node("a", clock)
+            lost: list[ConflictLost] = []
+            impostor.driver.on_conflict_lost = lost.append
+            await impostor.driver.bind("127.0.0.1", impostor.port)
+            try:
+                await impostor.driver.join_addrs([b.addr], ignore_old=False)
+
+                async def voted_out() -> bool:
+                    while not lost:  # noqa: ASYNC110
+                        await asyncio.sleep(0)
+                    return True
+
+                await run_until_done(clock, voted_out())
+                assert impostor.serf.state is SerfState.SHUTDOWN
+                assert a.serf.state is SerfState.ALIVE
+            finally:
+                await impostor.driver.close()
 
     run(main)

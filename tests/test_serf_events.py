@@ -11,7 +11,7 @@ from serfd.core.query import (
     encode_filters,
     filters_match,
 )
-from serfd.core.serf import QueryRecordEvent, SerfError, UserEvent
+from serfd.core.serf import ConflictLost, QueryRecordEvent, SerfError, SerfState, UserEvent
 from serfd.testing.serf_sim import SerfSim, build_cluster
 from serfd.wire.serf_messages import MessageQuery
 
@@ -249,3 +249,23 @@ def test_name_conflict_resolution_majority_stays() -> None:
     sim.run_for(5.0)
     assert not s.conflict_lost
     assert s.state.value == "alive"
+
+
+def test_name_conflict_resolution_minority_ends_the_core_with_an_event() -> None:
+    """A second node claiming n1's name from another address loses the vote: its core
+    shuts down and says so with a ConflictLost event (the agent stops on it)."""
+    sim = build_cluster(4, seed=8)
+    original = sim.serf("n1")
+    impostor = sim.add_serf("n1", addr=("10.9.9.9", 7946))
+    join_id = sim.start_join("n1", ["n0"])
+    lost: list[ConflictLost] = []
+
+    def over() -> bool:
+        lost.extend(e for e in impostor.drain_events() if isinstance(e, ConflictLost))
+        return bool(lost)
+
+    assert sim.run_until(sim.now + 30.0, over, every=0.01), "the impostor never lost"
+    assert join_id >= 0
+    assert impostor.state is SerfState.SHUTDOWN and impostor.conflict_lost
+    assert lost[0].responses >= 2 and lost[0].matching < lost[0].responses // 2 + 1
+    assert original.state is SerfState.ALIVE and not original.conflict_lost

@@ -321,7 +321,7 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
         assert agent.stats()["serfd"]["snapshot_error"] == ""
         full["on"] = True
         for i in range(1, 4):
-            await agent.user_event(f"ev{i}", b"", False)
+            await agent.api.user_event(f"ev{i}", b"", False)
         for _ in range(500):
             if agent.recorder.fault is not None:
                 break
@@ -330,7 +330,7 @@ def test_agent_shows_a_snapshot_fault_in_status_and_stats(
         assert "; snapshot: error: No space left on device since " in line
         assert agent.stats()["serfd"]["snapshot_error"].startswith("No space left on device")
         assert int(agent.stats()["serfd"]["snapshot_write_errors"]) >= 1
-        assert agent.members()  # still serving
+        assert agent.api.members()  # still serving
         full["on"] = False
         for _ in range(1000):
             if agent.recorder.fault is None:

@@ -33,7 +33,6 @@ process.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import fcntl
 import ipaddress
 import logging
@@ -54,19 +53,19 @@ from serfd.agent.clock import Clock, LoopClock
 from serfd.agent.config import Config, ConfigError, load_config
 from serfd.agent.events import EventsService
 from serfd.agent.gossip import GossipDriver
-from serfd.agent.joins import Joiner, JoinFailed, parse_join_addr
+from serfd.agent.joins import Joiner, parse_join_addr
 from serfd.agent.keys import KeyService
 from serfd.agent.logsetup import set_level
 from serfd.agent.looplag import LoopLag
 from serfd.agent.recorder import SnapshotRecorder
 from serfd.agent.reload import plan_reload
-from serfd.agent.rpc_server import RPCError, RPCServer
+from serfd.agent.rpc_adapter import RPCAdapter
+from serfd.agent.rpc_server import RPCServer
 from serfd.agent.systemd import Notifier
-from serfd.core.filters import AnyEvent
-from serfd.core.member import Member, MemberStatus
-from serfd.core.query import IncomingQuery, QueryParam, QueryRecord
+from serfd.core.member import MemberStatus
 from serfd.core.serf import (
     DEFAULT_MAX_QUERY_TIMEOUT,
+    ConflictLost,
     DeliveredEvent,
     Serf,
     SerfConfig,
@@ -123,6 +122,7 @@ class Agent:
         self.keys: KeyService
         self.events: EventsService
         self.recorder: SnapshotRecorder  # members to rejoin and clocks, across restarts
+        self.api: RPCAdapter  # what RPC commands call (serfd.agent.rpc_adapter)
         self.rpc: RPCServer
         # Gossip encryption (serfd.wire.keyring): the keyring, shared with the memberlist core
         # and mutated in place by key rotation, and the file that persists it.
@@ -201,7 +201,7 @@ class Agent:
             self.serf, clock=self.clock, keyring=self.keyring, compress=cfg.enable_compression,
             verify_incoming=cfg.gossip_verify_incoming,
             verify_outgoing=cfg.gossip_verify_outgoing, counters=self.counters,
-            on_event=self._dispatch, after_pump=self._after_pump)
+            on_event=self._dispatch, on_conflict_lost=self._conflict_lost)
         self.joins = Joiner(self.gossip, clock=self.clock, default_port=port)
         self.events = EventsService(cfg, self.gossip, clock=self.clock, spawn=self._spawn,
                                     config_dir=self.config_dir, loop=loop)
@@ -216,7 +216,10 @@ class Agent:
         self.keys.install()
         # Gossip only now: the core has its clocks back and answers key queries.
         await self.gossip.bind(host, port)
-        self.rpc = RPCServer(self, auth_key=self.config.rpc_auth_key)
+        self.api = RPCAdapter(gossip=self.gossip, joins=self.joins, keys=self.keys,
+                              events=self.events, leave=self.leave, reload=self.reload,
+                              stats=self.stats)
+        self.rpc = RPCServer(self.api, auth_key=self.config.rpc_auth_key)
         sock_path = self.config.rpc_socket
         sock_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -332,10 +335,10 @@ class Agent:
         self.recorder.record(ev)  # the snapshot sees events before coalescing, as Serf's does
         self.events.event(ev)  # coalescing, then handlers and RPC streams
 
-    def _after_pump(self) -> None:
-        if self.serf.conflict_lost and not self._stop.is_set():
-            log.error("lost the name conflict resolution for %s: stopping",
-                      self.config.node_name)
+    def _conflict_lost(self, ev: ConflictLost) -> None:
+        if not self._stop.is_set():
+            log.error("lost the name conflict resolution for %s (%d of %d vouched for us): "
+                      "stopping", self.config.node_name, ev.matching, ev.responses)
             self._exit_code = 1
             self._stop.set()
 
@@ -347,41 +350,11 @@ class Agent:
             self._exit_code = 1
             self._stop.set()
 
-    async def key_request(self, op: str, key: str) -> tuple[dict[str, Any], str]:
-        """RPC install-key/use-key/remove-key/list-keys (serfd.agent.keys)."""
-        return await self.keys.key_request(op, key)
-
-    # ------------------------------------------------------------------ AgentAPI (RPC)
-
-    async def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
-        self.events.user_event(name, payload, coalesce)
-
-    def query(self, name: str, payload: bytes, param: QueryParam,
-              on_record: Callable[[QueryRecord], None]) -> object:
-        return self.events.query(name, payload, param, on_record)
-
-    def respond(self, q: IncomingQuery, payload: bytes) -> None:
-        self.events.respond(q, payload)
-
-    def subscribe_events(self, cb: Callable[[AnyEvent], None]) -> Callable[[], None]:
-        return self.events.subscribe_events(cb)
-
-    def subscribe_logs(self, level: int, cb: Callable[[str], None]) -> Callable[[], None]:
-        return self.events.subscribe_logs(level, cb)
-
-    def members(self) -> list[Member]:
-        return self.serf.members()
+    # ------------------------------------------------------------------ lifecycle
 
     @property
     def last_join(self) -> str:
         return self.joins.last_join if hasattr(self, "joins") else "none yet"
-
-    async def join(self, addrs: list[str], replay: bool) -> int:
-        """RPC join (serfd.agent.joins): the number joined; RPCError with Go's text."""
-        try:
-            return await self.joins.join(addrs, replay)
-        except (JoinFailed, SerfError) as e:
-            raise RPCError(str(e)) from None
 
     async def leave_cluster(self) -> None:
         """Graceful leave: intent, memberlist dead, propagation delay (Serf.Leave)."""
@@ -401,24 +374,6 @@ class Agent:
         self.notifier.stopping()
         await self.leave_cluster()
         self._stop.set()
-
-    async def force_leave(self, node: str, prune: bool) -> None:
-        assert self.gossip is not None
-        try:
-            await self.gossip.force_leave(node, prune)
-        except TimeoutError:
-            raise RPCError("timed out broadcasting node removal") from None
-
-    async def set_tags(self, tags: dict[str, str], delete: list[str]) -> None:
-        new = dict(self.serf.tags)
-        for k in delete:
-            new.pop(k, None)
-        new.update(tags)
-        try:
-            self.serf.set_tags(new, self._now())
-        except SerfError as e:
-            raise RPCError(str(e)) from None
-        self._pump()
 
     def stats(self) -> dict[str, dict[str, str]]:
         core = self.serf.counters_view()
@@ -503,11 +458,11 @@ class Agent:
         if new.rpc_auth_key != old.rpc_auth_key:
             self.rpc.auth_key = new.rpc_auth_key or None
         if dict(new.tags) != dict(old.tags):
+            assert self.gossip is not None  # reload runs once start() has finished
             try:
-                self.serf.set_tags(dict(new.tags), self._now())
+                self.gossip.set_tags(dict(new.tags))
             except SerfError as e:
                 errors.append(f"tags: {e}")
-            self._pump()
         if new.join != old.join and new.join:
             self._spawn(self.joins.join_after_reload(list(new.join)))
         for hook in list(self.reload_hooks):
@@ -532,8 +487,7 @@ class Agent:
     def _reload_events(self, old: Config, new: Config) -> None:
         """Reload hook: handlers (the events service), then the core's size limits."""
         self.events.reload(old, new)
-        self.serf.config = dataclasses.replace(
-            self.serf.config,
+        self.serf.set_limits(
             user_event_size_limit=new.user_event_size_limit,
             query_size_limit=new.query_size_limit,
             query_response_size_limit=new.query_response_size_limit,

@@ -19,8 +19,8 @@ core produced:
    :meth:`join_addrs`, ``LeaveDone`` a :meth:`leave`, ``ForceLeaveDone`` a
    :meth:`force_leave`, ``QueryRecordEvent`` a :meth:`query`'s callback (one loop
    iteration later, so an RPC header always goes first);
-4. ``after_pump`` runs (the agent checks for a lost name conflict);
-5. the one timer is re-armed for ``serf.get_timer()``.
+   ``ConflictLost`` (we lost a name conflict vote) goes to ``on_conflict_lost``;
+4. the one timer is re-armed for ``serf.get_timer()``.
 
 Nothing here polls: every wait is a future resolved by a core event.
 
@@ -46,6 +46,7 @@ from serfd.base.ratelog import DropLog
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord, QueryRecordType
 from serfd.core.serf import (
+    ConflictLost,
     DeliveredEvent,
     ForceLeaveDone,
     JoinDone,
@@ -132,7 +133,7 @@ class GossipDriver:
                  compress: bool = True, verify_incoming: bool = True,
                  verify_outgoing: bool = True, counters: dict[str, int] | None = None,
                  on_event: Callable[[DeliveredEvent], None] | None = None,
-                 after_pump: Callable[[], None] | None = None) -> None:
+                 on_conflict_lost: Callable[[ConflictLost], None] | None = None) -> None:
         self.serf = serf
         self.clock = clock
         # The keyring is the one the core uses, mutated in place by key rotation.
@@ -143,7 +144,7 @@ class GossipDriver:
         self.counters: dict[str, int] = counters if counters is not None else {}
         self.drops = DropLog(log, self.counters)
         self.on_event = on_event
-        self.after_pump = after_pump
+        self.on_conflict_lost = on_conflict_lost
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._timer: Timer | None = None
@@ -259,8 +260,6 @@ class GossipDriver:
             self._spawn(self._outbound_stream(req, counted=True))
         while (ev := serf.next_event()) is not None:
             self._dispatch(ev)
-        if self.after_pump is not None:
-            self.after_pump()
         due = serf.get_timer()
         if due != self._timer_at:
             if self._timer is not None:
@@ -299,6 +298,9 @@ class GossipDriver:
             ffut = self._force_leaves.pop(ev.op_id, None)
             if ffut is not None and not ffut.done():
                 ffut.set_result(None)
+        elif isinstance(ev, ConflictLost):
+            if self.on_conflict_lost is not None:
+                self.on_conflict_lost(ev)
         elif self.on_event is not None:
             try:
                 self.on_event(ev)
@@ -366,6 +368,18 @@ class GossipDriver:
             await asyncio.wait_for(fut, self.serf.config.broadcast_timeout)
         finally:
             self._force_leaves.pop(op_id, None)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Replace our tags and gossip them; SerfError (Serf's text) if they do not fit."""
+        self.serf.set_tags(tags, self.now())
+        self.pump()
+
+    def members(self) -> list[Member]:
+        return self.serf.members()
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self.serf.tags)
 
     def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
         """Send a user event (SerfError with Serf's text if over a size limit)."""

@@ -66,12 +66,15 @@ Outputs
     ``IncomingQuery`` (for handlers and RPC streams), and the completions
     ``JoinDone(join_id, num_joined, errors: (JoinError(addr, reason), ...))``,
     ``LeaveDone(error)``, ``ForceLeaveDone(op_id)``,
-    ``QueryRecordEvent(query_id, QueryRecord)``.
+    ``QueryRecordEvent(query_id, QueryRecord)``, and ``ConflictLost(matching,
+    responses)``: we lost a name conflict vote, the core has shut down and the agent must
+    stop.
 
 Read-only views: ``members()``, ``local_member()``, ``num_alive()``, ``state``,
 ``tags``, ``clock``/``event_clock``/``query_clock``, ``stats()`` (Serf's stats section),
 ``counters_view()`` (drops of Serf and memberlist merged, and memberlist's activity),
-``conflict_lost`` (we lost a name conflict vote: the agent must stop).
+``conflict_lost``. The one setting that changes live is set by a command:
+``set_limits(...)`` (the size limits and the query timeout cap, on reload).
 
 Bounds
 ------
@@ -141,6 +144,7 @@ itself bounds none of these unless said.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import random
@@ -348,9 +352,19 @@ class QueryRecordEvent:
     record: QueryRecord
 
 
-# What the agent's handlers and RPC streams see; the others complete a command.
+@dataclass(frozen=True, slots=True)
+class ConflictLost:
+    """Another member holds our name and the cluster's vote went to it: the core has shut
+    down (``state`` SHUTDOWN) and the agent must stop, as Serf's agent does."""
+
+    matching: int  # members that vouched for our address
+    responses: int  # members that answered the conflict query
+
+
+# What the agent's handlers and RPC streams see; the others complete a command or end
+# the node.
 DeliveredEvent = MemberEvent | UserEvent | IncomingQuery
-CompletionEvent = JoinDone | LeaveDone | ForceLeaveDone | QueryRecordEvent
+CompletionEvent = JoinDone | LeaveDone | ForceLeaveDone | QueryRecordEvent | ConflictLost
 SerfEvent = DeliveredEvent | CompletionEvent
 
 
@@ -794,6 +808,15 @@ class Serf:
             raise SerfError(f"Encoded length of tags exceeds limit of {META_MAX_SIZE} bytes")
         self.tags = dict(tags)
         self._memberlist.update_meta(now)
+
+    def set_limits(self, *, user_event_size_limit: int, query_size_limit: int,
+                   query_response_size_limit: int, max_query_timeout: float) -> None:
+        """Apply the limits a reload may change; they hold for what is sent from now on."""
+        self.config = dataclasses.replace(
+            self.config, user_event_size_limit=user_event_size_limit,
+            query_size_limit=query_size_limit,
+            query_response_size_limit=query_response_size_limit,
+            max_query_timeout=max_query_timeout)
 
     def leave(self, now: float) -> None:
         """Start a graceful leave (Serf.Leave); :class:`LeaveDone` comes when it is over
@@ -1629,6 +1652,7 @@ class Serf:
                     matching, responses)
         self.conflict_lost = True
         self.state = SerfState.SHUTDOWN
+        self._events.append(ConflictLost(matching, responses))
 
     def _deliver(self, ev: UserEvent | IncomingQuery, now: float) -> bool:
         # Member events are bounded by the member count; user events and queries by
@@ -1646,6 +1670,7 @@ class Serf:
 __all__ = [
     "MEMBER_EVENT_TYPES",
     "CompletionEvent",
+    "ConflictLost",
     "CoreCounters",
     "DeliveredEvent",
     "EventType",
