@@ -52,7 +52,7 @@ def test_wrong_key_or_no_key_cannot_join_and_logs_why(make_cluster) -> None:  # 
     ):
         for target in (s, good):
             with pytest.raises(RPCError) as e:
-                agent.api.join([target.bind_addr])
+                agent.join([target.bind_addr])
             assert reason in e.value.error, e.value.error
     # And the other way: serf with another key cannot join serfd; serfd's log says why.
     s2 = c.serf("othersrf", extra_args=[f"-encrypt={generate_key()}"])

@@ -288,7 +288,7 @@ def test_push_pull_both_ways(agent: Agent, compress: bool) -> None:
 
     # The agent merged our state after replying: our fake node is now a member.
     def listed() -> dict[str, dict[str, Any]] | None:
-        m = agent.api.members()
+        m = agent.members()
         return m if name in m else None
 
     members = _wait_for(name, listed)
@@ -339,7 +339,7 @@ def test_big_compressed_push_pull(agent: Agent) -> None:
     assert header.join is False
 
     def all_big() -> dict[str, dict[str, Any]] | None:
-        m = agent.api.members()
+        m = agent.members()
         return m if sum(1 for k in m if k.startswith("big-")) == 300 else None
 
     members = _wait_for("300 big-* members", all_big)
