@@ -62,6 +62,7 @@ from serfd.agent.reload import plan_reload
 from serfd.agent.rpc_adapter import RPCAdapter
 from serfd.agent.rpc_server import RPCServer
 from serfd.agent.systemd import Notifier
+from serfd.agent.tasks import TaskSet
 from serfd.core.member import MemberStatus
 from serfd.core.serf import (
     DEFAULT_MAX_QUERY_TIMEOUT,
@@ -110,7 +111,7 @@ class Agent:
         self._reload_lock = asyncio.Lock()
         self.counters: dict[str, int] = {}  # the agent's drops (serfctl info: dropped_<key>)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "internal")
         self._started = False  # start() finished: the Serf layer and sockets exist
         self.loop_lag = LoopLag()
         self._stop = asyncio.Event()
@@ -304,8 +305,7 @@ class Agent:
                 log.exception("closing the RPC server failed")
         if self.gossip is not None:
             await self.gossip.close()
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel_all()
         log.info("serfd stopped")
 
     # ------------------------------------------------------------------ the pump
@@ -317,14 +317,7 @@ class Agent:
         self.counters[reason] = self.counters.get(reason, 0) + 1
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal task failed: %r", task.exception(), exc_info=task.exception())
+        self._tasks.spawn(coro)
 
     def _pump(self) -> None:
         """Drain the core's output and re-arm the timer (the gossip driver's pump)."""

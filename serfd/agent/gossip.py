@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from serfd.agent.clock import Clock, Timer
+from serfd.agent.tasks import TaskSet
 from serfd.base.ratelog import DropLog
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord, QueryRecordType
@@ -149,7 +150,7 @@ class GossipDriver:
         self._tcp_server: asyncio.Server | None = None
         self._timer: Timer | None = None
         self._timer_at: float | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "gossip", counters=self.counters, error_key="core_errors")
         self._inbound_streams = 0  # _on_stream tasks (MAX_INBOUND_STREAMS)
         self._outbound_streams = 0  # non-join _outbound_stream tasks (MAX_OUTBOUND_STREAMS)
         self._stream_bytes = 0  # bytes held by stream reads in progress (STREAM_BYTES_BUDGET)
@@ -207,8 +208,7 @@ class GossipDriver:
             self._timer = None
         if self._tcp_server is not None:
             self._tcp_server.close()
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel_all()
         if self._udp is not None:
             self._udp.close()
         for fut in [*self._joins.values(), *self._force_leaves.values(), self._leave]:
@@ -224,15 +224,7 @@ class GossipDriver:
         self.counters[reason] = self.counters.get(reason, 0) + 1
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._count("core_errors")
-            log.error("gossip task failed: %r", task.exception(), exc_info=task.exception())
+        self._tasks.spawn(coro)
 
     def pump(self) -> None:
         """Drain the core's output and re-arm the timer. Called after every input."""
