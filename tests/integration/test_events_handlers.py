@@ -187,7 +187,8 @@ timeout = "4s"
     cluster.wait_ready()
     cluster.wait_all_alive()
     send_event(s0, "slow")
-    wait_until(lambda: (tmp_path / "child.pid").exists(), 5, desc="slow handler started")
+    # The redirect creates the file before echo writes it: wait for the content.
+    wait_until(lambda: _text(tmp_path / "child.pid"), 5, desc="slow handler started")
     sent = time.time()
     send_event(s0, "fast")
     # The redirect creates the file before `date` writes it: wait for the content.
@@ -217,12 +218,15 @@ def test_handlers_dropped_in_take_effect_on_sighup(cluster: Cluster, tmp_path: P
     assert d1.proc is not None
     d1.proc.send_signal(signal.SIGHUP)
 
+    got = tmp_path / "got.deploy"
+
     def reloaded() -> bool:
         send_event(d1, "deploy", b"after")
-        return wait_until(lambda: (tmp_path / "got.deploy").exists(), 1.0) >= 0
+        # The shell creates the file before cat has written to it: wait for the content.
+        return wait_until(lambda: got.exists() and got.read_text() == "after\n", 1.0) >= 0
 
     wait_until(reloaded, 10, interval=0.3, desc="handler after reload")
-    assert (tmp_path / "got.deploy").read_text() == "after\n"
+    assert got.read_text() == "after\n"
 
 
 def test_serfctl_stream_and_monitor(cluster: Cluster) -> None:
