@@ -24,10 +24,12 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import random
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +51,94 @@ IMPLS = ("serf", "serfd")
 JOIN_TIMEOUT = 60.0  # a join that never converges counts as +inf
 FAIL_TIMEOUT = 60.0
 READY_TIMEOUT = 30.0  # N Python processes starting at once on 2 cores take a while
+BURST_EVENTS = 20  # user events sent at once from node0 for the "events" traffic window
+BURST_WINDOW = 5.0  # seconds of traffic counted from the first of those events
+
+
+class GossipCounters:
+    """Gossip traffic each agent sends, counted by nftables on loopback (needs root).
+
+    A table of our own (``serfd_bench_<pid>_<n>``) hooks the output path, where each
+    loopback packet passes once, with per-agent rules: UDP from the agent's gossip
+    address, TCP from its gossip port (the push/pull replies it serves), TCP to its
+    gossip port (the requests others send it). Outbound TCP is not bound to the agent's
+    address, so the requests are charged to the cluster and split evenly; RPC traffic
+    (port 7373) is not counted. The table is deleted on the way out, whatever happens.
+    """
+
+    _seq = 0
+
+    def __init__(self, agents: Sequence[Agent]) -> None:
+        GossipCounters._seq += 1
+        self.table = f"serfd_bench_{os.getpid()}_{GossipCounters._seq}"
+        self.addrs = [a.bind_addr.rsplit(":", 1) for a in agents]
+        self.created = False
+
+    @staticmethod
+    def unavailable() -> str:
+        """'' if counting can work here, else why not."""
+        if shutil.which("nft") is None:
+            return "nft (nftables) not installed"
+        if os.geteuid() != 0:
+            return "not root"
+        return ""
+
+    def _nft(self, *args: str, script: str | None = None) -> str:
+        out = subprocess.run(["nft", *args], input=script, capture_output=True, text=True,
+                             timeout=30, check=True)
+        return out.stdout
+
+    def __enter__(self) -> GossipCounters:
+        rules = []
+        for ip, port in self.addrs:
+            rules.append(f'ip saddr {ip} udp sport {port} counter comment "udp {ip}"')
+            rules.append(f'ip saddr {ip} tcp sport {port} counter comment "tcp_out {ip}"')
+            rules.append(f'ip daddr {ip} tcp dport {port} counter comment "tcp_in {ip}"')
+        body = "\n    ".join(rules)
+        script = (f"table inet {self.table} {{\n  chain out {{\n"
+                  f"    type filter hook output priority 0; policy accept;\n"
+                  f"    {body}\n  }}\n}}\n")
+        self.created = True  # delete even if the load half-failed
+        self._nft("-f", "-", script=script)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.created:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                self._nft("delete", "table", "inet", self.table)
+
+    def read(self) -> dict[str, tuple[int, int]]:
+        """(packets, bytes) by rule comment."""
+        data = json.loads(self._nft("-j", "list", "table", "inet", self.table))
+        out: dict[str, tuple[int, int]] = {}
+        for item in data.get("nftables", []):
+            rule = item.get("rule")
+            if not rule or "comment" not in rule:
+                continue
+            for e in rule.get("expr", []):
+                if "counter" in e:
+                    out[rule["comment"]] = (e["counter"]["packets"], e["counter"]["bytes"])
+        return out
+
+    def per_agent(self, before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                  seconds: float) -> tuple[list[float], list[float]]:
+        """(bytes/s, packets/s) sent by each agent between two reads."""
+
+        def delta(key: str) -> tuple[int, int]:
+            a, b = after.get(key, (0, 0)), before.get(key, (0, 0))
+            return a[0] - b[0], a[1] - b[1]
+
+        n = len(self.addrs)
+        req_pk = sum(delta(f"tcp_in {ip}")[0] for ip, _ in self.addrs) / n
+        req_by = sum(delta(f"tcp_in {ip}")[1] for ip, _ in self.addrs) / n
+        bps: list[float] = []
+        pps: list[float] = []
+        for ip, _ in self.addrs:
+            up, ub = delta(f"udp {ip}")
+            tp, tb = delta(f"tcp_out {ip}")
+            bps.append((ub + tb + req_by) / seconds)
+            pps.append((up + tp + req_pk) / seconds)
+        return bps, pps
 
 
 @dataclass
@@ -61,6 +151,11 @@ class RepResult:
     rss_mib: list[float] = field(default_factory=list)
     cpu_pct: list[float] = field(default_factory=list)
     threads: list[int] = field(default_factory=list)
+    join_rpc_s: list[float] = field(default_factory=list)
+    idle_bps: list[float] = field(default_factory=list)
+    idle_pps: list[float] = field(default_factory=list)
+    event_bps: list[float] = field(default_factory=list)
+    event_pps: list[float] = field(default_factory=list)
     error: str = ""
 
 
@@ -134,10 +229,12 @@ def run_rep(
             def joiner(a: Agent) -> None:
                 c = clients[a.name]
                 barrier.wait(10)
+                t = time.monotonic()
                 try:
                     c.join([seed])
                 except Exception as exc:  # noqa: BLE001
                     join_errors.append(f"{a.name}: {exc!r}")
+                res.join_rpc_s.append(time.monotonic() - t)
 
             # Separate clients for the joins so the poller's clients are never shared.
             poll_clients = {a.name: RPCClient(a.rpc_target, timeout=5.0) for a in agents}
@@ -163,14 +260,33 @@ def run_rep(
                 c.close()
             clients.clear()
             poll_clients.clear()
-            cpu0 = {a.name: a.cpu_seconds() for a in agents}
-            w0 = time.monotonic()
-            time.sleep(args.idle)
-            window = time.monotonic() - w0
-            for a in agents:
-                res.cpu_pct.append(100.0 * (a.cpu_seconds() - cpu0[a.name]) / window)
-                res.rss_mib.append(a.rss_kib() / 1024.0)
-                res.threads.append(proc_threads(a.pid or 0))
+            counters = contextlib.ExitStack()
+            nft = None if args.no_traffic else counters.enter_context(GossipCounters(agents))
+            with counters:
+                cpu0 = {a.name: a.cpu_seconds() for a in agents}
+                c0 = nft.read() if nft else {}
+                w0 = time.monotonic()
+                time.sleep(args.idle)
+                window = time.monotonic() - w0
+                if nft:
+                    res.idle_bps, res.idle_pps = nft.per_agent(c0, nft.read(), window)
+                for a in agents:
+                    res.cpu_pct.append(100.0 * (a.cpu_seconds() - cpu0[a.name]) / window)
+                    res.rss_mib.append(a.rss_kib() / 1024.0)
+                    res.threads.append(proc_threads(a.pid or 0))
+                if nft:
+                    # -- traffic during a burst of user events from node0
+                    ec = RPCClient(agents[0].rpc_target, timeout=5.0)
+                    try:
+                        c0 = nft.read()
+                        w0 = time.monotonic()
+                        for i in range(BURST_EVENTS):
+                            ec.event(f"bench{i}", b"x" * 32)
+                        time.sleep(max(0.0, BURST_WINDOW - (time.monotonic() - w0)))
+                        window = time.monotonic() - w0
+                        res.event_bps, res.event_pps = nft.per_agent(c0, nft.read(), window)
+                    finally:
+                        ec.close()
 
             # -- failure detection: SIGKILL one non-seed node
             victim = agents[rng.randrange(1, n)]
@@ -253,11 +369,17 @@ def report(n: int, results: list[RepResult], impls: Sequence[str], notes: dict[s
         ("RSS per agent (MiB)", lambda rs: [x for r in rs for x in r.rss_mib], 1),
         ("idle CPU per agent (% core)", lambda rs: [x for r in rs for x in r.cpu_pct], 2),
         ("threads per agent", lambda rs: [float(x) for r in rs for x in r.threads], 0),
+        ("join RPC (s)", lambda rs: [x for r in rs for x in r.join_rpc_s], 2),
+        ("idle bytes/s per agent", lambda rs: [x for r in rs for x in r.idle_bps], 0),
+        ("idle packets/s per agent", lambda rs: [x for r in rs for x in r.idle_pps], 1),
+        (f"events bytes/s per agent ({BURST_EVENTS} ev)",
+         lambda rs: [x for r in rs for x in r.event_bps], 0),
+        ("events packets/s per agent", lambda rs: [x for r in rs for x in r.event_pps], 1),
     ]
     reps = {i: len(by[i]) for i in IMPLS}
     head = f"== N={n}  (reps: serf {reps['serf'] or '-'}, serfd {reps['serfd'] or '-'}; "
     lines = [head + "median [min-max])"]
-    w = [31, 24, 24, 11]
+    w = [34, 24, 24, 11]
     lines.append(f"{'metric':<{w[0]}} {'serf':<{w[1]}} {'serfd':<{w[2]}} {'serfd/serf':<{w[3]}}")
     for label, get, digits in metrics:
         sv, dv = get(by["serf"]), get(by["serfd"])
@@ -284,7 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="seed for pauses and victims")
     ap.add_argument("--keep-logs", action="store_true", help="keep agent logs of good reps")
     ap.add_argument("--json", type=Path, default=None, help="write raw results here")
+    ap.add_argument("--no-traffic", action="store_true",
+                    help="do not count gossip bytes/packets with nftables")
     args = ap.parse_args(argv)
+    if not args.no_traffic and (why := GossipCounters.unavailable()):
+        print(f"NOTE: no traffic figures: {why}", flush=True)
+        args.no_traffic = True
 
     # SIGTERM/SIGHUP unwind like Ctrl-C so every `with Cluster` kills its agents.
     def _raise(signum: int, _frame: Any) -> None:

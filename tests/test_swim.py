@@ -598,3 +598,25 @@ def test_state_machine_invariants(steps: list[tuple[bytes, float]]) -> None:
         elif kind == "leave":
             assert node in joined
             joined.discard(node)
+
+
+def test_eager_gossip_skips_a_bulk_merge_but_not_one_newcomer() -> None:
+    """Eager pushes (serfd) carry news a node is first to hear: a joiner's alive the seed
+    merges from its push/pull. A joiner's merge of the seed's whole state is news to it
+    alone; regular gossip carries that (issue 13: a burst of joins flooded the seed)."""
+
+    def datagrams(eager: bool, n: int) -> int:
+        m, _, _ = core(eager_gossip=eager)
+        m.merge_push_pull(encode_push_pull(False, [  # a first member to talk to
+            PushNodeState("a", ip_to_bytes("10.0.0.2"), 7946, b"", 1, 0, DEFAULT_VSN)
+        ], b""), False, 0.5)
+        m.handle_timer(0.5)
+        m.datagrams_to_send()
+        states = [PushNodeState(f"n{i}", ip_to_bytes(f"10.0.1.{i}"), 7946, b"", 1, 0,
+                                DEFAULT_VSN) for i in range(n)]
+        m.merge_push_pull(encode_push_pull(True, states, b""), True, 0.6)
+        m.handle_timer(0.6)
+        return len(m.datagrams_to_send())
+
+    assert datagrams(True, 1) > datagrams(False, 1)  # one newcomer: pushed at once
+    assert datagrams(True, 20) == datagrams(False, 20)  # a bulk merge: left to regular gossip

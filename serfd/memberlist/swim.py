@@ -124,6 +124,7 @@ log = logging.getLogger("serfd.memberlist")
 COMPOUND_HEADER_OVERHEAD = 2  # memberlist compoundHeaderOverhead
 EAGER_GOSSIP_GAP = 0.25  # serfd: eager pushes at most every quarter GossipInterval
 GO_SAFE_BATCHES = 4  # serfd: at most this many eager packets per target and round
+EAGER_MERGE_MAX = 4  # serfd: a merge that brings more news than this is not pushed eagerly
 COMPOUND_OVERHEAD = 2  # memberlist compoundOverhead (per part)
 USER_MSG_OVERHEAD = 1  # memberlist userMsgOverhead
 ENCRYPT_OVERHEAD = 29  # encryptOverhead(vsn 1): version byte + 12 nonce + 16 tag
@@ -685,8 +686,16 @@ class Memberlist:
         bind_port = self.config.bind_port
         remote = [replace(r, port=bind_port) if r.port == 0 else r for r in remote]
         self._verify_protocol(remote)
+        fresh_before = len(self._fresh)
         for r in remote:
             self._merge_one(r, now)
+        if len(self._fresh) - fresh_before > EAGER_MERGE_MAX:
+            # A bulk merge (a joiner taking in the cluster) is news to us, not to the
+            # cluster: regular gossip carries it; pushing it eagerly too floods the
+            # few nodes a newcomer knows (the one everyone joins) in a join burst.
+            del self._fresh[fresh_before:]
+            self.activity["eager_skipped_bulk_merge"] = (
+                self.activity.get("eager_skipped_bulk_merge", 0) + 1)
         if user_state:
             self.delegate.merge_remote_state(user_state, join, now)
 
