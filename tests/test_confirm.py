@@ -201,3 +201,17 @@ def test_the_round_robin_probe_goes_on_beside_a_check() -> None:
     assert on[0] == (0.3, "c")  # the check, at once
     assert on[1:] == off
     assert len(off) >= 5
+
+
+def test_a_check_leaves_the_awareness_score_to_the_round_robin() -> None:
+    """A failed check whose expected nacks never come does not raise the score (a
+    round-robin probe would, test_swim's awareness tests): when several members fail at
+    once, checks through members not yet known dead would slow every later probe."""
+    m = _cluster()
+    feed(m, Suspect(1, "a", "b").encode(), now=10.0)
+    _run(m, 10.5)
+    (tcp,) = m.streams_to_open()
+    m.stream_outcome(tcp.token, None, 11.0, "connection refused")
+    _run(m, 12.0)
+    assert m.activity["confirm_check_failed"] == 1
+    assert m.health_score() == 0

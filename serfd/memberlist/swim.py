@@ -57,6 +57,10 @@ Order of events
   broadcasts (a refutation of our death after a restart, say). We then push/pull with
   it, as a reconnect would; memberlist waits for its next periodic push/pull (up to
   PushPullInterval) and meanwhile the cluster sees us alive while we know nobody.
+* Confirmation checks (serfd, ``confirm_suspicions``): a Suspect from the wire that
+  turns a member we held alive into a suspect starts a probe of it at once, beside the
+  round-robin (``_checks``, at most ``max_confirm_checks``); only its failure adds our
+  own suspicion, which by memberlist's rules is a confirmation. Nothing else is sent.
 """
 
 from __future__ import annotations
@@ -1164,11 +1168,14 @@ class Memberlist:
     def _probe_finish(self, probe: _Probe, awareness_delta: int, now: float) -> None:
         probe.done = True
         self._acks.pop(probe.seq, None)
-        self._apply_awareness(awareness_delta)
         if probe.check:
+            # A check uses the awareness score's timeouts but leaves the score to the
+            # round-robin: when several members fail at once, checks through members
+            # not yet known dead would miss nacks and slow every later probe.
             if self._checks.get(probe.name) is probe:
                 del self._checks[probe.name]
             return
+        self._apply_awareness(awareness_delta)
         if self._probe is probe:
             self._probe = None
             if self._probe_tick_pending:
