@@ -10,7 +10,10 @@ and prints the figures (run with ``-s`` to see them). The rules they hold:
   once (median and last);
 * false ``failed`` verdicts (a live member declared dead by anyone) are no more with
   checks, under 10 % loss, members that stall for seconds, and CPU-starved members
-  (their inputs, datagrams and timers, are processed late: serfd.testing.slow).
+  (their inputs, datagrams and timers, are processed late: serfd.testing.slow). With
+  members 2-4 s behind, checks make them far less: the suspected member answers each
+  check's ping late, but each answer carries its refutation straight to a checker,
+  while its own gossip ticks run as late as everything else it does.
 
 What the figures show (see the report of issue 13): detection is the time to the first
 failed probe plus the minimum suspicion timeout (SuspicionMult x log10 N x
@@ -213,29 +216,32 @@ def _starved(sim: Sim, lags: list[float], members: list[str]) -> None:
     sim.run_until(sim.now + 45.0)
 
 
-# name -> (loss, what happens to the cluster of 20); nobody crashes.
-FAULTS: dict[str, tuple[float, Callable[[Sim], None]]] = {
-    "10% loss": (0.10, lambda sim: sim.run_for(45.0)),
+# name -> (loss, what happens to the cluster of 20, seeds); nobody crashes.
+FAULTS: dict[str, tuple[float, Callable[[Sim], None], tuple[int, ...]]] = {
+    "10% loss": (0.10, lambda sim: sim.run_for(45.0), (1, 2, 3)),
     # Shorter than the shortest suspicion (5.2 s at N = 20) plus the first probe: the
     # stalled member must get to refute. (Longer stalls are a race that both modes
     # lose alike: with 7 s stalls, 4 of 6 stalled members died with and without checks.)
     "stalls of 3 and 5 s": (0.05, lambda sim: _stalls(sim, [3.0, 5.0, 3.0, 5.0],
-                                                      ["n3", "n10", "n17", "n5"])),
+                                                      ["n3", "n10", "n17", "n5"]),
+                            (1, 2, 3)),
     "starved 0.6-1.5 s, 10% loss":
-        (0.10, lambda sim: _starved(sim, [0.6, 1.0, 1.5], ["n2", "n7", "n12"])),
-    "starved 2-4 s": (0.05, lambda sim: _starved(sim, [2.0, 3.0, 4.0], ["n2", "n7", "n12"])),
+        (0.10, lambda sim: _starved(sim, [0.6, 1.0, 1.5], ["n2", "n7", "n12"]), (1, 2, 3)),
+    # Six seeds: without checks the starved members die in some of them only (in 12
+    # seeds: 207 verdicts without checks, 1 with).
+    "starved 2-4 s": (0.05, lambda sim: _starved(sim, [2.0, 3.0, 4.0], ["n2", "n7", "n12"]),
+                      (1, 2, 3, 4, 5, 6)),
 }
-FAULT_SEEDS = (1, 2, 3)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_false_failed_verdicts_do_not_rise_with_confirmation_checks(fault: str) -> None:
-    """20 members; the fault runs in three seeded clusters without and with checks."""
-    loss, act = FAULTS[fault]
+    """20 members; the fault runs in seeded clusters without and with checks."""
+    loss, act, seeds = FAULTS[fault]
     counts: dict[bool, list[int]] = {}
     for confirm in (False, True):
         counts[confirm] = []
-        for seed in FAULT_SEEDS:
+        for seed in seeds:
             sim = _cluster(20, seed, loss, confirm)
             since = sim.now
             act(sim)
