@@ -116,7 +116,7 @@ def test_sample_lists_every_key_commented() -> None:
     # and nothing in it is active
     for line in SAMPLE.read_text(encoding="utf-8").splitlines():
         assert not line or line.startswith("#") or line in (
-            "[tags]", "[rpc]", "[handlers]", "[handler_limits]"), line
+            "[gossip]", "[tags]", "[rpc]", "[handlers]", "[handler_limits]"), line
 
 
 def test_sample_uncommented_values_are_the_defaults(tmp_path: Path) -> None:
@@ -571,6 +571,7 @@ _configs = st.builds(
     keyring_file=st.none() | st.just(Path("/var/lib/serfd/keyring")),
     gossip_verify_incoming=st.booleans(),
     gossip_verify_outgoing=st.booleans(),
+    gossip_confirm_suspicions=st.booleans(),
     rpc_socket_group=st.none() | st.sampled_from(["serfd", "0", "adm"]),
 )
 

@@ -162,6 +162,8 @@ class Agent:
             vsn=bytes([1, 5, 2, 2, 5, cfg.protocol]),
             # News (joins, suspicions, deaths, tag changes) goes out at once.
             eager_gossip=True,
+            # A suspicion we hear of is checked by our own probe at once ([gossip]).
+            confirm_suspicions=cfg.gossip_confirm_suspicions,
         )
         sc = SerfConfig(
             node_name=cfg.node_name,

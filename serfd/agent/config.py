@@ -8,7 +8,7 @@ all of its keys commented out). Each file is parsed and each of its keys is chec
 on its own: a value must have the right TOML type and a valid value *in the file that
 sets it*, even when a later file overrides it, so a broken drop-in never hides behind
 another. Valid values are then merged: later files override earlier ones key by key;
-tables (`[rpc]`, `[tags]`) merge key by key; a list (`join`) is replaced as a whole.
+tables (`[gossip]`, `[rpc]`, `[tags]`) merge key by key; a list (`join`) is replaced as a whole.
 Checks that need the merged result (the encoded size of all tags) run last.
 
 Every problem is collected and reported at once in `ConfigError.errors`, one line each:
@@ -99,6 +99,8 @@ class Config:
     keyring_file: Path | None = None  # None: <state_dir>/keyring when encrypt_key is set
     gossip_verify_incoming: bool = True
     gossip_verify_outgoing: bool = True
+    # [gossip]: serfd's additions to memberlist's gossip (wire-compatible).
+    gossip_confirm_suspicions: bool = True
     tags: Mapping[str, str] = field(default_factory=_empty_map)
     rpc_socket: Path = Path("/run/serfd/serfd.sock")
     rpc_socket_mode: int = 0o660
@@ -409,6 +411,7 @@ _KEYS: dict[str, _Key] = {
     "keyring_file": _Key("keyring_file", _absolute_path, str),
     "gossip_verify_incoming": _Key("gossip_verify_incoming", _boolean),
     "gossip_verify_outgoing": _Key("gossip_verify_outgoing", _boolean),
+    "gossip.confirm_suspicions": _Key("gossip_confirm_suspicions", _boolean),
     "rpc.socket": _Key("rpc_socket", _socket_path, str),
     "rpc.socket_mode": _Key("rpc_socket_mode", _socket_mode, lambda mode: f"{mode:04o}"),
     "rpc.tcp": _Key(
@@ -426,14 +429,14 @@ _KEYS: dict[str, _Key] = {
     "query_response_size_limit": _Key("query_response_size_limit", _integer(1, 65535)),
 }
 
-_TABLES = ("rpc", "tags", "handlers", "handler_limits")
+_TABLES = ("gossip", "rpc", "tags", "handlers", "handler_limits")
 _FREE_TABLES = ("tags", "handlers")  # tables whose keys are the user's own names
 
 #: Every dotted key serfd knows (tags/handlers hold free-form `tags.NAME` keys besides these).
 KNOWN_KEYS: tuple[str, ...] = (*_KEYS, "tags", "handlers")
 
 # What an unknown key may have been meant as: any key, or a table name.
-_SUGGESTIONS: list[str] = [*KNOWN_KEYS, "rpc", "handler_limits"]
+_SUGGESTIONS: list[str] = [*KNOWN_KEYS, "gossip", "rpc", "handler_limits"]
 
 
 def _handler(route: str, value: object) -> str | tuple[str, ...]:
@@ -607,6 +610,7 @@ def load_config(config_dir: Path) -> Config:
 def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
     """The effective configuration as TOML (durations as Go strings); loads back equal."""
     top: dict[str, Any] = {}
+    gossip: dict[str, Any] = {}
     rpc: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     for dotted, spec in _KEYS.items():
@@ -616,12 +620,15 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
         rendered = spec.render(value)
         if dotted in ("rpc.auth_key", "encrypt_key") and redact_secrets:
             rendered = "<redacted>"
-        if dotted.startswith("rpc."):
+        if dotted.startswith("gossip."):
+            gossip[dotted[7:]] = rendered
+        elif dotted.startswith("rpc."):
             rpc[dotted[4:]] = rendered
         elif dotted.startswith("handler_limits."):
             limits[dotted[15:]] = rendered
         else:
             top[dotted] = rendered
+    top["gossip"] = gossip
     top["tags"] = dict(cfg.tags)
     top["rpc"] = rpc
     top["handlers"] = {k: v if isinstance(v, str) else list(v) for k, v in cfg.handlers.items()}

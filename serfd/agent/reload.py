@@ -74,6 +74,7 @@ RESTART_FIELDS = frozenset({
     "keyring_file",
     "gossip_verify_incoming",
     "gossip_verify_outgoing",
+    "gossip_confirm_suspicions",  # part of the memberlist config the core is built with
     "broadcast_timeout",
     "reconnect_interval",
     "reconnect_timeout",

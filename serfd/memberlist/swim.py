@@ -57,6 +57,10 @@ Order of events
   broadcasts (a refutation of our death after a restart, say). We then push/pull with
   it, as a reconnect would; memberlist waits for its next periodic push/pull (up to
   PushPullInterval) and meanwhile the cluster sees us alive while we know nobody.
+* Confirmation checks (serfd, ``confirm_suspicions``): a Suspect from the wire that
+  turns a member we held alive into a suspect starts a probe of it at once, beside the
+  round-robin (``_checks``, at most ``max_confirm_checks``); only its failure adds our
+  own suspicion, which by memberlist's rules is a confirmation. Nothing else is sent.
 """
 
 from __future__ import annotations
@@ -189,6 +193,12 @@ class MemberlistConfig:
     # one at a time and one per ProbeInterval. Our ack tells it we are alive; this makes
     # us learn the cluster as fast as it learns of us (see _catch_up).
     catch_up: bool = True
+    # Beyond memberlist: when gossip tells us a member we hold alive is suspected, probe
+    # it ourselves at once (a regular probe's ping, indirect pings and TCP fallback, apart
+    # from the round-robin) and add our own suspicion only if that fails; see
+    # _confirm_suspicion. At most max_confirm_checks at a time; more are refused, counted.
+    confirm_suspicions: bool = False
+    max_confirm_checks: int = 4
 
     @classmethod
     def from_profile(cls, profile: str | Profile, **overrides: Any) -> MemberlistConfig:
@@ -370,6 +380,7 @@ class _Probe:
 
     __slots__ = (
         "address",
+        "check",
         "deadline",
         "done",
         "expected_nacks",
@@ -386,8 +397,11 @@ class _Probe:
         "waiting_tcp",
     )
 
-    def __init__(self, rec: _Rec, ping: Ping, start: float, deadline: float) -> None:
+    def __init__(
+        self, rec: _Rec, ping: Ping, start: float, deadline: float, check: bool = False
+    ) -> None:
         # memberlist probes a copy of the record taken at the start.
+        self.check = check  # a confirmation check (serfd), not the round-robin probe
         self.name = rec.name
         self.address = rec.address
         self.incarnation = rec.incarnation
@@ -451,6 +465,7 @@ class Memberlist:
         self._catch_up_token: int | None = None  # the catch-up push/pull in flight
         self._catch_up_deadline = now  # ... which is given up on after this instant
         self._catch_up_next = now  # no new catch-up before this instant
+        self._checks: dict[str, _Probe] = {}  # confirmation checks running, by suspect
 
         use_keyring = config.keyring is not None
         self._keyring_in = config.keyring if use_keyring else None
@@ -491,6 +506,12 @@ class Memberlist:
         """The snapshot of ``name``, or None if unknown."""
         rec = self._map.get(name)
         return rec.snapshot() if rec is not None else None
+
+    def suspicion(self, name: str) -> tuple[int, int] | None:
+        """The running suspicion of ``name``: (independent confirmations so far, k wanted),
+        or None when there is none."""
+        susp = self._susp.get(name)
+        return (susp.n, susp.k) if susp is not None else None
 
     def local_node(self) -> Node:
         """Our own record."""
@@ -596,7 +617,7 @@ class Memberlist:
             self._alive(msg, now)
         elif t == MsgType.SUSPECT:
             assert isinstance(msg, Suspect)
-            self._suspect(msg, now)
+            self._suspect_heard(msg, now)
         elif t == MsgType.DEAD:
             assert isinstance(msg, Dead)
             self._dead(msg, now)
@@ -952,6 +973,54 @@ class Memberlist:
         self._count("suspect_timeout")
         self._dead(Dead(rec.incarnation, rec.name, self.name), now)
 
+    # ------------------------------------------------------------------ confirmation checks
+
+    def _suspect_heard(self, s: Suspect, now: float) -> None:
+        """A Suspect from the wire: memberlist's rule, then (``confirm_suspicions``) our
+        own check of a member we held alive until this message."""
+        rec = self._map.get(s.node)
+        was_alive = rec is not None and rec.state == _ALIVE
+        self._suspect(s, now)
+        if was_alive and self.config.confirm_suspicions:
+            self._confirm_suspicion(s, now)
+
+    def _confirm_suspicion(self, s: Suspect, now: float) -> None:
+        """Probe a member we just heard is suspected, at once, instead of waiting for our
+        round-robin (or someone else's) to reach it.
+
+        Memberlist's Lifeguard shortens a suspicion as independent confirmations arrive,
+        and those come only from members whose own probe of the suspect happens to fail;
+        the suspicion timeout's floor is unchanged. The check is exactly a probe
+        (``_launch_probe``: ping with the suspicion attached so the member can refute,
+        indirect pings through IndirectChecks members, the TCP fallback, the awareness
+        score's timeouts and updates), run beside the round-robin probe. A failure adds
+        our suspicion (a confirmation, by memberlist's rules); an answer adds nothing.
+        Bounds: one check per suspect, ``max_confirm_checks`` at once (more are refused
+        and counted), none when our confirmation could no longer count here (the
+        suspicion wants no more, or our check would outlast its shortest timeout).
+        """
+        rec = self._map.get(s.node)
+        susp = self._susp.get(s.node)
+        if (rec is None or rec is self._self or self._left or susp is None
+                or rec.state != _SUSPECT or rec.state_change != now or s.from_ == self.name):
+            return
+        if susp.n >= susp.k:
+            return  # no confirmation wanted (tiny cluster) or all of them already in
+        probe = self._probe
+        if rec.name in self._checks or (probe is not None and probe.name == rec.name):
+            return  # a probe of it is already running; its failure accuses it too
+        period = self.config.probe_interval * (self._awareness + 1)
+        if now + period >= susp.start + susp.min_timeout:
+            self._count_activity("confirm_check_skipped_late")
+            return
+        if len(self._checks) >= self.config.max_confirm_checks:
+            self.drops.drop("confirm_check_refused", now,
+                            "%d suspicion checks in progress: not checking %.64s",
+                            len(self._checks), rec.name)
+            return
+        self._count_activity("confirm_check")
+        self._checks[rec.name] = self._launch_probe(rec, now, check=True)
+
     # ------------------------------------------------------------------ probing
 
     def _probe_tick(self, now: float) -> None:
@@ -994,11 +1063,15 @@ class Memberlist:
         self._nodes = keep
 
     def _probe_node(self, rec: _Rec, now: float) -> None:
+        self._probe = self._launch_probe(rec, now, check=False)
+
+    def _launch_probe(self, rec: _Rec, now: float, check: bool) -> _Probe:
+        """memberlist probeNode: ping now, indirect at ProbeTimeout, conclude at the deadline
+        (ProbeInterval x (awareness+1)). The round-robin probe and confirmation checks."""
         cfg = self.config
         period = cfg.probe_interval * (self._awareness + 1)
         ping = Ping(self._next_seq(), rec.name, self._self_addr, cfg.advertise_port, self.name)
-        probe = _Probe(rec, ping, now, now + period)
-        self._probe = probe
+        probe = _Probe(rec, ping, now, now + period, check)
 
         def on_ack(payload: bytes | None, t: float) -> None:
             self._probe_acked(probe, payload, t)
@@ -1015,11 +1088,14 @@ class Memberlist:
             self._send_raw([ping.encode(), sus.encode()], rec.address, rec)
         self._at(now + cfg.probe_timeout, lambda t: self._probe_indirect(probe, t))
         self._at(probe.deadline, lambda t: self._probe_deadline(probe, t))
+        return probe
 
     def _probe_acked(self, probe: _Probe, payload: bytes | None, now: float) -> None:
         if probe.done:
             return
-        if not probe.indirect:
+        if probe.check:
+            self._count_activity("confirm_check_acked")
+        elif not probe.indirect:
             hook = getattr(self.delegate, "notify_ping_complete", None)
             rec = self._map.get(probe.name)
             if hook is not None and rec is not None:
@@ -1091,13 +1167,23 @@ class Memberlist:
             self._probe_finish(probe, -1, now)
             return
         delta = max(0, probe.expected_nacks - probe.nacks) if probe.expected_nacks > 0 else 1
-        self._count("probe_failed")
+        if probe.check:
+            self._count_activity("confirm_check_failed")
+        else:
+            self._count("probe_failed")
         self._probe_finish(probe, delta, now)
         self._suspect(Suspect(probe.incarnation, probe.name, self.name), now)
 
     def _probe_finish(self, probe: _Probe, awareness_delta: int, now: float) -> None:
         probe.done = True
         self._acks.pop(probe.seq, None)
+        if probe.check:
+            # A check uses the awareness score's timeouts but leaves the score to the
+            # round-robin: when several members fail at once, checks through members
+            # not yet known dead would miss nacks and slow every later probe.
+            if self._checks.get(probe.name) is probe:
+                del self._checks[probe.name]
+            return
         self._apply_awareness(awareness_delta)
         if self._probe is probe:
             self._probe = None
@@ -1340,6 +1426,9 @@ class Memberlist:
 
     def _count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def _count_activity(self, what: str) -> None:
+        self.activity[what] = self.activity.get(what, 0) + 1
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & _UINT32
