@@ -374,7 +374,7 @@ class Agent:
         core = self.serf.counters_view()
         drops: dict[str, int] = {}
         for src in (self.counters, self.events.counters, self.recorder.counters, core.dropped,
-                    self.rpc.counters):
+                    self.rpc.counters, self.notifier.counters):
             for k, v in src.items():
                 drops[k] = drops.get(k, 0) + v
         tasks = len(self._tasks) + (self.gossip.task_count() if self.gossip else 0)

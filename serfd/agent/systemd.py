@@ -22,6 +22,14 @@ The sd_notify variables are removed from ``os.environ`` when the notifier is bui
 so event handlers (children) never inherit ``NOTIFY_SOCKET`` or the watchdog
 settings. A failed send is logged once and otherwise ignored: losing the service
 manager must never take the agent down.
+
+Nor may a slow one stall it: the notify socket is non-blocking. When the manager's
+queue is full (a datagram socket holds ``net.unix.max_dgram_qlen`` messages, 10 by
+default), a WATCHDOG ping is dropped (the next one follows within the interval) and any
+other message (READY, RELOADING, STOPPING, STATUS) waits, in order, in a short line that
+every later send and every keepalive tick tries to flush first. Both are counted
+(``sd_notify_watchdog_dropped``, ``sd_notify_deferred``; ``sd_notify_lost`` if the line
+overflows), in :attr:`Notifier.counters`, which ``serfctl info`` shows.
 """
 
 from __future__ import annotations
@@ -36,11 +44,15 @@ from collections.abc import Awaitable, Callable
 
 import sdnotify
 
+from serfd.base.ratelog import DropLog
+
 log = logging.getLogger("serfd.systemd")
 
 __all__ = ["STATUS_REFRESH", "Notifier", "monotonic_usec", "watchdog_interval"]
 
 STATUS_REFRESH = 2.0  # seconds between checks of the STATUS line when no watchdog is set
+MAX_DEFERRED = 16  # messages kept while the manager's queue is full (WATCHDOG pings are not)
+_WATCHDOG = "WATCHDOG=1"
 
 
 def monotonic_usec() -> int:
@@ -75,6 +87,12 @@ class Notifier:
         self._status: str | None = None
         self._warned = False
         self.sent: deque[str] = deque(maxlen=64)  # the latest messages, for tests
+        self.counters: dict[str, int] = {}
+        self._drops = DropLog(log, self.counters)
+        self._deferred: deque[str] = deque()
+        sock = getattr(sd, "socket", None)
+        if sock is not None:
+            sock.setblocking(False)  # a full manager queue must not stall the loop
 
     @classmethod
     def from_env(cls, *, ready_fd: int | None = None) -> Notifier:
@@ -99,12 +117,41 @@ class Notifier:
         self.sent.append(message)
         if self._sd is None:
             return
+        if self.flush() and self._deliver(message):
+            return
+        now = time.monotonic()
+        if message == _WATCHDOG:
+            self._drops.drop("sd_notify_watchdog_dropped", now,
+                             "service manager queue full: a watchdog ping was dropped")
+            return
+        if len(self._deferred) >= MAX_DEFERRED:
+            self._deferred.popleft()
+            self._drops.drop("sd_notify_lost", now,
+                             "service manager queue full: the oldest waiting message was lost")
+        self._deferred.append(message)
+        self._drops.drop("sd_notify_deferred", now,
+                         "service manager queue full: a message waits for the next try")
+
+    def _deliver(self, message: str) -> bool:
+        """One send; False only if the manager's queue is full (the message may be retried)."""
+        assert self._sd is not None
         try:
             self._sd.notify(message)
+        except BlockingIOError:
+            return False
         except OSError as e:
             if not self._warned:
                 log.warning("sd_notify failed: %s (further failures are not logged)", e)
                 self._warned = True
+        return True
+
+    def flush(self) -> bool:
+        """Send what waits, in order; True once nothing is left waiting."""
+        while self._deferred:
+            if not self._deliver(self._deferred[0]):
+                return False
+            self._deferred.popleft()
+        return True
 
     def ready(self, status: str) -> None:
         """READY=1 with the current STATUS (after start and after each reload)."""
@@ -154,8 +201,10 @@ class Notifier:
         if self.watchdog is not None:
             log.debug("watchdog on: pinging every %.3fs", interval)
         while True:
+            if self._sd is not None:
+                self.flush()
             if self.watchdog is not None:
-                self._send("WATCHDOG=1")
+                self._send(_WATCHDOG)
             try:
                 self.status(status_fn())
             except Exception:  # a status bug must not stop the watchdog pings
