@@ -78,7 +78,7 @@ from serfd.wire.codec import DecodeError
 from serfd.wire.framing import (
     decode_push_pull,
     decode_user_stream,
-    encode_push_pull,
+    encode_push_pull_bodies,
     encode_user_stream,
 )
 from serfd.wire.messages import (
@@ -313,6 +313,7 @@ class _Rec:
         "meta",
         "name",
         "port",
+        "pushed",
         "state",
         "state_change",
         "vsn",
@@ -330,6 +331,8 @@ class _Rec:
         self.incarnation = 0
         self.state = _DEAD  # memberlist inserts as dead so the first alive is a join
         self.state_change = now
+        # Our push/pull entry for this node, encoded, with the fields it was made of.
+        self.pushed: tuple[tuple[Any, ...], bytes] | None = None
 
     def set_address(self, addr: bytes, port: int) -> None:
         self.addr = addr
@@ -338,6 +341,17 @@ class _Rec:
 
     def dead_or_left(self) -> bool:
         return self.state == _DEAD or self.state == _LEFT
+
+    def state_body(self) -> bytes:
+        """This node's push/pull entry (a ``PushNodeState`` body), re-encoded only when
+        one of its fields changed since the last push/pull."""
+        key = (self.incarnation, self.state, self.meta, self.addr, self.port, self.vsn)
+        pushed = self.pushed
+        if pushed is None or pushed[0] != key:
+            body = PushNodeState(self.name, self.addr, self.port, self.meta, self.incarnation,
+                                 int(self.state), self.vsn).body()
+            self.pushed = pushed = (key, body)
+        return pushed[1]
 
     def snapshot(self) -> Node:
         return Node(
@@ -667,11 +681,8 @@ class Memberlist:
 
     def push_pull_payload(self, join: bool) -> bytes:
         """Our full state as a plain push/pull message (memberlist sendLocalState)."""
-        states = [
-            PushNodeState(r.name, r.addr, r.port, r.meta, r.incarnation, int(r.state), r.vsn)
-            for r in self._nodes
-        ]
-        return encode_push_pull(join, states, self.delegate.local_state(join))
+        bodies = [r.state_body() for r in self._nodes]
+        return encode_push_pull_bodies(join, bodies, self.delegate.local_state(join))
 
     def merge_push_pull(self, plain: bytes, join: bool, now: float) -> None:
         """Merge a peer's push/pull; raises DecodeError or ProtocolError if refused."""
