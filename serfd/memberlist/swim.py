@@ -708,6 +708,15 @@ class Memberlist:
         if join:
             self._schedule_follow_up(now)
 
+    def preload(self, states: list[PushNodeState], now: float) -> None:
+        """For simulations that start from a converged cluster: merge these node states
+        as if their gossip were over already (nothing is left queued for broadcast, our
+        own alive included)."""
+        self._clock = max(self._clock, now)
+        self._merge_remote(states, b"", False, now)
+        self._queue.reset()
+        self._fresh = []
+
     def _merge_remote(
         self, remote: list[PushNodeState], user_state: bytes, join: bool, now: float
     ) -> None:
