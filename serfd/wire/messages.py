@@ -305,7 +305,7 @@ AnyMessage = Message | UserData
 # process by every push/pull merge and every copy heard, and in the simulator by every
 # node. The messages are frozen, so both directions are remembered (bounded: the memo
 # starts afresh when full). Pings and acks are unique and not remembered.
-MEMO_SIZE = 8192
+MEMO_SIZE = 4096
 _MEMO_TYPES = frozenset({MsgType.SUSPECT, MsgType.ALIVE, MsgType.DEAD})
 _ENCODED: dict[Message, bytes] = {}
 _DECODED: dict[bytes, Message] = {}
