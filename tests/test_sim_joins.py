@@ -3,8 +3,9 @@
 memberlist sends each alive a fixed number of times (RetransmitMult x log10(N+1), 12 at
 N = 100) to random members its senders know, and early in a burst they know few; so
 now and then one node hears of every member but one, and memberlist leaves that pair to
-the periodic push/pull (60 s at N = 100). serfd's join follow-up (one push/pull with a
-random member ten gossip rounds after a join) repairs it while the burst's gossip ends.
+the periodic push/pull (60 s at N = 100). serfd's join follow-up (a push/pull with a
+random member ten gossip rounds after a join, again while that teaches something)
+repairs it as the burst's gossip ends.
 """
 
 from __future__ import annotations

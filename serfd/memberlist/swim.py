@@ -59,7 +59,8 @@ Order of events
   PushPullInterval) and meanwhile the cluster sees us alive while we know nobody.
 * Join follow-up (serfd, ``join_follow_up``): JOIN_FOLLOW_UP_ROUNDS gossip intervals
   after a join's push/pull merged, one more push/pull (Join=false) with a random live
-  member. When many nodes join at once, each alive is sent RetransmitMult x
+  member, and another after each one that taught us new members (at most
+  JOIN_FOLLOW_UP_MAX). When many nodes join at once, each alive is sent RetransmitMult x
   log10(N+1) times, partly to the few members its senders knew so far, so now and
   then a node hears of all members but one: memberlist leaves that to the periodic
   push/pull (60 s at 100 nodes, more with N), the follow-up repairs it as soon as the
@@ -133,6 +134,9 @@ EAGER_GOSSIP_GAP = 0.25  # serfd: eager pushes at most every quarter GossipInter
 # serfd: the join follow-up push/pull waits this many GossipIntervals: by then a
 # broadcast has reached 99.9 % of 1,000 nodes in Serf's convergence model (2 s on LAN).
 JOIN_FOLLOW_UP_ROUNDS = 10
+# serfd: a follow-up that taught us new members is followed by another, up to this many
+# per join (a burst of 1,000 joins needs 3 or 4; churn cannot make it a periodic one).
+JOIN_FOLLOW_UP_MAX = 5
 GO_SAFE_BATCHES = 4  # serfd: at most this many eager packets per target and round
 COMPOUND_OVERHEAD = 2  # memberlist compoundOverhead (per part)
 USER_MSG_OVERHEAD = 1  # memberlist userMsgOverhead
@@ -480,6 +484,9 @@ class Memberlist:
         self._catch_up_deadline = now  # ... which is given up on after this instant
         self._catch_up_next = now  # no new catch-up before this instant
         self._follow_up_due = False  # a join follow-up push/pull is scheduled
+        self._follow_up_token: int | None = None  # ... or in flight
+        self._follow_ups_left = 0  # the follow-ups this join may still run
+        self._joins_heard = 0  # nodes that became alive here (NotifyJoin), ever
 
         use_keyring = config.keyring is not None
         self._keyring_in = config.keyring if use_keyring else None
@@ -706,7 +713,7 @@ class Memberlist:
         _header, remote, user_state = decode_push_pull(plain)
         self._merge_remote(remote, user_state, join, now)
         if join:
-            self._schedule_follow_up(now)
+            self._schedule_follow_up(now, again=False)
 
     def preload(self, states: list[PushNodeState], now: float) -> None:
         """For simulations that start from a converged cluster: merge these node states
@@ -773,7 +780,14 @@ class Memberlist:
         kind, data = pending
         if token == self._catch_up_token:
             self._catch_up_token = None
-        if kind is StreamKind.PUSH_PULL:
+        if token == self._follow_up_token:
+            self._follow_up_token = None
+            heard = self._joins_heard
+            self._push_pull_reply(plain, bool(data), now)
+            if self._joins_heard > heard:
+                # It taught us members the gossip had not: the burst may not be over.
+                self._schedule_follow_up(now, again=True)
+        elif kind is StreamKind.PUSH_PULL:
             self._push_pull_reply(plain, bool(data), now)
         elif kind is StreamKind.PING:
             self._tcp_ping_reply(data, plain, now)
@@ -855,6 +869,7 @@ class Memberlist:
                 rec.state_change = now
 
         if old_state in (_DEAD, _LEFT):
+            self._joins_heard += 1
             self.delegate.notify_join(rec.snapshot(), now)
         elif not _same(old_meta, rec.meta):
             self.delegate.notify_update(rec.snapshot(), now)
@@ -1203,10 +1218,16 @@ class Memberlist:
                  sender, addr[0], addr[1])
         self._catch_up_token = self.start_push_pull(addr, True, now)
 
-    def _schedule_follow_up(self, now: float) -> None:
+    def _schedule_follow_up(self, now: float, again: bool) -> None:
         cfg = self.config
-        if not cfg.join_follow_up or self._follow_up_due or cfg.gossip_interval <= 0:
+        if not again:
+            self._follow_ups_left = JOIN_FOLLOW_UP_MAX
+        busy = self._follow_up_due or self._follow_up_token is not None
+        if not cfg.join_follow_up or busy or cfg.gossip_interval <= 0:
             return
+        if self._follow_ups_left <= 0:
+            return
+        self._follow_ups_left -= 1
         self._follow_up_due = True
         self._at(now + JOIN_FOLLOW_UP_ROUNDS * cfg.gossip_interval, self._join_follow_up)
 
@@ -1218,7 +1239,9 @@ class Memberlist:
         few; with N nodes joining together, about N^2 x e^-limit pairs stay unheard of
         (loss adds to it). A push/pull with any member that has heard the burst's gossip
         fills them in. A random member, not the seed, which every joiner has just
-        loaded; at most one scheduled at a time.
+        loaded; at most one scheduled or running at a time. When it taught us members
+        the gossip had not (a big burst: at 1,000 joins the gossip takes 20 s), another
+        follows, at most JOIN_FOLLOW_UP_MAX per join.
         """
         self._follow_up_due = False
         if self._left:
@@ -1229,7 +1252,7 @@ class Memberlist:
             return
         self.activity["join_follow_up_push_pull"] = (
             self.activity.get("join_follow_up_push_pull", 0) + 1)
-        self.start_push_pull(peers[0].address, False, now)
+        self._follow_up_token = self.start_push_pull(peers[0].address, False, now)
 
     def _expect_ack(self, seq: int, handler: _AckHandler, expires: float) -> None:
         self._acks[seq] = handler
