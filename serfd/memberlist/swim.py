@@ -61,6 +61,14 @@ Order of events
   turns a member we held alive into a suspect starts a probe of it at once, beside the
   round-robin (``_checks``, at most ``max_confirm_checks``); only its failure adds our
   own suspicion, which by memberlist's rules is a confirmation. Nothing else is sent.
+* Join follow-up (serfd, ``join_follow_up``): JOIN_FOLLOW_UP_ROUNDS gossip intervals
+  after a join's push/pull merged, one more push/pull (Join=false) with a random live
+  member, and another after each one that taught us new members (at most
+  JOIN_FOLLOW_UP_MAX). When many nodes join at once, each alive is sent RetransmitMult x
+  log10(N+1) times, partly to the few members its senders knew so far, so now and
+  then a node hears of all members but one: memberlist leaves that to the periodic
+  push/pull (60 s at 100 nodes, more with N), the follow-up repairs it as soon as the
+  gossip of the burst is over.
 """
 
 from __future__ import annotations
@@ -82,7 +90,7 @@ from serfd.wire.codec import DecodeError
 from serfd.wire.framing import (
     decode_push_pull,
     decode_user_stream,
-    encode_push_pull,
+    encode_push_pull_bodies,
     encode_user_stream,
 )
 from serfd.wire.messages import (
@@ -127,6 +135,12 @@ log = logging.getLogger("serfd.memberlist")
 
 COMPOUND_HEADER_OVERHEAD = 2  # memberlist compoundHeaderOverhead
 EAGER_GOSSIP_GAP = 0.25  # serfd: eager pushes at most every quarter GossipInterval
+# serfd: the join follow-up push/pull waits this many GossipIntervals: by then a
+# broadcast has reached 99.9 % of 1,000 nodes in Serf's convergence model (2 s on LAN).
+JOIN_FOLLOW_UP_ROUNDS = 10
+# serfd: a follow-up that taught us new members is followed by another, up to this many
+# per join (a burst of 1,000 joins needs 3 or 4; churn cannot make it a periodic one).
+JOIN_FOLLOW_UP_MAX = 5
 GO_SAFE_BATCHES = 4  # serfd: at most this many eager packets per target and round
 EAGER_MERGE_MAX = 4  # serfd: a merge that brings more news than this is not pushed eagerly
 COMPOUND_OVERHEAD = 2  # memberlist compoundOverhead (per part)
@@ -199,6 +213,11 @@ class MemberlistConfig:
     # _confirm_suspicion. At most max_confirm_checks at a time; more are refused, counted.
     confirm_suspicions: bool = False
     max_confirm_checks: int = 4
+    # Beyond memberlist: after a successful join (a push/pull with Join=true merged),
+    # one more push/pull with a random live member JOIN_FOLLOW_UP_ROUNDS gossip
+    # intervals later, so that what the join burst's gossip missed is not left to the
+    # periodic push/pull (see _join_follow_up).
+    join_follow_up: bool = True
 
     @classmethod
     def from_profile(cls, profile: str | Profile, **overrides: Any) -> MemberlistConfig:
@@ -324,6 +343,7 @@ class _Rec:
         "meta",
         "name",
         "port",
+        "pushed",
         "state",
         "state_change",
         "vsn",
@@ -341,6 +361,8 @@ class _Rec:
         self.incarnation = 0
         self.state = _DEAD  # memberlist inserts as dead so the first alive is a join
         self.state_change = now
+        # Our push/pull entry for this node, encoded, with the fields it was made of.
+        self.pushed: tuple[tuple[Any, ...], bytes] | None = None
 
     def set_address(self, addr: bytes, port: int) -> None:
         self.addr = addr
@@ -349,6 +371,17 @@ class _Rec:
 
     def dead_or_left(self) -> bool:
         return self.state == _DEAD or self.state == _LEFT
+
+    def state_body(self) -> bytes:
+        """This node's push/pull entry (a ``PushNodeState`` body), re-encoded only when
+        one of its fields changed since the last push/pull."""
+        key = (self.incarnation, self.state, self.meta, self.addr, self.port, self.vsn)
+        pushed = self.pushed
+        if pushed is None or pushed[0] != key:
+            body = PushNodeState(self.name, self.addr, self.port, self.meta, self.incarnation,
+                                 int(self.state), self.vsn).body()
+            self.pushed = pushed = (key, body)
+        return pushed[1]
 
     def snapshot(self) -> Node:
         return Node(
@@ -466,6 +499,10 @@ class Memberlist:
         self._catch_up_deadline = now  # ... which is given up on after this instant
         self._catch_up_next = now  # no new catch-up before this instant
         self._checks: dict[str, _Probe] = {}  # confirmation checks running, by suspect
+        self._follow_up_due = False  # a join follow-up push/pull is scheduled
+        self._follow_up_token: int | None = None  # ... or in flight
+        self._follow_ups_left = 0  # the follow-ups this join may still run
+        self._joins_heard = 0  # nodes that became alive here (NotifyJoin), ever
 
         use_keyring = config.keyring is not None
         self._keyring_in = config.keyring if use_keyring else None
@@ -689,17 +726,25 @@ class Memberlist:
 
     def push_pull_payload(self, join: bool) -> bytes:
         """Our full state as a plain push/pull message (memberlist sendLocalState)."""
-        states = [
-            PushNodeState(r.name, r.addr, r.port, r.meta, r.incarnation, int(r.state), r.vsn)
-            for r in self._nodes
-        ]
-        return encode_push_pull(join, states, self.delegate.local_state(join))
+        bodies = [r.state_body() for r in self._nodes]
+        return encode_push_pull_bodies(join, bodies, self.delegate.local_state(join))
 
     def merge_push_pull(self, plain: bytes, join: bool, now: float) -> None:
         """Merge a peer's push/pull; raises DecodeError or ProtocolError if refused."""
         self._clock = max(self._clock, now)
         _header, remote, user_state = decode_push_pull(plain)
         self._merge_remote(remote, user_state, join, now)
+        if join:
+            self._schedule_follow_up(now, again=False)
+
+    def preload(self, states: list[PushNodeState], now: float) -> None:
+        """For simulations that start from a converged cluster: merge these node states
+        as if their gossip were over already (nothing is left queued for broadcast, our
+        own alive included)."""
+        self._clock = max(self._clock, now)
+        self._merge_remote(states, b"", False, now)
+        self._queue.reset()
+        self._fresh = []
 
     def _merge_remote(
         self, remote: list[PushNodeState], user_state: bytes, join: bool, now: float
@@ -765,7 +810,14 @@ class Memberlist:
         kind, data = pending
         if token == self._catch_up_token:
             self._catch_up_token = None
-        if kind is StreamKind.PUSH_PULL:
+        if token == self._follow_up_token:
+            self._follow_up_token = None
+            heard = self._joins_heard
+            self._push_pull_reply(plain, bool(data), now)
+            if self._joins_heard > heard:
+                # It taught us members the gossip had not: the burst may not be over.
+                self._schedule_follow_up(now, again=True)
+        elif kind is StreamKind.PUSH_PULL:
             self._push_pull_reply(plain, bool(data), now)
         elif kind is StreamKind.PING:
             self._tcp_ping_reply(data, plain, now)
@@ -847,6 +899,7 @@ class Memberlist:
                 rec.state_change = now
 
         if old_state in (_DEAD, _LEFT):
+            self._joins_heard += 1
             self.delegate.notify_join(rec.snapshot(), now)
         elif not _same(old_meta, rec.meta):
             self.delegate.notify_update(rec.snapshot(), now)
@@ -1259,6 +1312,42 @@ class Memberlist:
         log.info("%s takes us for a member but is not one here: push/pull with %s:%d",
                  sender, addr[0], addr[1])
         self._catch_up_token = self.start_push_pull(addr, True, now)
+
+    def _schedule_follow_up(self, now: float, again: bool) -> None:
+        cfg = self.config
+        if not again:
+            self._follow_ups_left = JOIN_FOLLOW_UP_MAX
+        busy = self._follow_up_due or self._follow_up_token is not None
+        if not cfg.join_follow_up or busy or cfg.gossip_interval <= 0:
+            return
+        if self._follow_ups_left <= 0:
+            return
+        self._follow_ups_left -= 1
+        self._follow_up_due = True
+        self._at(now + JOIN_FOLLOW_UP_ROUNDS * cfg.gossip_interval, self._join_follow_up)
+
+    def _join_follow_up(self, now: float) -> None:
+        """One push/pull with a random live member, some gossip rounds after a join.
+
+        Each alive of a join burst is gossiped a fixed number of times (the retransmit
+        limit) to random members its senders know, and early in the burst they know
+        few; with N nodes joining together, about N^2 x e^-limit pairs stay unheard of
+        (loss adds to it). A push/pull with any member that has heard the burst's gossip
+        fills them in. A random member, not the seed, which every joiner has just
+        loaded; at most one scheduled or running at a time. When it taught us members
+        the gossip had not (a big burst: at 1,000 joins the gossip takes 20 s), another
+        follows, at most JOIN_FOLLOW_UP_MAX per join.
+        """
+        self._follow_up_due = False
+        if self._left:
+            return
+        me = self._self
+        peers = self._k_random(1, lambda r: r is me or r.state != _ALIVE)
+        if not peers:
+            return
+        self.activity["join_follow_up_push_pull"] = (
+            self.activity.get("join_follow_up_push_pull", 0) + 1)
+        self._follow_up_token = self.start_push_pull(peers[0].address, False, now)
 
     def _expect_ack(self, seq: int, handler: _AckHandler, expires: float) -> None:
         self._acks[seq] = handler

@@ -42,10 +42,6 @@ class SerfSim(Sim):
         assert isinstance(core, Serf), f"{name} is not a Serf node"
         return core
 
-    def service(self, name: str) -> None:
-        """Flush what a Serf produced outside a timer or datagram (a local command)."""
-        self._service(self.nodes[name])
-
     def start_join(self, name: str, others: list[str], ignore_old: bool = False) -> int:
         """``serf.join`` from ``name`` to the addresses of ``others``; the join's id."""
         addrs = [self.nodes[o].addr for o in others]

@@ -98,18 +98,44 @@ def _is_empty(kind: str, value: Any) -> bool:
     return bool(value == _zero(kind))
 
 
+# Each schema is compiled once into the steps both directions take per field (the hot
+# path of every datagram): the key bytes, the field, its zero and its coercion.
+_Steps = tuple[tuple[str, bytes, "Field", Any], ...]
+_DECODE_PLANS: dict[int, tuple[tuple[Field, ...], _Steps]] = {}
+_ENCODE_PLANS: dict[int, tuple[tuple[Field, ...], _Steps]] = {}
+
+
+def _decode_plan(schema: tuple[Field, ...]) -> _Steps:
+    plan = _DECODE_PLANS.get(id(schema))
+    if plan is None or plan[0] is not schema:
+        steps = tuple((f.attr, f.go.encode(), f, _COERCERS[f.kind]) for f in schema)
+        plan = (schema, steps)
+        _DECODE_PLANS[id(schema)] = plan
+    return plan[1]
+
+
+def _encode_plan(schema: tuple[Field, ...]) -> _Steps:
+    plan = _ENCODE_PLANS.get(id(schema))
+    if plan is None or plan[0] is not schema:
+        steps = tuple((f.attr, f.go.encode(), f, _zero(f.kind))
+                      for f in sorted(schema, key=lambda f: f.go))
+        plan = (schema, steps)
+        _ENCODE_PLANS[id(schema)] = plan
+    return plan[1]
+
+
 def struct_to_obj(schema: tuple[Field, ...], values: dict[str, Any]) -> dict[bytes, Any]:
     """Build the map go-msgpack would write for a struct (keys sorted by Go name)."""
     out: dict[bytes, Any] = {}
-    for f in sorted(schema, key=lambda f: f.go):
-        v = values.get(f.attr, _zero(f.kind))
+    for attr, key, f, zero in _encode_plan(schema):
+        v = values.get(attr, zero)
         if f.omitempty and _is_empty(f.kind, v):
             continue
         if f.kind == STR:
             v = (v or "").encode("utf-8", "surrogateescape")
         elif f.kind == BYTES and v is not None:
             v = bytes(v)
-        out[f.go.encode()] = v
+        out[key] = v
     return out
 
 
@@ -118,56 +144,92 @@ def encode_struct(schema: tuple[Field, ...], values: dict[str, Any]) -> bytes:
     return pack_gossip(struct_to_obj(schema, values))
 
 
-def _coerce(f: Field, v: Any) -> Any:
-    kind = f.kind
-    if kind == ANY:
-        return v
-    if v is None:
-        # go-msgpack decodes nil into any field as its zero value.
-        return _zero(kind)
-    if kind in _UINT_MAX or kind == INT:
-        if isinstance(v, bool) or not isinstance(v, int):
+# Coercions by kind: a decoded value (None when the key is missing or nil) to the
+# Python value of the field, or DecodeError naming the field.
+def _coerce_any(f: Field, v: Any) -> Any:
+    return v
+
+
+def _int_coercer(kind: str) -> Any:
+    hi = _UINT_MAX.get(kind)
+
+    def coerce(f: Field, v: Any) -> Any:
+        if v is None:
+            return 0  # go-msgpack decodes nil into any field as its zero value
+        if type(v) is not int and (isinstance(v, bool) or not isinstance(v, int)):
             raise DecodeError(f"field {f.go}: expected integer, got {type(v).__name__}")
-        if kind != INT and not 0 <= v <= _UINT_MAX[kind]:
-            raise DecodeError(f"field {f.go}: {v} out of range for {kind}")
-        if kind == INT and not -(2**63) <= v < 2**63:
+        if hi is not None:
+            if not 0 <= v <= hi:
+                raise DecodeError(f"field {f.go}: {v} out of range for {kind}")
+        elif not -(2**63) <= v < 2**63:
             raise DecodeError(f"field {f.go}: {v} out of range for int64")
         return v
-    if kind == BOOL:
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, int) and v in (0, 1):
-            return bool(v)
-        raise DecodeError(f"field {f.go}: expected bool, got {type(v).__name__}")
-    if kind == STR:
-        if not isinstance(v, (bytes, str)):
-            raise DecodeError(f"field {f.go}: expected string, got {type(v).__name__}")
-        if isinstance(v, bytes):
-            return v.decode("utf-8", "surrogateescape")
+
+    return coerce
+
+
+def _coerce_bool(f: Field, v: Any) -> Any:
+    if v is None:
+        return False
+    if isinstance(v, bool):
         return v
-    if kind == BYTES:
-        if isinstance(v, str):
-            return v.encode("utf-8", "surrogateescape")
-        if not isinstance(v, bytes):
-            raise DecodeError(f"field {f.go}: expected bytes, got {type(v).__name__}")
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise DecodeError(f"field {f.go}: expected bool, got {type(v).__name__}")
+
+
+def _coerce_str(f: Field, v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "surrogateescape")
+    if not isinstance(v, str):
+        raise DecodeError(f"field {f.go}: expected string, got {type(v).__name__}")
+    return v
+
+
+def _coerce_bytes(f: Field, v: Any) -> Any:
+    if v is None or isinstance(v, bytes):
         return v
-    raise AssertionError(f"unknown field kind {kind}")
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogateescape")
+    raise DecodeError(f"field {f.go}: expected bytes, got {type(v).__name__}")
+
+
+_COERCERS: dict[str, Any] = {
+    ANY: _coerce_any,
+    UINT8: _int_coercer(UINT8),
+    UINT16: _int_coercer(UINT16),
+    UINT32: _int_coercer(UINT32),
+    UINT64: _int_coercer(UINT64),
+    INT: _int_coercer(INT),
+    BOOL: _coerce_bool,
+    STR: _coerce_str,
+    BYTES: _coerce_bytes,
+}
+
+
+def _coerce(f: Field, v: Any) -> Any:
+    return _COERCERS[f.kind](f, v)
 
 
 def obj_to_struct(schema: tuple[Field, ...], obj: Any) -> dict[str, Any]:
     """Read a decoded map into attribute values: unknown keys ignored, missing ones zero."""
     if not isinstance(obj, dict):
         raise DecodeError(f"expected a map, got {type(obj).__name__}")
-    by_key: dict[bytes, Any] = {}
-    for k, v in obj.items():
-        if isinstance(k, str):
-            k = k.encode("utf-8", "surrogateescape")
-        if isinstance(k, bytes):
-            by_key[k] = v
-    out: dict[str, Any] = {}
-    for f in schema:
-        out[f.attr] = _coerce(f, by_key.get(f.go.encode()))
-    return out
+    by_key: dict[Any, Any] = obj
+    for k in obj:
+        if type(k) is not bytes:
+            # Keys as text, or of other types (ignored): normalise a copy.
+            by_key = {}
+            for k2, v in obj.items():
+                if isinstance(k2, str):
+                    k2 = k2.encode("utf-8", "surrogateescape")
+                if isinstance(k2, bytes):
+                    by_key[k2] = v
+            break
+    get = by_key.get
+    return {attr: coerce(f, get(key)) for attr, key, f, coerce in _decode_plan(schema)}
 
 
 def decode_struct(schema: tuple[Field, ...], data: bytes) -> dict[str, Any]:

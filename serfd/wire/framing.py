@@ -49,6 +49,7 @@ __all__ = [
     "decode_push_pull",
     "decode_user_stream",
     "encode_push_pull",
+    "encode_push_pull_bodies",
     "encode_stream",
     "encode_user_stream",
 ]
@@ -94,10 +95,14 @@ def encode_stream(plain: bytes, *, compress: bool, keyring: Keyring | None = Non
 
 def encode_push_pull(join: bool, nodes: list[PushNodeState], user_state: bytes) -> bytes:
     """Plain push/pull: ``[6]`` header, node states, then the raw user (Serf) state."""
-    parts = [PushPullHeader(nodes=len(nodes), user_state_len=len(user_state), join=join).encode()]
-    parts.extend(n.body() for n in nodes)
-    parts.append(user_state)
-    return b"".join(parts)
+    return encode_push_pull_bodies(join, [n.body() for n in nodes], user_state)
+
+
+def encode_push_pull_bodies(join: bool, bodies: list[bytes], user_state: bytes) -> bytes:
+    """:func:`encode_push_pull` with each node state given already encoded (its
+    ``PushNodeState.body()``): a node keeps them and re-encodes only what changed."""
+    head = PushPullHeader(nodes=len(bodies), user_state_len=len(user_state), join=join).encode()
+    return b"".join((head, *bodies, user_state))
 
 
 def encode_user_stream(data: bytes) -> bytes:

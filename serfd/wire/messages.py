@@ -77,7 +77,7 @@ def ip_to_bytes(ip: str) -> bytes:
 def bytes_to_ip(raw: bytes) -> str:
     """Read a Go net.IP (4 or 16 bytes; IPv4-mapped IPv6 becomes IPv4)."""
     if len(raw) == 4:
-        return str(ipaddress.IPv4Address(raw))
+        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"  # str(IPv4Address(raw)), faster
     if len(raw) == 16:
         addr = ipaddress.IPv6Address(raw)
         return str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(addr)
@@ -100,7 +100,17 @@ class Message:
 
     def encode(self) -> bytes:
         """Type byte followed by the msgpack struct."""
-        return bytes((self.TYPE,)) + self.body()
+        if self.TYPE not in _MEMO_TYPES:
+            return bytes((self.TYPE,)) + self.body()
+        try:
+            data = _ENCODED.get(self)
+        except TypeError:  # a field given as a mutable (bytearray): not hashable
+            return bytes((self.TYPE,)) + self.body()
+        if data is None:
+            if len(_ENCODED) >= MEMO_SIZE:
+                _ENCODED.clear()
+            data = _ENCODED[self] = bytes((self.TYPE,)) + self.body()
+        return data
 
     @classmethod
     def from_body(cls, body: bytes) -> Self:
@@ -290,6 +300,17 @@ class UserData:
 AnyMessage = Message | UserData
 
 
+# Gossip (alive, suspect, dead) travels as the same bytes from node to node and is
+# retransmitted, so the same message is encoded and decoded over and over: in one
+# process by every push/pull merge and every copy heard, and in the simulator by every
+# node. The messages are frozen, so both directions are remembered (bounded: the memo
+# starts afresh when full). Pings and acks are unique and not remembered.
+MEMO_SIZE = 4096
+_MEMO_TYPES = frozenset({MsgType.SUSPECT, MsgType.ALIVE, MsgType.DEAD})
+_ENCODED: dict[Message, bytes] = {}
+_DECODED: dict[bytes, Message] = {}
+
+
 def decode_message(data: bytes) -> AnyMessage:
     """Decode one plain message ``[type][body]`` (not compound/compressed/CRC)."""
     if not data:
@@ -300,4 +321,13 @@ def decode_message(data: bytes) -> AnyMessage:
     cls = _DECODERS.get(t)
     if cls is None:
         raise DecodeError(f"unexpected message type {t}")
-    return cls.from_body(bytes(data[1:]))
+    if t not in _MEMO_TYPES:
+        return cls.from_body(bytes(data[1:]))
+    key = bytes(data)
+    msg = _DECODED.get(key)
+    if msg is None:
+        msg = cls.from_body(key[1:])
+        if len(_DECODED) >= MEMO_SIZE:
+            _DECODED.clear()
+        _DECODED[key] = msg
+    return msg

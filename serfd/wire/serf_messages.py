@@ -29,6 +29,7 @@ from serfd.wire.codec import (
     pack_gossip,
     unpack_gossip,
 )
+from serfd.wire.messages import MEMO_SIZE
 
 
 class SerfMsgType(IntEnum):
@@ -270,6 +271,12 @@ _SIMPLE: dict[int, type[SerfMessage]] = {
 
 AnySerfMessage = SerfMessage | MessagePushPull
 
+# Intents and user events are gossiped as the same bytes over and over (every copy a
+# node hears is decoded): remembered by their bytes, as in serfd.wire.messages. Only
+# messages whose fields are all immutable (a query's filters are a list).
+_MEMO_TYPES = frozenset({SerfMsgType.LEAVE, SerfMsgType.JOIN, SerfMsgType.USER_EVENT})
+_DECODED: dict[bytes, SerfMessage] = {}
+
 
 def decode_serf_message(data: bytes) -> AnySerfMessage:
     """Decode ``[serf type][struct]``. Relay and key messages are handled by their owners."""
@@ -281,7 +288,16 @@ def decode_serf_message(data: bytes) -> AnySerfMessage:
     cls = _SIMPLE.get(t)
     if cls is None:
         raise DecodeError(f"unexpected serf message type {t}")
-    return cls(**obj_to_struct(cls.SCHEMA, unpack_gossip(bytes(data[1:]))))
+    if t not in _MEMO_TYPES:
+        return cls(**obj_to_struct(cls.SCHEMA, unpack_gossip(bytes(data[1:]))))
+    key = bytes(data)
+    msg = _DECODED.get(key)
+    if msg is None:
+        msg = cls(**obj_to_struct(cls.SCHEMA, unpack_gossip(key[1:])))
+        if len(_DECODED) >= MEMO_SIZE:
+            _DECODED.clear()
+        _DECODED[key] = msg
+    return msg
 
 
 def encode_tags(tags: dict[str, str]) -> bytes:
