@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -324,5 +326,48 @@ def test_a_lost_name_conflict_reaches_on_conflict_lost() -> None:
                 assert a.serf.state is SerfState.ALIVE
             finally:
                 await impostor.driver.close()
+
+    run(main)
+
+
+def test_bind_to_port_0_tries_another_port_when_tcp_holds_the_one_udp_got(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's free UDP port may be taken for TCP (by an outgoing connection's
+    ephemeral port, say): a driver bound to port 0 picks again instead of failing."""
+    real = asyncio.start_server
+    tried: list[int] = []
+
+    async def taken_once(*args: Any, **kw: Any) -> asyncio.Server:
+        tried.append(kw["port"])
+        if len(tried) == 1:
+            raise OSError(errno.EADDRINUSE, "address already in use")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(asyncio, "start_server", taken_once)
+
+    async def main() -> None:
+        clock = FakeClock()
+        node = Node("a", clock)
+        try:
+            await node.driver.bind("127.0.0.1", 0)
+            assert len(tried) == 2
+            assert node.driver.udp_port == node.driver.tcp_port == tried[1]
+        finally:
+            await node.driver.close()
+
+    run(main)
+
+
+def test_bind_to_a_given_port_in_use_fails_at_once() -> None:
+    async def main() -> None:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            node = Node("a", FakeClock())
+            with pytest.raises(OSError) as e:
+                await node.driver.bind("127.0.0.1", port)
+            assert e.value.errno == errno.EADDRINUSE
+            await node.driver.close()
 
     run(main)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -80,6 +81,7 @@ MAX_INBOUND_STREAMS = 128  # memberlist drops push/pulls beyond this many at onc
 # asks for (push/pull, fallback pings, large user messages, reconnects). A healthy
 # node has a handful at once; beyond this many the core is told "failed".
 MAX_OUTBOUND_STREAMS = 64
+BIND_ATTEMPTS = 16  # tries for a port free for both UDP and TCP when bound to port 0
 # Ours: bytes of stream messages being read at once, inbound and outbound together
 # (128 peers x 20 MiB would otherwise be allowed). A push/pull of 5,000 members is
 # about 1 MiB.
@@ -168,16 +170,30 @@ class GossipDriver:
         the same for both)."""
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * 1024 * 1024)
-        sock.bind((host, port))
-        port = sock.getsockname()[1]
+        # Port 0: the kernel picks a free UDP port, which a TCP socket (another
+        # listener, or an outgoing connection's ephemeral port) may hold; try another.
+        attempts = BIND_ATTEMPTS if port == 0 else 1
+        for attempt in range(1, attempts + 1):
+            chosen = port
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * 1024 * 1024)
+                sock.bind((host, port))
+                chosen = sock.getsockname()[1]
+                tcp = await asyncio.start_server(
+                    self._on_stream, host=host, port=chosen, reuse_address=True, limit=65536)
+            except OSError as e:
+                sock.close()
+                if e.errno != errno.EADDRINUSE or attempt == attempts:
+                    raise
+                log.debug("gossip port %d is taken for TCP; picking another", chosen)
+                continue
+            break
+        self._tcp_server = tcp
         transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=sock)
         self._udp = transport
-        self._tcp_server = await asyncio.start_server(
-            self._on_stream, host=host, port=port, reuse_address=True, limit=65536)
 
     @property
     def udp_port(self) -> int:
