@@ -250,6 +250,7 @@ def test_apt_installs_serfd_by_name_from_the_signed_repository(
         policy
     version = nspawn.sh("dpkg-deb", "-f", str(deb), "Version").stdout.strip()
     assert seed.run("dpkg-query -W -f '${Version}' serfd").stdout == version
+    assert seed.run("serfd --version").stdout == f"serfd {version}\n"  # the program agrees
     # The user's next steps.
     seed.run("systemctl start serfd")
     assert members(seed)["seed"][0] == "alive"
