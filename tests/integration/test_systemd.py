@@ -365,6 +365,58 @@ def test_restart_only_setting_is_named_in_status(seed: nspawn.Container) -> None
     assert "restart needed" not in show(seed, "StatusText")
 
 
+def _newer_build(deb: Path, out: Path, suffix: str) -> Path:
+    """The same package, repacked with a higher version (VERSION+suffix)."""
+    tree = out / "tree"
+    out.mkdir(parents=True)
+    nspawn.sh("dpkg-deb", "-R", str(deb), str(tree))
+    control = tree / "DEBIAN" / "control"
+    text = control.read_text()
+    version = re.search(r"^Version: (\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
+    control.write_text(text.replace(f"Version: {version}\n", f"Version: {version}{suffix}\n"))
+    newer = out / f"serfd_{version}{suffix}_all.deb"
+    nspawn.sh("dpkg-deb", "--root-owner-group", "-b", str(tree), str(newer))
+    return newer
+
+
+def test_apt_upgrade_takes_a_newer_version_from_the_repository(
+        lab: nspawn.Lab, seed: nspawn.Container, repo: Path, deb: Path) -> None:
+    # Publishing: a newer build added to the same repository with the same key (`make
+    # repo` again); the user's keyring still verifies it. (The journey from the real
+    # previous release, in a running cluster, is issue 12's upgrade test.)
+    keyring = (repo / "serfd-archive-keyring.gpg").read_bytes()
+    newer = _newer_build(deb, lab.workdir / "newer", "+repotest1")
+    r = subprocess.run(["make", "repo", f"REPO={repo}", f"REPO_KEY_DIR={repo.parent / 'key'}",
+                        "REPO_URL=file:/srv/repo", f"REPO_DEBS={newer}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                       env={**os.environ, "PATH": nspawn.SYSPATH})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (repo / "serfd-archive-keyring.gpg").read_bytes() == keyring  # the key is kept
+    assert {p.name for p in (repo / "pool/main/s/serfd").iterdir()} == {deb.name, newer.name}
+
+    def starts() -> int:
+        return seed.run("journalctl -u serfd -o cat").stdout.count(": node seed bound to ")
+
+    before, pid = starts(), show(seed, "MainPID")
+    t = time.monotonic()
+    seed.run("apt-get update -qq")
+    old = nspawn.sh("dpkg-deb", "-f", str(deb), "Version").stdout.strip()
+    version = nspawn.sh("dpkg-deb", "-f", str(newer), "Version").stdout.strip()
+    # `apt upgrade` would take it (simulated: the archive may have other updates for the
+    # cached rootfs, which this test has no business downloading).
+    plan = seed.run("apt-get -s upgrade").stdout
+    assert f"Inst serfd [{old}] ({version} serfd:stable [all])" in plan, plan
+    seed.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade serfd",
+             timeout=300)
+    print(f"\n[timing] apt-get update + upgrade from the repository: {time.monotonic() - t:.1f}s")
+    assert seed.run("dpkg-query -W -f '${Version}' serfd").stdout == version
+    # Restarted once by the package (restart-after-upgrade), with its drop-ins.
+    assert starts() == before + 1
+    assert show(seed, "MainPID") != pid
+    assert seed.run("systemctl is-active serfd").stdout.strip() == "active"
+    assert members(seed)["seed"] == ("alive", "dc=lab,role=reloaded")
+
+
 # ----------------------------------------------------------------------------------
 # Three nodes in their own network namespaces
 
