@@ -6,8 +6,9 @@
 #                  gpg, the keyring serfd-archive-keyring.gpg and the source entry
 #                  (serfd.sources, serfd.list) for REPO_URL. The signing key is made on
 #                  first use in REPO_KEY_DIR (default build/repo-key/, outside git; point
-#                  it at your own GnuPG home to sign with your key). REPO_DEBS: packages
-#                  to add (default: `make deb`'s). The pool keeps every version added.
+#                  it at your own GnuPG home to sign with your key; REPO_KEY_ID picks
+#                  one of its keys, REPO_KEY_PASSPHRASE_FILE unlocks it). REPO_DEBS:
+#                  packages to add (default: `make deb`'s). The pool keeps every version.
 #   make check-vagrant   syntax check of the Vagrantfile (ruby -c)
 #
 # The package is built in a copy of the tree under build/deb/, so the checkout
@@ -54,6 +55,7 @@ ifeq ($(strip $(REPO_DEBS)),)
 	$(MAKE) --no-print-directory deb
 endif
 	env -i PATH=$(SYSPATH) LC_ALL=C.UTF-8 $(if $(REPO_KEY_ID),REPO_KEY_ID=$(REPO_KEY_ID)) \
+		$(if $(REPO_KEY_PASSPHRASE_FILE),REPO_KEY_PASSPHRASE_FILE=$(abspath $(REPO_KEY_PASSPHRASE_FILE))) \
 		packaging/repo/build-repo $(REPO) $(REPO_KEY_DIR) $(REPO_URL) $(or $(strip $(REPO_DEBS)),$(DEB))
 
 check-vagrant:
