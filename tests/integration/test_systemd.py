@@ -530,6 +530,120 @@ def test_sigkill_is_seen_as_failed(cluster: dict[str, nspawn.Container]) -> None
 
 
 # ----------------------------------------------------------------------------------
+# Downgrade to the previous release and upgrade back, on a node of the running cluster
+
+
+@pytest.fixture(scope="module")
+def previous(lab: nspawn.Lab, repo: Path) -> Path:
+    """The previous release's package (the tree just before the last version bump of
+    pyproject.toml, built with its own `make deb`; or $SERFD_TEST_PREVIOUS_DEB), added to
+    the repository with the same key."""
+    given = os.environ.get("SERFD_TEST_PREVIOUS_DEB")
+    if given:
+        old = Path(given).resolve()
+    else:
+        bump = subprocess.run(
+            ["git", "-C", str(REPO), "log", "-n1", "--format=%H", "-G", "^version = ", "--",
+             "pyproject.toml"], capture_output=True, text=True, check=False).stdout.strip()
+        if not bump:
+            pytest.fail("the previous release is built from git history (the commit before "
+                        "the last version bump); set SERFD_TEST_PREVIOUS_DEB without it")
+        src = lab.workdir / "previous"
+        src.mkdir()
+        tree = subprocess.run(["git", "-C", str(REPO), "archive", f"{bump}^"],
+                              capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=tree, check=True)
+        t = time.monotonic()
+        r = subprocess.run(["make", "deb"], cwd=src, capture_output=True, text=True,
+                           timeout=300, check=False, env={**os.environ, "PATH": nspawn.SYSPATH})
+        assert r.returncode == 0, f"make deb of {bump}^ failed:\n{r.stdout[-3000:]}{r.stderr}"
+        print(f"\n[timing] make deb of the previous release: {time.monotonic() - t:.1f}s")
+        (old,) = (src / "dist").glob("serfd_*_all.deb")
+    r = subprocess.run(["make", "repo", f"REPO={repo}", f"REPO_KEY_DIR={repo.parent / 'key'}",
+                        "REPO_URL=file:/srv/repo", f"REPO_DEBS={old}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                       env={**os.environ, "PATH": nspawn.SYSPATH})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return old
+
+
+def test_downgrade_and_upgrade_keep_the_node(
+        cluster: dict[str, nspawn.Container], previous: Path) -> None:
+    n1, n2, n3 = cluster["n1"], cluster["n2"], cluster["n3"]
+    n3.run("systemctl start serfd")  # down since the SIGKILL test
+    for c in cluster.values():
+        c.wait_for("serfctl members --status alive", _all_alive, timeout=30)
+    # State worth keeping on n1: a second key in its keyring, a handled user event.
+    second_key = n1.run("serfctl keygen").stdout.strip()
+    n1.run(f"serfctl keys --install {second_key}")
+
+    def handled() -> list[str]:
+        log = n1.run("journalctl -u serfd -o cat").stdout
+        return re.findall(r"serfd handler: user event deploy at ltime (\d+)", log)
+
+    def barrier_event() -> list[str]:
+        """A new event, handled once: any replay of old ones would have come before it."""
+        seen = handled()
+        n1.run("serfctl event deploy next")
+        n1.wait_for("journalctl -u serfd -o cat",
+                    lambda log: log.count("serfd handler: user event deploy") > len(seen),
+                    timeout=15)
+        return handled()
+
+    def starts() -> int:
+        return n1.run("journalctl -u serfd -o cat").stdout.count(": node n1 bound to ")
+
+    events = barrier_event()
+    # The repository's new index, for its own entry only (no archive in the namespaces).
+    n1.run("apt-get update -qq -o Dir::Etc::SourceList=/etc/apt/sources.list.d/serfd.sources "
+           "-o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0")
+    current = n1.run("dpkg-query -W -f '${Version}' serfd").stdout
+    old = nspawn.sh("dpkg-deb", "-f", str(previous), "Version").stdout.strip()
+    assert old != current
+    for step, command in (
+        ("downgrade", f"apt-get install -y -q --allow-downgrades serfd={old}"),
+        ("upgrade", "apt-get install -y -q --only-upgrade serfd"),
+    ):
+        before, keyring = starts(), n1.run("sha256sum /var/lib/serfd/keyring").stdout
+        # n2 samples n1's status meanwhile: how long n1 is missing from the cluster.
+        watcher = n2.run(
+            "nohup sh -c 'while :; do set -- $(serfctl members --name n1);"
+            " echo $(date +%s.%N) ${3:-none}; done' > /tmp/watch.log 2>&1 & echo $!"
+        ).stdout.strip()
+        t = time.monotonic()
+        n1.run(f"DEBIAN_FRONTEND=noninteractive {command}", timeout=300)
+        installed = time.monotonic()
+        for c in (n2, n3):
+            c.wait_for("serfctl members --status alive --name n1",
+                       lambda out: out.startswith("n1 "), timeout=10, interval=0.1)
+        back = time.monotonic()
+        n2.run(f"kill {watcher}")
+        samples = [line.split() for line in n2.run("cat /tmp/watch.log").stdout.splitlines()]
+        samples = [cells for cells in samples if len(cells) == 2]  # the last may be cut short
+        missing = [float(cells[0]) for cells in samples if cells[1] != "alive"]
+        seen = sorted({cells[1] for cells in samples})
+        print(f"\n[timing] {step}: apt {installed - t:.1f}s, then alive on n2 and n3 "
+              f"{back - installed:.1f}s later; n1 not alive on n2 for about "
+              f"{(missing[-1] - missing[0]) if missing else 0:.1f}s "
+              f"({len(missing)} of {len(samples)} samples; statuses seen: {seen})")
+        version = n1.run("dpkg-query -W -f '${Version}' serfd").stdout
+        if step == "downgrade":
+            assert version == old
+        else:  # the newest in the repository
+            n1.run(f"dpkg --compare-versions {version} ge {current}")
+        assert n1.run("serfd --version").stdout == f"serfd {version.split('+')[0]}\n"
+        assert starts() == before + 1, step  # restarted once
+        # Kept: drop-ins, keyring (both keys), snapshot; no handled event runs again.
+        n1.run("test -f /etc/serfd.d/50-deploy.toml && test -f /etc/serfd.d/60-handlers.toml")
+        assert n1.run("sha256sum /var/lib/serfd/keyring").stdout == keyring, step
+        assert second_key in n1.run("serfctl keys --list").stdout, step
+        n1.run("grep -q '^alive: n2 ' /var/lib/serfd/snapshot")
+        now = barrier_event()
+        assert now[:len(events)] == events and len(now) == len(events) + 1, (step, events, now)
+        events = now
+
+
+# ----------------------------------------------------------------------------------
 # Purge
 
 
