@@ -1,12 +1,21 @@
 # serfd developer tasks.
 #   make deb       build dist/serfd_<version>_all.deb (dpkg-buildpackage + pybuild)
 #   make lint-deb  lintian on that package (fails on errors)
+#   make repo      a signed apt repository in build/repo/ (packaging/repo/build-repo):
+#                  pool, indices by apt-ftparchive (apt-utils), InRelease/Release.gpg by
+#                  gpg, the keyring serfd-archive-keyring.gpg and the source entry
+#                  (serfd.sources, serfd.list) for REPO_URL. The signing key is made on
+#                  first use in REPO_KEY_DIR (default build/repo-key/, outside git; point
+#                  it at your own GnuPG home to sign with your key; REPO_KEY_ID picks
+#                  one of its keys, REPO_KEY_PASSPHRASE_FILE unlocks it). REPO_DEBS:
+#                  packages to add (default: `make deb`'s). The pool keeps every version.
 #   make check-vagrant   syntax check of the Vagrantfile (ruby -c)
 #
 # The package is built in a copy of the tree under build/deb/, so the checkout
 # never gets a debian/ directory or build leftovers; the .deb lands in dist/.
 # Needs: debhelper dh-python pybuild-plugin-pyproject python3-all
 #        python3-setuptools build-essential fakeroot (Debian 12 or later).
+# make repo also needs: apt-utils gpg gpg-agent.
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 BUILD   := build/deb
@@ -15,8 +24,12 @@ DEB     := dist/serfd_$(VERSION)_all.deb
 # Debian's own tools only: a python3 earlier on PATH (pyenv, a venv) breaks pybuild.
 SYSPATH := /usr/sbin:/usr/bin:/sbin:/bin
 SOURCES := pyproject.toml README.md serfd serfctl etc docs packaging
+REPO         ?= build/repo
+REPO_KEY_DIR ?= build/repo-key
+REPO_URL     ?= file://$(abspath $(REPO))
+REPO_DEBS    ?=
 
-.PHONY: deb lint-deb check-vagrant clean
+.PHONY: deb lint-deb repo check-vagrant clean
 
 deb:
 	@changelog=$$(PATH=$(SYSPATH) dpkg-parsechangelog -l packaging/debian/changelog -S Version); \
@@ -36,6 +49,14 @@ deb:
 
 lint-deb: $(DEB)
 	PATH=$(SYSPATH) lintian --fail-on error --info $(DEB)
+
+repo:
+ifeq ($(strip $(REPO_DEBS)),)
+	$(MAKE) --no-print-directory deb
+endif
+	env -i PATH=$(SYSPATH) LC_ALL=C.UTF-8 $(if $(REPO_KEY_ID),REPO_KEY_ID=$(REPO_KEY_ID)) \
+		$(if $(REPO_KEY_PASSPHRASE_FILE),REPO_KEY_PASSPHRASE_FILE=$(abspath $(REPO_KEY_PASSPHRASE_FILE))) \
+		packaging/repo/build-repo $(REPO) $(REPO_KEY_DIR) $(REPO_URL) $(or $(strip $(REPO_DEBS)),$(DEB))
 
 check-vagrant:
 	ruby -c Vagrantfile

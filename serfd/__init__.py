@@ -1,3 +1,3 @@
 """serfd: a systemd-native, wire-compatible reimplementation of HashiCorp Serf."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

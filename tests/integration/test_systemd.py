@@ -1,25 +1,35 @@
 """System test: the Debian package under a real systemd, the user's journey.
 
-Builds dist/serfd_<version>_all.deb with `make deb`, boots Debian 12 containers with
-systemd as PID 1 (tests/integration/nspawn.py, after reference/SYSTEMD-LAB.md) and
-checks what an operator sees:
+Builds dist/serfd_<version>_all.deb with `make deb` and a signed apt repository of it
+with `make repo` (a fresh signing key per run, the repository bind-mounted read-only
+into the containers as file:/srv/repo), boots Debian 12 containers with systemd as
+PID 1 (tests/integration/nspawn.py, after reference/SYSTEMD-LAB.md) and checks what
+an operator sees:
 
-* "seed", on the host network with serfd bound to a loopback address: `apt install
-  ./serfd_*.deb` pulls the dependencies from the archive, starts serfd and waits
-  for READY=1; serfctl works for root and group serfd, not for others; `systemctl
+* "seed", on the host network with serfd bound to a loopback address, given only the
+  repository's source entry and keyring (no .deb file): `apt-get install serfd` by
+  name pulls the dependencies from the archive, starts serfd and waits for READY=1;
+  the same repository with one byte of its Release changed is refused by `apt-get
+  update`; a newer build published to the repository is what `apt upgrade` takes;
+  serfctl works for root and group serfd, not for others; `systemctl
   reload` applies new tags, and refuses a broken drop-in while the old config keeps
   running; `apt-get purge` removes it all.
 * n1..n3, each in a network namespace of its own (10.77.0.11-13 on a private
-  bridge), installed offline from the packages the seed downloaded: they form an
-  encrypted cluster from the package defaults plus a join list and a key; the shipped
+  bridge), installed by name offline from the repository, the package lists and the
+  dependencies the seed downloaded: they form an encrypted cluster from the package
+  defaults plus a join list and a key; the shipped
   example handler, enabled by a drop-in and a reload, answers `serfctl query` and
   sees `serfctl event` inside the sandbox; `systemctl stop` is seen as
   `left`; a SIGSTOPped daemon is restarted by the watchdog and rejoins; a SIGKILLed
-  one (Restart=no in a drop-in) is seen as `failed`.
+  one (Restart=no in a drop-in) is seen as `failed`; n1 is downgraded to the previous
+  release (built from the tree before the last version bump, or
+  $SERFD_TEST_PREVIOUS_DEB) and upgraded back, from the repository, keeping its
+  drop-ins, keyring and snapshot, restarted once and alive again on the others.
 
 Needs root and the Debian tools listed in .ci/run; skips, naming what is missing,
 otherwise. The rootfs is cached in $SERFD_TEST_CACHE (default /var/cache/serfd-test);
-$SERFD_TEST_DEB names a prebuilt package to test instead of running `make deb`.
+$SERFD_TEST_DEB names a prebuilt package to test instead of running `make deb` (the
+repository is still made from it by `make repo`).
 The tests run in file order and build on each other's state, like the journey.
 """
 
@@ -47,12 +57,16 @@ TOOLS = {
     "systemd-nspawn": "systemd-container",
     "mmdebstrap": "mmdebstrap",
     "dpkg-buildpackage": "dpkg-dev",
+    "apt-ftparchive": "apt-utils",
+    "gpg": "gpg",
+    "gpg-agent": "gpg-agent",
     "dh": "debhelper",
     "dh_python3": "dh-python",
     "fakeroot": "fakeroot",
     "make": "make",
     "ip": "iproute2",
     "nsenter": "util-linux",
+    "git": "git",  # the previous release is built from the history
 }
 
 
@@ -90,6 +104,27 @@ def deb() -> Path:
 
 
 @pytest.fixture(scope="module")
+def repo(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make repo` of the package: a fresh repository and signing key for this run."""
+    out = tmp_path_factory.mktemp("apt")
+    t = time.monotonic()
+    r = subprocess.run(["make", "repo", f"REPO={out / 'repo'}", f"REPO_KEY_DIR={out / 'key'}",
+                        "REPO_URL=file:/srv/repo", f"REPO_DEBS={deb}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                       env={**os.environ, "PATH": nspawn.SYSPATH})
+    assert r.returncode == 0, f"make repo failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    print(f"\n[timing] make repo (with a new key): {time.monotonic() - t:.1f}s; "
+          f"package size {deb.stat().st_size / 1024:.0f} KiB")
+    return out / "repo"
+
+
+# What a user does with the repository's two files (served here at /srv/repo).
+ADD_REPO = ("mkdir -p /etc/apt/keyrings && "
+            "cp /srv/repo/serfd-archive-keyring.gpg /etc/apt/keyrings/ && "
+            "cp /srv/repo/serfd.sources /etc/apt/sources.list.d/")
+
+
+@pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Lab]:
     t = time.monotonic()
     root = nspawn.rootfs(CACHE)
@@ -121,23 +156,25 @@ def _loopback_for_this_run() -> str:
 
 
 @pytest.fixture(scope="module")
-def seed(lab: nspawn.Lab, deb: Path) -> Iterator[nspawn.Container]:
-    """A host-network container with the package installed from the archive."""
+def seed(lab: nspawn.Lab, repo: Path) -> Iterator[nspawn.Container]:
+    """A host-network container with serfd installed by name from the repository."""
     xfer = lab.workdir / "xfer"
     xfer.mkdir()
     (CACHE / "archives").mkdir(parents=True, exist_ok=True)
     c = lab.boot("seed", binds=(f"{CACHE / 'archives'}:/var/cache/apt/archives",
                                 f"{xfer}:/srv/xfer"),
-                 ro_binds=(f"{deb.parent}:/srv/dist",))
+                 ro_binds=(f"{repo}:/srv/repo",))
     # On the host's network: bind a loopback address only, never the host's interfaces.
     c.run(f"mkdir -p /etc/serfd.d && printf 'bind = \"{_loopback_for_this_run()}:17946\"\\n'"
           " > /etc/serfd.d/50-test.toml")
     t = time.monotonic()
     c.install = c.run(  # type: ignore[attr-defined]
-        f"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-        f"/srv/dist/{deb.name}", check=False, timeout=300)
-    print(f"\n[timing] seed: apt-get update + install: {time.monotonic() - t:.1f}s")
-    # What the offline containers need: the package lists and the downloaded .debs.
+        f"{ADD_REPO} && apt-get update -qq && "
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q serfd", check=False, timeout=300)
+    print(f"\n[timing] seed: apt-get update + install serfd by name: "
+          f"{time.monotonic() - t:.1f}s")
+    # What the offline containers need: the package lists (the repository's too) and
+    # the downloaded .debs.
     c.run("cp -a /var/lib/apt/lists /srv/xfer/lists && mkdir /srv/xfer/debs && "
           "cp /var/cache/apt/archives/*.deb /srv/xfer/debs/")
     yield c
@@ -200,6 +237,74 @@ def test_apt_install_starts_serfd_and_waits_for_ready(seed: nspawn.Container) ->
         seed.run(f"test -f /usr/share/man/{page}")
     seed.run("test -x /etc/serfd.d/handlers/example-handler"
              " && test -f /etc/serfd.d/handlers/README")
+
+
+def test_apt_installs_serfd_by_name_from_the_signed_repository(
+        seed: nspawn.Container, deb: Path) -> None:
+    r = seed.install  # type: ignore[attr-defined]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # The container has no package file: only the repository's entry and keyring.
+    assert seed.run("test -e /srv/dist", check=False).returncode == 1
+    entry = seed.run("cat /etc/apt/sources.list.d/serfd.sources").stdout
+    assert "Signed-By: /etc/apt/keyrings/serfd-archive-keyring.gpg" in entry
+    assert "trusted" not in entry.lower()
+    # apt took the index from the verified InRelease and the package from the repository.
+    seed.run("test -s /var/lib/apt/lists/_srv_repo_dists_stable_InRelease")
+    policy = seed.run("apt-cache policy serfd").stdout
+    assert re.search(r"\*\*\* \S+ 500\n\s+500 file:/srv/repo stable/main \w+ Packages", policy), \
+        policy
+    version = nspawn.sh("dpkg-deb", "-f", str(deb), "Version").stdout.strip()
+    assert seed.run("dpkg-query -W -f '${Version}' serfd").stdout == version
+    assert seed.run("serfd --version").stdout == f"serfd {version}\n"  # the program agrees
+    # The user's next steps.
+    seed.run("systemctl start serfd")
+    assert members(seed)["seed"][0] == "alive"
+
+
+def _apt_update_only(c: nspawn.Container, name: str, uri: str) -> subprocess.CompletedProcess[str]:
+    """`apt-get update` of one repository entry, in lists and caches of its own under /tmp/name
+    (the container's own lists stay as they are)."""
+    d = f"/tmp/{name}"
+    c.run(f"mkdir -p {d}/parts {d}/lists/partial {d}/cache && echo 'deb "
+          f"[signed-by=/etc/apt/keyrings/serfd-archive-keyring.gpg] {uri} stable main'"
+          f" > {d}/parts/serfd.list")
+    return c.run(f"apt-get update -o Dir::Etc::SourceList=/dev/null "
+                 f"-o Dir::Etc::SourceParts={d}/parts -o Dir::State::Lists={d}/lists "
+                 f"-o Dir::Cache={d}/cache", check=False)
+
+
+def test_apt_refuses_a_repository_with_a_tampered_release(
+        lab: nspawn.Lab, seed: nspawn.Container, repo: Path) -> None:
+    # A copy of the repository, in a directory the seed sees as /srv/xfer/tampered.
+    copy = lab.workdir / "xfer" / "tampered"
+    shutil.copytree(repo, copy)
+    uri = "file:/srv/xfer/tampered"
+    good = _apt_update_only(seed, "untouched", uri)
+    assert good.returncode == 0, good.stdout + good.stderr  # the copy as made verifies
+
+    def one_byte(path: Path) -> None:
+        data = path.read_bytes()
+        i = data.index(b"\nLabel: serfd\n") + len("\nLabel: serf")
+        path.write_bytes(data[:i] + b"e" + data[i + 1:])
+
+    stable = copy / "dists" / "stable"
+    # The inline-signed InRelease (what apt reads first), one byte changed.
+    one_byte(stable / "InRelease")
+    r = _apt_update_only(seed, "inrelease", uri)
+    assert r.returncode == 100, r.stdout + r.stderr
+    assert re.search(r"stable InRelease: The following signatures were invalid: BADSIG ", r.stderr)
+    assert f"E: The repository '{uri} stable InRelease' is not signed." in r.stderr
+    # Without InRelease apt falls back to Release and its detached Release.gpg.
+    (stable / "InRelease").unlink()
+    one_byte(stable / "Release")
+    r = _apt_update_only(seed, "release", uri)
+    assert r.returncode == 100, r.stdout + r.stderr
+    assert re.search(r"stable Release: The following signatures were invalid: BADSIG ", r.stderr)
+    assert f"E: The repository '{uri} stable Release' is not signed." in r.stderr
+    # Refused: no package index was kept from either.
+    for name in ("inrelease", "release"):
+        assert "Packages" not in seed.run(f"ls /tmp/{name}/lists").stdout
+    assert "Packages" in seed.run("ls /tmp/untouched/lists").stdout
 
 
 def test_a_second_serfd_on_the_state_directory_is_refused(seed: nspawn.Container) -> None:
@@ -265,18 +370,70 @@ def test_restart_only_setting_is_named_in_status(seed: nspawn.Container) -> None
     assert "restart needed" not in show(seed, "StatusText")
 
 
+def _newer_build(deb: Path, out: Path, suffix: str) -> Path:
+    """The same package, repacked with a higher version (VERSION+suffix)."""
+    tree = out / "tree"
+    out.mkdir(parents=True)
+    nspawn.sh("dpkg-deb", "-R", str(deb), str(tree))
+    control = tree / "DEBIAN" / "control"
+    text = control.read_text()
+    version = re.search(r"^Version: (\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
+    control.write_text(text.replace(f"Version: {version}\n", f"Version: {version}{suffix}\n"))
+    newer = out / f"serfd_{version}{suffix}_all.deb"
+    nspawn.sh("dpkg-deb", "--root-owner-group", "-b", str(tree), str(newer))
+    return newer
+
+
+def test_apt_upgrade_takes_a_newer_version_from_the_repository(
+        lab: nspawn.Lab, seed: nspawn.Container, repo: Path, deb: Path) -> None:
+    # Publishing: a newer build added to the same repository with the same key (`make
+    # repo` again); the user's keyring still verifies it. (The journey from the real
+    # previous release, in a running cluster, is issue 12's upgrade test.)
+    keyring = (repo / "serfd-archive-keyring.gpg").read_bytes()
+    newer = _newer_build(deb, lab.workdir / "newer", "+repotest1")
+    r = subprocess.run(["make", "repo", f"REPO={repo}", f"REPO_KEY_DIR={repo.parent / 'key'}",
+                        "REPO_URL=file:/srv/repo", f"REPO_DEBS={newer}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                       env={**os.environ, "PATH": nspawn.SYSPATH})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (repo / "serfd-archive-keyring.gpg").read_bytes() == keyring  # the key is kept
+    assert {p.name for p in (repo / "pool/main/s/serfd").iterdir()} == {deb.name, newer.name}
+
+    def starts() -> int:
+        return seed.run("journalctl -u serfd -o cat").stdout.count(": node seed bound to ")
+
+    before, pid = starts(), show(seed, "MainPID")
+    t = time.monotonic()
+    seed.run("apt-get update -qq")
+    old = nspawn.sh("dpkg-deb", "-f", str(deb), "Version").stdout.strip()
+    version = nspawn.sh("dpkg-deb", "-f", str(newer), "Version").stdout.strip()
+    # `apt upgrade` would take it (simulated: the archive may have other updates for the
+    # cached rootfs, which this test has no business downloading).
+    plan = seed.run("apt-get -s upgrade").stdout
+    assert f"Inst serfd [{old}] ({version} serfd:stable [all])" in plan, plan
+    seed.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade serfd",
+             timeout=300)
+    print(f"\n[timing] apt-get update + upgrade from the repository: {time.monotonic() - t:.1f}s")
+    assert seed.run("dpkg-query -W -f '${Version}' serfd").stdout == version
+    # Restarted once by the package (restart-after-upgrade), with its drop-ins.
+    assert starts() == before + 1
+    assert show(seed, "MainPID") != pid
+    assert seed.run("systemctl is-active serfd").stdout.strip() == "active"
+    assert members(seed)["seed"] == ("alive", "dc=lab,role=reloaded")
+
+
 # ----------------------------------------------------------------------------------
 # Three nodes in their own network namespaces
 
 
 @pytest.fixture(scope="module")
-def cluster(lab: nspawn.Lab, seed: nspawn.Container, deb: Path) -> dict[str, nspawn.Container]:
+def cluster(lab: nspawn.Lab, seed: nspawn.Container, repo: Path) -> dict[str, nspawn.Container]:
     netns = lab.network(NODES)
     nodes = {}
     xfer = lab.workdir / "xfer"
     for name in NODES:
         nodes[name] = lab.boot(name, netns=netns[name],
-                               ro_binds=(f"{deb.parent}:/srv/dist", f"{xfer}:/srv/xfer"))
+                               ro_binds=(f"{repo}:/srv/repo", f"{xfer}:/srv/xfer"))
     drop_ins = {
         "n2": "[Service]\nWatchdogSec=3\n",  # the watchdog test: a quick verdict
         "n3": "[Service]\nRestart=no\n",  # the SIGKILL test: stay dead
@@ -292,12 +449,12 @@ def cluster(lab: nspawn.Lab, seed: nspawn.Container, deb: Path) -> dict[str, nsp
         if name in drop_ins:
             c.run("mkdir -p /etc/systemd/system/serfd.service.d && printf "
                   f"'{drop_ins[name]}' > /etc/systemd/system/serfd.service.d/test.conf")
-        # Offline: the lists and .debs the seed fetched.
-        c.run("cp -a /srv/xfer/lists/. /var/lib/apt/lists/ && "
+        # Offline, by name: the repository's entry and key, the lists and .debs the seed
+        # fetched.
+        c.run(f"{ADD_REPO} && cp -a /srv/xfer/lists/. /var/lib/apt/lists/ && "
               "cp /srv/xfer/debs/*.deb /var/cache/apt/archives/")
-        c.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /srv/dist/{deb.name}",
-              timeout=300)
-    print(f"\n[timing] three offline installs: {time.monotonic() - t:.1f}s")
+        c.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q serfd", timeout=300)
+    print(f"\n[timing] three offline installs by name: {time.monotonic() - t:.1f}s")
     return nodes
 
 
@@ -375,6 +532,124 @@ def test_sigkill_is_seen_as_failed(cluster: dict[str, nspawn.Container]) -> None
     # Restart=no from the test's drop-in: it stays down.
     assert n3.run("systemctl is-active serfd", check=False).stdout.strip() == "failed"
     assert show(n3, "Result") == "signal"
+
+
+# ----------------------------------------------------------------------------------
+# Downgrade to the previous release and upgrade back, on a node of the running cluster
+
+
+@pytest.fixture(scope="module")
+def previous(lab: nspawn.Lab, repo: Path) -> Path:
+    """The previous release's package (the tree just before the last version bump of
+    pyproject.toml, built with its own `make deb`; or $SERFD_TEST_PREVIOUS_DEB), added to
+    the repository with the same key."""
+    given = os.environ.get("SERFD_TEST_PREVIOUS_DEB")
+    if given:
+        old = Path(given).resolve()
+    else:
+        bump = subprocess.run(
+            ["git", "-C", str(REPO), "log", "-n1", "--format=%H", "-G", "^version = ", "--",
+             "pyproject.toml"], capture_output=True, text=True, check=False).stdout.strip()
+        if not bump:
+            pytest.fail("the previous release is built from git history (the commit before "
+                        "the last version bump); set SERFD_TEST_PREVIOUS_DEB without it")
+        src = lab.workdir / "previous"
+        src.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", f"{bump}^"],
+                                 capture_output=True, check=False)
+        if archive.returncode != 0:  # e.g. a shallow clone
+            pytest.fail(f"git archive {bump}^ failed ({archive.stderr.decode().strip()}); "
+                        "set SERFD_TEST_PREVIOUS_DEB or fetch the history")
+        tree = archive.stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=tree, check=True)
+        t = time.monotonic()
+        r = subprocess.run(["make", "deb"], cwd=src, capture_output=True, text=True,
+                           timeout=300, check=False, env={**os.environ, "PATH": nspawn.SYSPATH})
+        assert r.returncode == 0, f"make deb of {bump}^ failed:\n{r.stdout[-3000:]}{r.stderr}"
+        print(f"\n[timing] make deb of the previous release: {time.monotonic() - t:.1f}s")
+        (old,) = (src / "dist").glob("serfd_*_all.deb")
+    r = subprocess.run(["make", "repo", f"REPO={repo}", f"REPO_KEY_DIR={repo.parent / 'key'}",
+                        "REPO_URL=file:/srv/repo", f"REPO_DEBS={old}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                       env={**os.environ, "PATH": nspawn.SYSPATH})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return old
+
+
+def test_downgrade_and_upgrade_keep_the_node(
+        cluster: dict[str, nspawn.Container], previous: Path) -> None:
+    n1, n2, n3 = cluster["n1"], cluster["n2"], cluster["n3"]
+    n3.run("systemctl start serfd")  # down since the SIGKILL test
+    for c in cluster.values():
+        c.wait_for("serfctl members --status alive", _all_alive, timeout=30)
+    # State worth keeping on n1: a second key in its keyring, a handled user event.
+    second_key = n1.run("serfctl keygen").stdout.strip()
+    n1.run(f"serfctl keys --install {second_key}")
+
+    def handled() -> list[str]:
+        log = n1.run("journalctl -u serfd -o cat").stdout
+        return re.findall(r"serfd handler: user event deploy at ltime (\d+)", log)
+
+    def barrier_event() -> list[str]:
+        """A new event, handled once: any replay of old ones would have come before it."""
+        seen = handled()
+        n1.run("serfctl event deploy next")
+        n1.wait_for("journalctl -u serfd -o cat",
+                    lambda log: log.count("serfd handler: user event deploy") > len(seen),
+                    timeout=15)
+        return handled()
+
+    def starts() -> int:
+        return n1.run("journalctl -u serfd -o cat").stdout.count(": node n1 bound to ")
+
+    events = barrier_event()
+    # The repository's new index, for its own entry only (no archive in the namespaces).
+    n1.run("apt-get update -qq -o Dir::Etc::SourceList=/etc/apt/sources.list.d/serfd.sources "
+           "-o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0")
+    current = n1.run("dpkg-query -W -f '${Version}' serfd").stdout
+    old = nspawn.sh("dpkg-deb", "-f", str(previous), "Version").stdout.strip()
+    assert old != current
+    for step, command in (
+        ("downgrade", f"apt-get install -y -q --allow-downgrades serfd={old}"),
+        ("upgrade", "apt-get install -y -q --only-upgrade serfd"),
+    ):
+        before, keyring = starts(), n1.run("sha256sum /var/lib/serfd/keyring").stdout
+        # n2 samples n1's status meanwhile: how long n1 is missing from the cluster.
+        watcher = n2.run(
+            "nohup sh -c 'while :; do set -- $(serfctl members --name n1);"
+            " echo $(date +%s.%N) ${3:-none}; done' > /tmp/watch.log 2>&1 & echo $!"
+        ).stdout.strip()
+        t = time.monotonic()
+        n1.run(f"DEBIAN_FRONTEND=noninteractive {command}", timeout=300)
+        installed = time.monotonic()
+        for c in (n2, n3):
+            c.wait_for("serfctl members --status alive --name n1",
+                       lambda out: out.startswith("n1 "), timeout=10, interval=0.1)
+        back = time.monotonic()
+        n2.run(f"kill {watcher}")
+        samples = [line.split() for line in n2.run("cat /tmp/watch.log").stdout.splitlines()]
+        samples = [cells for cells in samples if len(cells) == 2]  # the last may be cut short
+        missing = [float(cells[0]) for cells in samples if cells[1] != "alive"]
+        seen = sorted({cells[1] for cells in samples})
+        print(f"\n[timing] {step}: apt {installed - t:.1f}s, then alive on n2 and n3 "
+              f"{back - installed:.1f}s later; n1 not alive on n2 for about "
+              f"{(missing[-1] - missing[0]) if missing else 0:.1f}s "
+              f"({len(missing)} of {len(samples)} samples; statuses seen: {seen})")
+        version = n1.run("dpkg-query -W -f '${Version}' serfd").stdout
+        if step == "downgrade":
+            assert version == old
+        else:  # the newest in the repository
+            n1.run(f"dpkg --compare-versions {version} ge {current}")
+        assert n1.run("serfd --version").stdout == f"serfd {version.split('+')[0]}\n"
+        assert starts() == before + 1, step  # restarted once
+        # Kept: drop-ins, keyring (both keys), snapshot; no handled event runs again.
+        n1.run("test -f /etc/serfd.d/50-deploy.toml && test -f /etc/serfd.d/60-handlers.toml")
+        assert n1.run("sha256sum /var/lib/serfd/keyring").stdout == keyring, step
+        assert second_key in n1.run("serfctl keys --list").stdout, step
+        n1.run("grep -q '^alive: n2 ' /var/lib/serfd/snapshot")
+        now = barrier_event()
+        assert now[:len(events)] == events and len(now) == len(events) + 1, (step, events, now)
+        events = now
 
 
 # ----------------------------------------------------------------------------------
