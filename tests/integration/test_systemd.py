@@ -22,7 +22,7 @@ an operator sees:
   sees `serfctl event` inside the sandbox; `systemctl stop` is seen as
   `left`; a SIGSTOPped daemon is restarted by the watchdog and rejoins; a SIGKILLed
   one (Restart=no in a drop-in) is seen as `failed`; n1 is downgraded to the previous
-  release (built from the tree before the last version bump, or
+  release (tests/fixtures/serfd_0.1.0_all.deb, or
   $SERFD_TEST_PREVIOUS_DEB) and upgraded back, from the repository, keeping its
   drop-ins, keyring and snapshot, restarted once and alive again on the others.
 
@@ -46,6 +46,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+PREVIOUS_DEB = REPO / "tests" / "fixtures" / "serfd_0.1.0_all.deb"
 CACHE = Path(os.environ.get("SERFD_TEST_CACHE", "/var/cache/serfd-test"))
 NODES = {"n1": "10.77.0.11/24", "n2": "10.77.0.12/24", "n3": "10.77.0.13/24"}
 # The cluster gossips encrypted: AES-GCM from python3-cryptography must work inside the
@@ -540,34 +541,13 @@ def test_sigkill_is_seen_as_failed(cluster: dict[str, nspawn.Container]) -> None
 
 @pytest.fixture(scope="module")
 def previous(lab: nspawn.Lab, repo: Path) -> Path:
-    """The previous release's package (the tree just before the last version bump of
-    pyproject.toml, built with its own `make deb`; or $SERFD_TEST_PREVIOUS_DEB), added to
-    the repository with the same key."""
+    """The previous release's package, added to the repository with the same key:
+    tests/fixtures/serfd_0.1.0_all.deb (the last 0.1.0 build, made with `make deb` from
+    the tree before the version bump to 0.2.0, e037b1f), or $SERFD_TEST_PREVIOUS_DEB. A
+    file, not a build from git history, so a shallow clone runs the test too."""
     given = os.environ.get("SERFD_TEST_PREVIOUS_DEB")
-    if given:
-        old = Path(given).resolve()
-    else:
-        bump = subprocess.run(
-            ["git", "-C", str(REPO), "log", "-n1", "--format=%H", "-G", "^version = ", "--",
-             "pyproject.toml"], capture_output=True, text=True, check=False).stdout.strip()
-        if not bump:
-            pytest.fail("the previous release is built from git history (the commit before "
-                        "the last version bump); set SERFD_TEST_PREVIOUS_DEB without it")
-        src = lab.workdir / "previous"
-        src.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", f"{bump}^"],
-                                 capture_output=True, check=False)
-        if archive.returncode != 0:  # e.g. a shallow clone
-            pytest.fail(f"git archive {bump}^ failed ({archive.stderr.decode().strip()}); "
-                        "set SERFD_TEST_PREVIOUS_DEB or fetch the history")
-        tree = archive.stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=tree, check=True)
-        t = time.monotonic()
-        r = subprocess.run(["make", "deb"], cwd=src, capture_output=True, text=True,
-                           timeout=300, check=False, env={**os.environ, "PATH": nspawn.SYSPATH})
-        assert r.returncode == 0, f"make deb of {bump}^ failed:\n{r.stdout[-3000:]}{r.stderr}"
-        print(f"\n[timing] make deb of the previous release: {time.monotonic() - t:.1f}s")
-        (old,) = (src / "dist").glob("serfd_*_all.deb")
+    old = Path(given).resolve() if given else PREVIOUS_DEB
+    assert old.is_file(), f"no previous release package at {old}"
     r = subprocess.run(["make", "repo", f"REPO={repo}", f"REPO_KEY_DIR={repo.parent / 'key'}",
                         "REPO_URL=file:/srv/repo", f"REPO_DEBS={old}"],
                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
