@@ -67,7 +67,6 @@ TOOLS = {
     "make": "make",
     "ip": "iproute2",
     "nsenter": "util-linux",
-    "git": "git",  # the previous release is built from the history
 }
 
 
