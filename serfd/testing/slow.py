@@ -20,36 +20,19 @@ one ProbeTimeout after it is opened); otherwise it is answered at once.
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
 
 from serfd.memberlist.swim import Addr, StreamRequest
+from serfd.testing.sim import Core
 
 __all__ = ["SlowCore"]
 
 INF = float("inf")
 
 
-class _Core(Protocol):
-    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]: ...
-
-    def streams_to_open(self) -> list[StreamRequest]: ...
-
-    def get_timer(self) -> float | None: ...
-
-    def handle_timer(self, now: float) -> None: ...
-
-    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None: ...
-
-    def receive_stream(self, plain: bytes, addr: Addr, now: float) -> bytes | None: ...
-
-    def stream_outcome(self, token: int, reply: bytes | None, now: float,
-                       error: str = "") -> None: ...
-
-
 class SlowCore:
     """``inner`` with its inputs held back by stalls and a constant lag."""
 
-    def __init__(self, inner: _Core, *, lag: float = 0.0,
+    def __init__(self, inner: Core, *, lag: float = 0.0,
                  stalls: list[tuple[float, float]] | None = None,
                  stream_patience: float = 0.5) -> None:
         self.inner = inner
