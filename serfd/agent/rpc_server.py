@@ -52,6 +52,7 @@ from typing import Any, Protocol
 import msgpack
 
 from serfd.agent.monitor import MONITOR_LEVELS
+from serfd.agent.tasks import TaskSet
 from serfd.base.goregexp import GoRegexpError
 from serfd.base.ratelog import DropLog
 from serfd.core.filters import matches_any, parse_filters
@@ -377,7 +378,7 @@ class RPCServer:
         self.drops = DropLog(log, self.counters)  # rate-limited lines for counted drops
         self._servers: list[asyncio.Server] = []
         self._conns: dict[asyncio.Task[Any], _Conn] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSet(self.log, "RPC background")
         self._unix_path: str | None = None
         self._unix_ino: int | None = None
         self._tcp_addr: tuple[str, int] | None = None
@@ -536,16 +537,8 @@ class RPCServer:
             self.log.info("RPC %s from %s", command, conn.peer)
         return await handler(conn, body)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await coro
-            except Exception:
-                self.log.exception("RPC background call failed")
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _spawn(self, work: Awaitable[None]) -> None:
+        self._background.spawn(work)
 
     async def _call_agent(self, what: str, call: Awaitable[Any]) -> tuple[Any, str]:
         """Await an agent call: (result, "") or (None, error text)."""

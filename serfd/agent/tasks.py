@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 __all__ = ["TaskSet"]
@@ -24,19 +24,19 @@ class TaskSet:
         self._what = what
         self._counters = counters
         self._error_key = error_key
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task of this set."""
-        task = asyncio.ensure_future(coro)
+    def spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run ``work`` (a coroutine or another awaitable) as a task of this set."""
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is None:
             return
@@ -45,7 +45,7 @@ class TaskSet:
         self._log.error("%s task failed: %r", self._what, task.exception(),
                         exc_info=task.exception())
 
-    def cancel_all(self) -> list[asyncio.Task[Any]]:
+    def cancel_all(self) -> list[asyncio.Future[Any]]:
         """Cancel every task still running; the cancelled tasks (to await if wanted)."""
         left = list(self._tasks)
         for t in left:
