@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import random
+import shutil
+import sysconfig
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serfd.wire import lzw
 from serfd.wire.codec import DecodeError
-from serfd.wire.lzw import compress, decompress
+
+
+class Impl(NamedTuple):
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[..., bytes]
+
+
+# Every test runs against both implementations; the C one exists wherever setup.py could
+# build it (test_c_module_is_built_where_it_can_be says when that must be so).
+IMPLS = {"python": Impl(lzw.compress_py, lzw.decompress_py)}
+if lzw.IMPLEMENTATION == "c":
+    IMPLS["c"] = Impl(lzw.compress_c, lzw.decompress_c)
+each_impl = pytest.mark.parametrize("impl", list(IMPLS.values()), ids=list(IMPLS))
 
 
 def _reference_codes(
@@ -84,40 +102,47 @@ SAMPLES = [
 ]
 
 
+@each_impl
 @pytest.mark.parametrize("data", SAMPLES, ids=lambda d: f"len{len(d)}")
-def test_matches_reference_encoder(data: bytes) -> None:
-    assert compress(data) == _pack(_reference_codes(data, leading_clear=True))
+def test_matches_reference_encoder(impl: Impl, data: bytes) -> None:
+    assert impl.compress(data) == _pack(_reference_codes(data, leading_clear=True))
 
 
+@each_impl
 @pytest.mark.parametrize("data", SAMPLES, ids=lambda d: f"len{len(d)}")
-def test_round_trip(data: bytes) -> None:
-    assert decompress(compress(data)) == data
+def test_round_trip(impl: Impl, data: bytes) -> None:
+    assert impl.decompress(impl.compress(data)) == data
 
 
+@each_impl
 @pytest.mark.parametrize("data", SAMPLES[1:], ids=lambda d: f"len{len(d)}")
-def test_accepts_stream_without_leading_clear(data: bytes) -> None:
-    assert decompress(_pack(_reference_codes(data, leading_clear=False))) == data
+def test_accepts_stream_without_leading_clear(impl: Impl, data: bytes) -> None:
+    assert impl.decompress(_pack(_reference_codes(data, leading_clear=False))) == data
 
 
-def test_empty_input_is_clear_then_eof() -> None:
-    assert compress(b"") == bytes.fromhex("000302")
-    assert decompress(b"\x01\x01") == b""  # a bare EOF (9 bits: 257) is fine too
+@each_impl
+def test_empty_input_is_clear_then_eof(impl: Impl) -> None:
+    assert impl.compress(b"") == bytes.fromhex("000302")
+    assert impl.decompress(b"\x01\x01") == b""  # a bare EOF (9 bits: 257) is fine too
 
 
-def test_known_small_vector() -> None:
+@each_impl
+def test_known_small_vector(impl: Impl) -> None:
     # clear(256), 'a'(97), EOF(257) at 9 bits each, LSB first.
-    assert compress(b"a") == bytes.fromhex("00c30404")
+    assert impl.compress(b"a") == bytes.fromhex("00c30404")
 
 
-def test_hits_width_12_and_clears() -> None:
+@each_impl
+def test_hits_width_12_and_clears(impl: Impl) -> None:
     data = random.Random(3).randbytes(20000)
     codes = _reference_codes(data, leading_clear=True)
     assert max(w for _, w in codes) == 12
     assert sum(1 for c, _ in codes if c == 256) > 2
-    assert decompress(compress(data)) == data
+    assert impl.decompress(impl.compress(data)) == data
 
 
-def test_clear_written_by_close() -> None:
+@each_impl
+def test_clear_written_by_close(impl: Impl) -> None:
     # Cut the input where a mid-stream clear happened: now Close() writes it before EOF.
     data = random.Random(11).randbytes(6000)
     ends: list[int] = []
@@ -125,65 +150,101 @@ def test_clear_written_by_close() -> None:
     prefix = data[: ends[0]]
     codes = _reference_codes(prefix, leading_clear=True)
     assert codes[-2] == (256, 12) and codes[-1] == (257, 9)
-    assert compress(prefix) == _pack(codes)
-    assert decompress(compress(prefix)) == prefix
+    assert impl.compress(prefix) == _pack(codes)
+    assert impl.decompress(impl.compress(prefix)) == prefix
 
 
-def test_requires_eof() -> None:
-    c = compress(b"hello hello hello hello")
+@each_impl
+def test_requires_eof(impl: Impl) -> None:
+    c = impl.compress(b"hello hello hello hello")
     with pytest.raises(DecodeError):
-        decompress(c[:-1])
+        impl.decompress(c[:-1])
     with pytest.raises(DecodeError):
-        decompress(b"")
+        impl.decompress(b"")
 
 
-def test_trailing_bytes_after_eof_ignored() -> None:
-    assert decompress(compress(b"xyz") + b"\xff\xff") == b"xyz"
+@each_impl
+def test_trailing_bytes_after_eof_ignored(impl: Impl) -> None:
+    assert impl.decompress(impl.compress(b"xyz") + b"\xff\xff") == b"xyz"
 
 
-def test_invalid_code() -> None:
+@each_impl
+def test_invalid_code(impl: Impl) -> None:
     with pytest.raises(DecodeError):
-        decompress(b"\xff\xff\xff")  # first code 511 > any defined code
+        impl.decompress(b"\xff\xff\xff")  # first code 511 > any defined code
 
 
-def test_size_cap() -> None:
-    bomb = compress(b"\x00" * 300_000)
+@each_impl
+def test_size_cap(impl: Impl) -> None:
+    bomb = impl.compress(b"\x00" * 300_000)
     assert len(bomb) < 2000
     with pytest.raises(DecodeError):
-        decompress(bomb, max_size=100_000)
-    assert len(decompress(bomb, max_size=300_000)) == 300_000
+        impl.decompress(bomb, max_size=100_000)
+    assert len(impl.decompress(bomb, max_size=300_000)) == 300_000
 
 
-def test_speed_50k() -> None:
+@each_impl
+def test_speed_50k(impl: Impl) -> None:
     rng = random.Random(5)
     words = [bytes(rng.randrange(97, 123) for _ in range(rng.randrange(3, 9))) for _ in range(300)]
     data = b" ".join(rng.choice(words) for _ in range(8000))[:50_000]
     t0 = time.perf_counter()
-    c = compress(data)
+    c = impl.compress(data)
     t1 = time.perf_counter()
-    assert decompress(c) == data
+    assert impl.decompress(c) == data
     t2 = time.perf_counter()
     assert t1 - t0 < 0.1
     assert t2 - t1 < 0.1
 
 
+@each_impl
 @given(st.binary(max_size=3000))
 @settings(max_examples=300, deadline=None)
-def test_round_trip_property(data: bytes) -> None:
-    assert decompress(compress(data)) == data
+def test_round_trip_property(impl: Impl, data: bytes) -> None:
+    assert impl.decompress(impl.compress(data)) == data
 
 
+@each_impl
 @given(st.binary(max_size=600))
 @settings(max_examples=300, deadline=None)
-def test_matches_reference_property(data: bytes) -> None:
-    assert compress(data) == _pack(_reference_codes(data, leading_clear=True))
+def test_matches_reference_property(impl: Impl, data: bytes) -> None:
+    assert impl.compress(data) == _pack(_reference_codes(data, leading_clear=True))
 
 
+@each_impl
 @given(st.binary(max_size=400))
 @settings(max_examples=500, deadline=None)
-def test_garbage_only_decode_error(data: bytes) -> None:
+def test_garbage_only_decode_error(impl: Impl, data: bytes) -> None:
     try:
-        out = decompress(data, max_size=10_000)
+        out = impl.decompress(data, max_size=10_000)
     except DecodeError:
         return
     assert len(out) <= 10_000
+
+
+def test_c_module_is_built_where_it_can_be() -> None:
+    include = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if shutil.which("cc") is None or not include.exists():
+        pytest.skip("no C compiler or no Python.h: setup.py builds serfd.wire._lzw only "
+                    "where both exist (CI has them)")
+    assert lzw.IMPLEMENTATION == "c", "serfd.wire._lzw was not built or not loaded"
+    assert lzw.compress is lzw.compress_c and lzw.decompress is lzw.decompress_c
+
+
+@given(st.binary(max_size=4000))
+@settings(max_examples=400, deadline=None)
+def test_c_and_python_agree_on_any_input(data: bytes) -> None:
+    if "c" not in IMPLS:
+        pytest.skip("serfd.wire._lzw is not built here")
+    c, py = IMPLS["c"], IMPLS["python"]
+    packed = py.compress(data)
+    assert c.compress(data) == packed
+    assert c.decompress(packed) == data
+    # Any bytes as a stream: the same output, or the same error text.
+    results = []
+    for impl in (c, py):
+        try:
+            results.append(("ok", impl.decompress(data, max_size=5_000)))
+        except DecodeError as e:
+            results.append(("error", str(e)))
+    assert results[0] == results[1]

@@ -22,13 +22,23 @@ memberlist compresses packets and streams with ``lzw.NewWriter(w, lzw.LSB, 8)``
 and raises :class:`~serfd.wire.codec.DecodeError` for anything Go would reject, and
 also when the output would exceed ``max_size`` (an LZW "bomb" can expand a
 64 KiB datagram a thousandfold, so every caller chooses a cap).
+
+Two implementations, one behaviour: ``_lzw.c`` (built by setup.py where a C compiler
+is present, as in the .deb) and the pure-Python ``compress_py``/``decompress_py`` here,
+used when the C module is absent or ``SERFD_PURE_LZW=1`` is set. Python spends about a
+tenth of a microsecond per byte each way, and every gossip datagram is compressed once
+and decompressed by each receiver: in a burst of joins that was most of the CPU an agent
+used. ``IMPLEMENTATION`` says which one runs; tests hold both to the same bytes.
 """
 
 from __future__ import annotations
 
+import os
+from types import ModuleType
+
 from serfd.wire.codec import DecodeError
 
-__all__ = ["DEFAULT_MAX_SIZE", "compress", "decompress"]
+__all__ = ["DEFAULT_MAX_SIZE", "IMPLEMENTATION", "compress", "decompress"]
 
 _LIT_WIDTH = 8  # memberlist lzwLitWidth
 _CLEAR = 1 << _LIT_WIDTH  # 256
@@ -41,7 +51,7 @@ _MAX_CODE = (1 << _MAX_WIDTH) - 1  # 4095: the encoder clears when it would assi
 DEFAULT_MAX_SIZE = 20 * 1024 * 1024
 
 
-def compress(data: bytes) -> bytes:
+def compress_py(data: bytes) -> bytes:
     """Compress ``data`` byte-for-byte as Go's ``lzw.NewWriter(w, lzw.LSB, 8)`` would."""
     out = bytearray()
     # Bit accumulator: the clear code goes first, 9 bits wide.
@@ -103,7 +113,7 @@ def compress(data: bytes) -> bytes:
     return bytes(out)
 
 
-def decompress(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+def decompress_py(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
     """Decompress a Go LZW stream; ``DecodeError`` if malformed, unterminated or over max_size."""
     out = bytearray()
     # table[c] is the expansion of code c; 256 and 257 are never looked up. Entries
@@ -160,3 +170,42 @@ def decompress(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
                     mask = (1 << width) - 1
                     overflow <<= 1
     raise DecodeError("lzw: stream ended without an end-of-data code")
+
+
+def _load_c() -> ModuleType | None:
+    if os.environ.get("SERFD_PURE_LZW", "") not in ("", "0"):
+        return None
+    try:
+        from serfd.wire import _lzw  # built by setup.py (types: _lzw.pyi)
+    except ImportError:
+        return None
+    return _lzw
+
+
+_C = _load_c()
+IMPLEMENTATION = "c" if _C is not None else "python"
+
+
+def compress_c(data: bytes) -> bytes:
+    """:func:`compress_py` in C (``_lzw.c``); only when ``IMPLEMENTATION == "c"``."""
+    assert _C is not None
+    out: bytes = _C.compress(data)
+    return out
+
+
+def decompress_c(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+    """:func:`decompress_py` in C (``_lzw.c``); only when ``IMPLEMENTATION == "c"``."""
+    assert _C is not None
+    try:
+        out: bytes = _C.decompress(data, max_size)
+    except ValueError as e:
+        raise DecodeError(str(e)) from None
+    return out
+
+
+if _C is not None:
+    compress = compress_c
+    decompress = decompress_c
+else:
+    compress = compress_py
+    decompress = decompress_py
