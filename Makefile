@@ -1,5 +1,6 @@
 # serfd developer tasks.
-#   make deb       build dist/serfd_<version>_all.deb (dpkg-buildpackage + pybuild)
+#   make deb       build dist/serfd_<version>_<arch>.deb (dpkg-buildpackage + pybuild;
+#                  <arch> is this machine's, the package carries a C module)
 #   make lint-deb  lintian on that package (fails on errors)
 #   make repo      a signed apt repository in build/repo/ (packaging/repo/build-repo):
 #                  pool, indices by apt-ftparchive (apt-utils), InRelease/Release.gpg by
@@ -13,17 +14,18 @@
 #
 # The package is built in a copy of the tree under build/deb/, so the checkout
 # never gets a debian/ directory or build leftovers; the .deb lands in dist/.
-# Needs: debhelper dh-python pybuild-plugin-pyproject python3-all
+# Needs: debhelper dh-python pybuild-plugin-pyproject python3-all-dev
 #        python3-setuptools build-essential fakeroot (Debian 12 or later).
 # make repo also needs: apt-utils gpg gpg-agent.
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 BUILD   := build/deb
 SRCDIR  := $(BUILD)/serfd-$(VERSION)
-DEB     := dist/serfd_$(VERSION)_all.deb
+ARCH    := $(shell PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg --print-architecture)
+DEB     := dist/serfd_$(VERSION)_$(ARCH).deb
 # Debian's own tools only: a python3 earlier on PATH (pyenv, a venv) breaks pybuild.
 SYSPATH := /usr/sbin:/usr/bin:/sbin:/bin
-SOURCES := pyproject.toml README.md serfd serfctl etc docs packaging
+SOURCES := pyproject.toml setup.py README.md serfd serfctl etc docs packaging
 REPO         ?= build/repo
 REPO_KEY_DIR ?= build/repo-key
 REPO_URL     ?= file://$(abspath $(REPO))
@@ -44,7 +46,7 @@ deb:
 	cp packaging/systemd/serfd.service $(SRCDIR)/debian/serfd.service
 	cd $(SRCDIR) && env -i PATH=$(SYSPATH) HOME="$$HOME" LC_ALL=C.UTF-8 \
 		dpkg-buildpackage -us -uc -b
-	cp $(BUILD)/serfd_$(VERSION)_all.deb $(DEB)
+	cp $(BUILD)/serfd_$(VERSION)_$(ARCH).deb $(DEB)
 	@echo "built $(DEB)"
 
 lint-deb: $(DEB)

@@ -4,6 +4,12 @@ serfd.wire._lzw is optional: where no C compiler or Python headers exist the bui
 on without it and serfd.wire.lzw uses its pure-Python code (same bytes, slower).
 """
 
+import os
+
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("serfd.wire._lzw", ["serfd/wire/_lzw.c"], optional=True)])
+# SERFD_REQUIRE_C=1 (packaging/debian/rules) makes a failed build of it an error.
+required = os.environ.get("SERFD_REQUIRE_C", "") not in ("", "0")
+lzw = Extension("serfd.wire._lzw", ["serfd/wire/_lzw.c"], optional=not required,
+                py_limited_api=True)  # the C file defines Py_LIMITED_API (3.11)
+setup(ext_modules=[lzw])

@@ -16,6 +16,9 @@
  * (lzw.py turns it into a DecodeError).
  */
 #define PY_SSIZE_T_CLEAN
+/* The stable ABI of 3.11: one _lzw.abi3.so loads in every later CPython (a Debian 12 build
+   installs on Ubuntu 24.04's 3.12 too). */
+#define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
@@ -62,12 +65,12 @@ static PyObject *lzw_compress(PyObject *self, PyObject *arg)
     Py_ssize_t n = in.len;
     /* Every input byte costs at most one code of at most 12 bits; clears and EOF add a few. */
     Py_ssize_t cap = 2 * n + 16;
-    PyObject *result = PyBytes_FromStringAndSize(NULL, cap);
-    if (result == NULL) {
+    unsigned char *buf = PyMem_Malloc(cap);
+    if (buf == NULL) {
         PyBuffer_Release(&in);
-        return NULL;
+        return PyErr_NoMemory();
     }
-    bitwriter w = {(unsigned char *)PyBytes_AS_STRING(result), 0, 0, 0};
+    bitwriter w = {buf, 0, 0, 0};
     int width = LIT_WIDTH + 1;
     uint32_t hi = EOF_CODE;
     uint32_t overflow = 1u << width;
@@ -76,7 +79,7 @@ static PyObject *lzw_compress(PyObject *self, PyObject *arg)
     if (n > 0) {
         uint32_t *table = PyMem_Calloc(TABLE_SLOTS, sizeof(uint32_t));
         if (table == NULL) {
-            Py_DECREF(result);
+            PyMem_Free(buf);
             PyBuffer_Release(&in);
             return PyErr_NoMemory();
         }
@@ -134,8 +137,8 @@ static PyObject *lzw_compress(PyObject *self, PyObject *arg)
     put_code(&w, EOF_CODE, width);
     if (w.nbits > 0)
         w.buf[w.len++] = (unsigned char)(w.acc & 0xFF);
-    if (_PyBytes_Resize(&result, w.len) < 0)
-        return NULL;
+    PyObject *result = PyBytes_FromStringAndSize((const char *)buf, w.len);
+    PyMem_Free(buf);
     return result;
 }
 

@@ -1,6 +1,6 @@
 """System test: the Debian package under a real systemd, the user's journey.
 
-Builds dist/serfd_<version>_all.deb with `make deb` and a signed apt repository of it
+Builds dist/serfd_<version>_<arch>.deb with `make deb` and a signed apt repository of it
 with `make repo` (a fresh signing key per run, the repository bind-mounted read-only
 into the containers as file:/srv/repo), boots Debian 12 containers with systemd as
 PID 1 (tests/integration/nspawn.py, after reference/SYSTEMD-LAB.md) and checks what
@@ -98,7 +98,7 @@ def deb() -> Path:
     r = subprocess.run(["make", "deb"], cwd=REPO, capture_output=True, text=True, timeout=300,
                        check=False, env={**os.environ, "PATH": nspawn.SYSPATH})
     assert r.returncode == 0, f"make deb failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    debs = sorted((REPO / "dist").glob("serfd_*_all.deb"), key=lambda p: p.stat().st_mtime)
+    debs = sorted((REPO / "dist").glob("serfd_*.deb"), key=lambda p: p.stat().st_mtime)
     print(f"\n[timing] make deb: {time.monotonic() - t:.1f}s")
     return debs[-1]
 
@@ -237,6 +237,9 @@ def test_apt_install_starts_serfd_and_waits_for_ready(seed: nspawn.Container) ->
         seed.run(f"test -f /usr/share/man/{page}")
     seed.run("test -x /etc/serfd.d/handlers/example-handler"
              " && test -f /etc/serfd.d/handlers/README")
+    # The package carries the C LZW, and the distribution's python3 loads it.
+    assert seed.run("python3 -c 'from serfd.wire import lzw; print(lzw.IMPLEMENTATION)'"
+                    ).stdout.strip() == "c"
 
 
 def test_apt_installs_serfd_by_name_from_the_signed_repository(
@@ -379,7 +382,8 @@ def _newer_build(deb: Path, out: Path, suffix: str) -> Path:
     text = control.read_text()
     version = re.search(r"^Version: (\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
     control.write_text(text.replace(f"Version: {version}\n", f"Version: {version}{suffix}\n"))
-    newer = out / f"serfd_{version}{suffix}_all.deb"
+    arch = re.search(r"^Architecture: (\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
+    newer = out / f"serfd_{version}{suffix}_{arch}.deb"
     nspawn.sh("dpkg-deb", "--root-owner-group", "-b", str(tree), str(newer))
     return newer
 
@@ -410,7 +414,8 @@ def test_apt_upgrade_takes_a_newer_version_from_the_repository(
     # `apt upgrade` would take it (simulated: the archive may have other updates for the
     # cached rootfs, which this test has no business downloading).
     plan = seed.run("apt-get -s upgrade").stdout
-    assert f"Inst serfd [{old}] ({version} serfd:stable [all])" in plan, plan
+    arch = nspawn.sh("dpkg-deb", "-f", str(newer), "Architecture").stdout.strip()
+    assert f"Inst serfd [{old}] ({version} serfd:stable [{arch}])" in plan, plan
     seed.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade serfd",
              timeout=300)
     print(f"\n[timing] apt-get update + upgrade from the repository: {time.monotonic() - t:.1f}s")
