@@ -5,16 +5,30 @@ For each N and implementation, every rep starts N agents on a fresh 127.A.B.0/24
 star-joins them (nodes 1..N-1 RPC-join node0 at the same moment) and measures
 
 * join convergence: time until every agent lists all N members alive;
+* event latency: after a settle, ``--events`` user events from node0, one at a time,
+  each timed from just before the RPC call to every node's handler; p50 and p99 across
+  nodes per event, median over events. The figure includes the RPC, dissemination,
+  the agent's dispatch and starting the handler, a tiny ``/bin/sh`` script that execs
+  ``date`` (a few ms idle; at large N on few cores the N shells of one event queue for
+  CPU, in both implementations alike): see ``bench.events_bench``;
+* query all-N: ``--queries`` queries with RequestAck from node0, time until all N
+  responses arrived, median over queries (and until the ``done`` record);
 * failure detection: SIGKILL one node, time until every other agent lists it ``failed``;
 * RSS per agent (VmRSS) at the end of an idle window;
-* idle CPU per agent: utime+stime over the idle window, as % of one core.
+* idle CPU per agent: utime+stime over the idle window, as % of one core;
+* gossip bytes and packets sent per agent per second (nftables, needs root), over the
+  idle window and over a burst of user events after it.
+
+The handlers run only for the timed events and queries, which end a settle before the
+idle window starts; the burst's events have another name and run no handler.
 
 Stimuli are preceded by a random 0.25-0.65 s pause so the harness cannot phase-lock
 onto the 200 ms gossip tick (SERF-BASELINE.md, "Phase-lock artifact").  Every process
 the benchmark starts is killed on the way out, whatever happens (and, through
 PR_SET_PDEATHSIG, even if the benchmark itself is SIGKILLed).
 
-    python -m bench.cluster_bench --n 3 10 20 [--impl serf serfd] [--reps R]
+    python -m bench.cluster_bench --n 3 10 20 [--impl serf serfd] [--reps R] [--events E]
+        [--queries Q]
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.events_bench import Handlers, time_events, time_queries
 from tests.integration.harness import (
     AddressAllocator,
     Agent,
@@ -152,6 +167,10 @@ class RepResult:
     cpu_pct: list[float] = field(default_factory=list)
     threads: list[int] = field(default_factory=list)
     join_rpc_s: list[float] = field(default_factory=list)
+    event_p50_ms: list[float] = field(default_factory=list)  # one a timed event
+    event_p99_ms: list[float] = field(default_factory=list)
+    query_all_ms: list[float] = field(default_factory=list)  # one a query
+    query_done_ms: list[float] = field(default_factory=list)
     idle_bps: list[float] = field(default_factory=list)
     idle_pps: list[float] = field(default_factory=list)
     event_bps: list[float] = field(default_factory=list)
@@ -206,15 +225,12 @@ def run_rep(
 ) -> RepResult:
     res = RepResult(impl, n, rep)
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{impl}-n{n}-"))
+    handlers = Handlers.write(tmp)
     clients: dict[str, RPCClient] = {}
     with Cluster(alloc, tmp) as cl:
         try:
             for i in range(n):
-                tags = {"role": "bench", "idx": str(i)}
-                if impl == "serf":
-                    cl.serf(f"node{i}", tags=tags)
-                else:
-                    cl.serfd(f"node{i}", tags=tags, log_level="info")
+                handlers.add_agent(cl, impl, f"node{i}", tags={"role": "bench", "idx": str(i)})
             cl.wait_ready(READY_TIMEOUT)
             agents = cl.agents
             names = {a.name for a in agents}
@@ -254,12 +270,20 @@ def run_rep(
             if join_errors:
                 res.error += "join errors: " + "; ".join(join_errors) + " "
 
-            # -- idle resources: settle, close every RPC client, measure
-            time.sleep(args.settle)
             for c in [*clients.values(), *poll_clients.values()]:
                 c.close()
             clients.clear()
             poll_clients.clear()
+
+            # -- timed user events and queries from node0: settle, then one at a time
+            time.sleep(args.settle)
+            with RPCClient(agents[0].rpc_target, timeout=30.0) as ec:
+                res.event_p50_ms, res.event_p99_ms = time_events(
+                    ec, [a.name for a in agents], handlers.log, args.events, rng)
+                res.query_all_ms, res.query_done_ms = time_queries(ec, n, args.queries, rng)
+
+            # -- idle resources: settle (the handlers and the events' gossip end), measure
+            time.sleep(args.settle)
             counters = contextlib.ExitStack()
             nft = None if args.no_traffic else counters.enter_context(GossipCounters(agents))
             with counters:
@@ -365,6 +389,10 @@ def report(n: int, results: list[RepResult], impls: Sequence[str], notes: dict[s
     by = {i: [r for r in results if r.impl == i and r.n == n] for i in IMPLS}
     metrics = [
         ("join convergence (s)", lambda rs: [r.join_s for r in rs], 3),
+        ("event p50 over nodes (ms)", lambda rs: [x for r in rs for x in r.event_p50_ms], 0),
+        ("event p99 over nodes (ms)", lambda rs: [x for r in rs for x in r.event_p99_ms], 0),
+        ("query all-N responses (ms)", lambda rs: [x for r in rs for x in r.query_all_ms], 0),
+        ("query done (ms)", lambda rs: [x for r in rs for x in r.query_done_ms], 0),
         ("SIGKILL -> all see failed (s)", lambda rs: [r.fail_s for r in rs], 2),
         ("RSS per agent (MiB)", lambda rs: [x for r in rs for x in r.rss_mib], 1),
         ("idle CPU per agent (% core)", lambda rs: [x for r in rs for x in r.cpu_pct], 2),
@@ -402,7 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--impl", nargs="+", choices=IMPLS, default=list(IMPLS))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--idle", type=float, default=20.0, help="idle window for CPU (s)")
-    ap.add_argument("--settle", type=float, default=5.0, help="settling before idle window (s)")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="settling after the join and again before the idle window (s)")
+    ap.add_argument("--events", type=int, default=10, help="timed user events per rep")
+    ap.add_argument("--queries", type=int, default=5, help="timed queries per rep")
     ap.add_argument("--seed", type=int, default=None, help="seed for pauses and victims")
     ap.add_argument("--keep-logs", action="store_true", help="keep agent logs of good reps")
     ap.add_argument("--json", type=Path, default=None, help="write raw results here")
@@ -438,7 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r = run_rep(impl, n, rep, alloc, args, rng)
                     results.append(r)
                     print(
-                        f"# {impl} N={n} rep {rep}: join {fmt(r.join_s)} s, fail "
+                        f"# {impl} N={n} rep {rep}: join {fmt(r.join_s)} s, event p50/p99 "
+                        f"{fmt(med(r.event_p50_ms), 0)}/{fmt(med(r.event_p99_ms), 0)} ms, "
+                        f"query all-N {fmt(med(r.query_all_ms), 0)} ms, fail "
                         f"{fmt(r.fail_s, 2)} s, RSS {fmt(med(r.rss_mib), 1)} MiB, CPU "
                         f"{fmt(med(r.cpu_pct), 2)} %"
                         + (f"  [{r.error.strip()}]" if r.error else ""),

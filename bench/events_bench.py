@@ -2,17 +2,28 @@
 """Event and query benchmark: real HashiCorp `serf` vs `serfd` on loopback.
 
 For each N and implementation, every rep starts N agents on a fresh 127.A.B.0/24 with
-a user-event handler that records the wall-clock time it ran and a query handler
-(``printf '%s:' $SERF_SELF_NAME; cat``), star-joins them and waits until all are alive.
-Then, from node0 over RPC:
+a handler for the user event ``benchlat`` that appends "NODE KEY WALLCLOCK" to a log and
+a handler for the query ``benchq`` that answers "NODE:PAYLOAD" (``Handlers``), star-joins
+them and waits until all are alive. Then, from node0 over RPC:
 
-* user events (coalesce=false): latency from the RPC call to each node's handler;
-  per event p50 and p99 (nearest rank) across the N nodes, then the median over events;
+* user events (name ``benchlat``, the key as payload, coalesce=false): latency from just
+  before the RPC call to each node's handler; per event p50 and p99 (nearest rank)
+  across the N nodes, then the median over events;
 * queries with RequestAck to all N: time until all N responses arrived ("query RTT"),
   and until the ``done`` record (serfd ends early once all answered; Serf waits for
   its deadline).
 
+What an event latency includes: the RPC to node0, gossip dissemination, the agent's
+event dispatch, and starting the handler (fork and exec of ``/bin/sh -c SCRIPT``, the
+script's own ``/bin/sh``, then ``exec date``: no further fork). On an idle machine
+starting the handler costs a few ms; with N handlers for one event on few cores they
+queue for CPU, and that queueing is in the figure too (both implementations start
+one shell per node per event). A query's time includes the same handler start on
+each responder.
+
 Stimuli are separated by random 0.25-0.65 s pauses (anti phase-lock, SERF-BASELINE.md).
+``bench.cluster_bench`` takes the same measurement (``Handlers``, ``time_events``,
+``time_queries``) with its other figures.
 
     python -m bench.events_bench --n 3 10 20 [--impl serf serfd] [--reps R] [--events E]
 """
@@ -20,6 +31,7 @@ Stimuli are separated by random 0.25-0.65 s pauses (anti phase-lock, SERF-BASELI
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -27,19 +39,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.harness import AddressAllocator, Cluster, RPCClient
-from tests.support import wait_until
+from tests.integration.harness import AddressAllocator, Agent, Cluster, RPCClient
 
 IMPLS = ("serf", "serfd")
+EVENT = "benchlat"  # the one user event name the handler runs for; the key is the payload
+QUERY = "benchq"
+EVENT_TIMEOUT = 20.0  # a node whose handler has not run by then counts as +inf
 
+# Both handlers fork nothing beyond the shell the agent starts: `read` and `printf` are
+# builtins and the event handler execs `date` in place. One short line per run goes to a
+# log shared by the cluster (O_APPEND, one write), so the bench reads one file.
 EVENT_SH = """#!/bin/sh
-echo "$SERF_USER_EVENT $(date +%s.%N)" >> "{dir}/$SERF_SELF_NAME.events"
+read -r k
+exec date "+$SERF_SELF_NAME $k %s.%N" >> {log}
 """
 QUERY_SH = """#!/bin/sh
-printf '%s:' "$SERF_SELF_NAME"
-cat
+read -r p
+printf '%s:%s' "$SERF_SELF_NAME" "$p"
 """
 
 
@@ -54,26 +73,130 @@ def nearest_rank(xs: Sequence[float], q: float) -> float:
     return s[max(0, math.ceil(q * len(s)) - 1)]
 
 
+@dataclass(frozen=True)
+class Handlers:
+    """The timing handlers of one rep: scripts and the event log, under one directory.
+
+    Only the user event named ``EVENT`` and the query named ``QUERY`` run them, so other
+    user events (cluster_bench's traffic burst) fork nothing. Both implementations run a
+    handler string as ``/bin/sh -c STRING``.
+    """
+
+    log: Path
+    event_sh: str
+    query_sh: str
+
+    @classmethod
+    def write(cls, tmp: Path) -> Handlers:
+        log = tmp / "events.log"
+        ev = _script(tmp / "event.sh", EVENT_SH.format(log=json.dumps(str(log))))
+        return cls(log, ev, _script(tmp / "query.sh", QUERY_SH))
+
+    def add_agent(self, cl: Cluster, impl: str, name: str,
+                  tags: dict[str, str] | None = None, serf_args: Sequence[str] = ()) -> Agent:
+        """Start one agent of ``impl`` in ``cl`` with these handlers (serfd logs at info)."""
+        if impl == "serf":
+            return cl.serf(name, tags=tags, extra_args=[
+                *serf_args, "-event-handler", f"user:{EVENT}={self.event_sh}",
+                "-event-handler", f"query:{QUERY}={self.query_sh}"])
+        # A JSON string is a valid TOML basic string.
+        return cl.serfd(name, tags=tags, log_level="info", extra_toml=(
+            f"[handlers]\n{json.dumps(f'user:{EVENT}')} = {json.dumps(self.event_sh)}\n"
+            f"{json.dumps(f'query:{QUERY}')} = {json.dumps(self.query_sh)}\n"))
+
+
+class EventLog:
+    """Reads the lines the event handlers appended since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def new_lines(self) -> list[tuple[str, str, float]]:
+        """(node, key, wall-clock seconds) of each complete new line."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        out = []
+        for line in lines:
+            parts = line.decode(errors="replace").split()
+            if len(parts) == 3:
+                out.append((parts[0], parts[1], float(parts[2])))
+        return out
+
+
+def time_events(client: RPCClient, nodes: Sequence[str], log: Path, count: int,
+                rng: random.Random) -> tuple[list[float], list[float]]:
+    """Send ``count`` user events from ``client``'s agent; per event (p50, p99) in ms.
+
+    Latency runs from the bench's wall clock just before the RPC ``event`` call to each
+    node's handler running ``date``; p50/p99 are nearest rank across ``nodes``. The next
+    event waits for all nodes (or EVENT_TIMEOUT) and a random 0.25-0.65 s pause.
+    """
+    reader = EventLog(log)
+    p50: list[float] = []
+    p99: list[float] = []
+    for k in range(count):
+        time.sleep(rng.uniform(0.25, 0.65))
+        key = f"e{k}"
+        t0 = time.time()
+        client.event(EVENT, key.encode(), False)
+        got: dict[str, float] = {}
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while not got.keys() >= set(nodes) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            for node, kk, ts in reader.new_lines():
+                if kk == key:
+                    got.setdefault(node, ts)
+        lat = [(got[nd] - t0) * 1000 if nd in got else math.inf for nd in nodes]
+        p50.append(nearest_rank(lat, 0.5))
+        p99.append(nearest_rank(lat, 0.99))
+    return p50, p99
+
+
+def time_queries(client: RPCClient, n: int, count: int,
+                 rng: random.Random) -> tuple[list[float], list[float]]:
+    """Send ``count`` queries (RequestAck, default timeout) from ``client``'s agent; per
+    query ms until all ``n`` responses arrived (+inf if some never did) and until the
+    ``done`` record. Each follows a random 0.25-0.65 s pause."""
+    all_n: list[float] = []
+    done: list[float] = []
+    client.client.set_timeout(30)
+    for _ in range(count):
+        time.sleep(rng.uniform(0.25, 0.65))
+        t0 = time.monotonic()
+        responders: set[str] = set()
+        all_at = math.inf
+        client.client.open_stream("query", {
+            "FilterNodes": [], "FilterTags": {}, "RequestAck": True, "RelayFactor": 0,
+            "Timeout": 0, "Name": QUERY, "Payload": b"ping"})
+        while True:
+            _, rec = client.client.read_record()
+            if rec.get("Type") == "response":
+                responders.add(rec.get("From"))
+                if len(responders) == n and math.isinf(all_at):
+                    all_at = (time.monotonic() - t0) * 1000
+            elif rec.get("Type") == "done":
+                break
+        all_n.append(all_at)
+        done.append((time.monotonic() - t0) * 1000)
+    return all_n, done
+
+
 def run_rep(impl: str, n: int, alloc: AddressAllocator, args: argparse.Namespace,
             rng: random.Random) -> dict[str, list[float]]:
     tmp = Path(tempfile.mkdtemp(prefix=f"evbench-{impl}-n{n}-"))
-    out = tmp / "events"
-    out.mkdir()
-    ev = _script(tmp / "event.sh", EVENT_SH.format(dir=out))
-    qh = _script(tmp / "query.sh", QUERY_SH)
-    res: dict[str, list[float]] = {"p50": [], "p99": [], "query_all": [], "query_done": []}
+    h = Handlers.write(tmp)
+    res: dict[str, list[float]] = {}
     with Cluster(alloc, tmp) as cl:
         for i in range(n):
-            if impl == "serf":
-                cl.serf(f"node{i}", extra_args=["-log-level=info", "-event-handler",
-                                                f"user={ev}", "-event-handler",
-                                                f"query:benchq={qh}"])
-            else:
-                cl.serfd(f"node{i}", log_level="info", extra_toml=f"""
-[handlers]
-"user" = "{ev}"
-"query:benchq" = ["{qh}"]
-""")
+            h.add_agent(cl, impl, f"node{i}", serf_args=["-log-level=info"])
         cl.wait_ready(30)
         seed = cl.agents[0]
         for a in cl.agents[1:]:
@@ -81,48 +204,9 @@ def run_rep(impl: str, n: int, alloc: AddressAllocator, args: argparse.Namespace
         cl.wait_all_alive(timeout=60)
         time.sleep(1.0)
         with RPCClient(seed.rpc_target, timeout=30.0) as c:
-            for k in range(args.events):
-                time.sleep(rng.uniform(0.25, 0.65))
-                name = f"e{k}"
-                t0 = time.time()
-                c.event(name, b"", False)
-
-                def arrived(name: str = name) -> list[float] | None:
-                    times = []
-                    for a in cl.agents:
-                        try:
-                            lines = (out / f"{a.name}.events").read_text().splitlines()
-                        except FileNotFoundError:
-                            return None
-                        got = [float(x.split()[1]) for x in lines if x.split()[0] == name]
-                        if not got:
-                            return None
-                        times.append(got[0])
-                    return times
-
-                wait_until(lambda: arrived() is not None, 20, interval=0.01, desc=name)
-                lat = [(t - t0) * 1000 for t in arrived() or []]
-                res["p50"].append(nearest_rank(lat, 0.5))
-                res["p99"].append(nearest_rank(lat, 0.99))
-            for _ in range(args.queries):
-                time.sleep(rng.uniform(0.25, 0.65))
-                t0 = time.monotonic()
-                responders: set[str] = set()
-                all_at = math.inf
-                c.client.set_timeout(30)
-                c.client.open_stream("query", {
-                    "FilterNodes": [], "FilterTags": {}, "RequestAck": True, "RelayFactor": 0,
-                    "Timeout": 0, "Name": "benchq", "Payload": b"ping"})
-                while True:
-                    _, rec = c.client.read_record()
-                    if rec.get("Type") == "response":
-                        responders.add(rec.get("From"))
-                        if len(responders) == n:
-                            all_at = (time.monotonic() - t0) * 1000
-                    elif rec.get("Type") == "done":
-                        break
-                res["query_all"].append(all_at)
-                res["query_done"].append((time.monotonic() - t0) * 1000)
+            res["p50"], res["p99"] = time_events(c, [a.name for a in cl.agents], h.log,
+                                                 args.events, rng)
+            res["query_all"], res["query_done"] = time_queries(c, n, args.queries, rng)
     return res
 
 
