@@ -21,6 +21,7 @@ nothing that does IO:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from enum import StrEnum
@@ -240,6 +241,7 @@ def decode_header(obj: Any) -> tuple[str, int]:
 # Response bodies.
 
 
+@functools.lru_cache(maxsize=4096)  # `members` asks this for every member on every call
 def _ip_bytes(addr: str) -> bytes | None:
     # Go net.IP: 4 bytes for IPv4, 16 for IPv6; a nil IP (empty []byte) encodes as nil.
     try:
