@@ -49,8 +49,8 @@ Order of events
 * Gossip tick (GossipInterval): GossipNodes random nodes get a packet filled from our
   queue, then from the delegate's (Serf's) broadcasts as user messages.
 * Eager rounds (serfd, ``eager_gossip``): a broadcast that is news (queued by us, or
-  by the delegate, which says so with ``fresh_broadcast``) makes the next gossip round
-  run at once instead of at the next tick: GossipNodes live nodes get a packet filled
+  by the delegate, which says so with ``fresh_broadcast``) makes a gossip round run at
+  once, not waiting for the next tick: GossipNodes live nodes get a packet filled
   exactly as a tick fills it, so every transmission counts against the broadcasts'
   retransmit budget and the total traffic is memberlist's; only its timing changes.
   At most one eager round per EAGER_GOSSIP_GAP x GossipInterval, so news arriving in
@@ -1393,8 +1393,8 @@ class Memberlist:
         against the broadcast's retransmit budget: a broadcast is sent as often as
         memberlist would send it, and in as few packets; its first copies simply leave
         as soon as it is queued, not ~GossipInterval/2 later on average, at every hop.
-        (Pushing copies on top of the budget, one packet per message, cost 2.5x Serf's
-        bytes and 4x its packets during a burst of user events: issue 13.)
+        (Pushing copies on top of the budget, one packet per message, cost 2.2-2.4x
+        Serf's bytes and 4x its packets in a burst of user events: issue 13.)
         """
         if not self._fresh:
             return
