@@ -13,9 +13,13 @@ percentiles in virtual time:
   p99.99 of when each node heard, against Serf's convergence model at that N and loss
   (99.99 % of 1,000 nodes in 2.2 s, tests/test_sim_1000.py); the issue's target at
   N = 1,000 is 2.75 s.
+* ``burst``: N whole Serfs (LZW compression on, as the agents run), 20 user events
+  from n0 at once, as cluster_bench's "events" rows; per node, bytes (IP headers
+  included) and datagrams sent per second over 5 s, and the events' delivery delays,
+  eager gossip off (Serf's behaviour) and on (the agent's), with the on/off ratios.
 
 Run: ``.venv/bin/python -m bench.sim_bench [--star 100] [--converged 1000] [--layers
-memberlist serf] [--loss 0.0] [--seed 1] [--eager]``. The default run takes about a
+memberlist serf] [--loss 0.0] [--seed 1] [--eager] [--burst 50 100]``. The default run takes about a
 minute on one core. A star join of 1,000 takes minutes (``--star 1000``): its gossip is
 N^2 x 16 messages.
 """
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from serfd.core.serf import EventType, MemberEvent
-from serfd.testing.serf_sim import SerfSim
+from serfd.testing.serf_sim import Burst, SerfSim, build_cluster, event_burst
 from serfd.testing.sim import Event, Sim
 
 TARGET = 2.75  # issue 13: 99.99 % within 2.75 s of virtual time at N = 1,000
@@ -170,6 +174,27 @@ def converged(n: int, seed: int, loss: float, eager: bool, idle: float) -> None:
     report("event", delays, wall, sim.now - t0)
 
 
+def burst(n: int, seed: int, loss: float) -> None:
+    """20 user events from n0 of n Serfs, eager gossip off and on: traffic and delays."""
+    results: dict[bool, Burst] = {}
+    for eager in (False, True):
+        w0 = time.perf_counter()
+        sim = build_cluster(n, seed=seed, settle=5.0,
+                            config={"eager_gossip": eager, "enable_compression": True})
+        sim.loss = loss
+        b = results[eager] = event_burst(sim, "n0")
+        wall = time.perf_counter() - w0
+        print(f"  serf burst eager {'on ' if eager else 'off'} N={n:<5} "
+              f"{b.bytes_per_node_s():6.0f} B/s {b.datagrams_per_node_s():5.1f} pkt/s per node"
+              f"  delay p50 {b.delay(0.5) * 1e3:5.0f} ms  p99 {b.delay(0.99) * 1e3:5.0f} ms  "
+              f"max {b.delay(1.0) * 1e3:5.0f} ms | {wall:.1f} s wall with the build")
+    off, on = results[False], results[True]
+    print(f"  serf burst on/off   N={n:<5} bytes {on.bytes / off.bytes:4.2f}x  "
+          f"packets {on.datagrams / off.datagrams:4.2f}x  "
+          f"p50 {on.delay(0.5) / off.delay(0.5):4.2f}x  "
+          f"p99 {on.delay(0.99) / off.delay(0.99):4.2f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--star", type=int, nargs="*", default=[100],
@@ -178,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="sizes of the converged-cluster cases (default 100 1000)")
     ap.add_argument("--layers", nargs="*", default=["memberlist", "serf"],
                     choices=["memberlist", "serf"], help="layers for the star join")
+    ap.add_argument("--burst", type=int, nargs="*", default=[],
+                    help="sizes of the user-event burst cases (eager off and on; none by "
+                         "default)")
     ap.add_argument("--loss", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--idle", type=float, default=10.0, help="idle virtual seconds")
@@ -194,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
                 layer, n, args.seed, args.loss, args.eager, args.idle))
     for n in args.converged:
         cases.append(lambda n=n: converged(n, args.seed, args.loss, args.eager, args.idle))
+    for n in args.burst:
+        cases.append(lambda n=n: burst(n, args.seed, args.loss))
     for case in cases:
         case()
 

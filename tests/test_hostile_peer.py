@@ -538,9 +538,9 @@ class HostilePeer(RuleBasedStateMachine):
                                    self.now)
         out = self.ml.user_sent[before:]
         # One peer message makes at most an ack and a response, each with its relays,
-        # plus the eager fan-out and one forwarded relay.
+        # plus one forwarded relay (news is gossiped, eagerly or not: no direct sends).
         assert relays(out) <= 2 * self.cfg.max_relay_factor
-        assert len(out) <= 2 * (1 + self.cfg.max_relay_factor) + self.cfg.eager_fanout + 1
+        assert len(out) <= 2 * (1 + self.cfg.max_relay_factor) + 1
         self._flush()
         return out
 

@@ -62,6 +62,7 @@ class FakeMemberlist:
         self.joins: list[tuple[int, tuple[str, int], StreamKind]] = []
         self.counters: dict[str, int] = {}
         self.activity: dict[str, int] = {}
+        self.fresh = 0  # fresh_broadcast calls: news Serf asked to be gossiped eagerly
         FakeMemberlist.of[delegate] = self
         delegate.notify_join(FakeNode(config.name, meta=delegate.node_meta(512)), now)
 
@@ -103,6 +104,9 @@ class FakeMemberlist:
 
     def send_user_msg(self, addr: tuple[str, int], data: bytes) -> None:
         self.sent.append((addr, data))
+
+    def fresh_broadcast(self) -> None:
+        self.fresh += 1
 
 
 def make_serf(name: str = "me", tags: dict[str, str] | None = None) -> Serf:

@@ -601,9 +601,9 @@ def test_state_machine_invariants(steps: list[tuple[bytes, float]]) -> None:
 
 
 def test_eager_gossip_skips_a_bulk_merge_but_not_one_newcomer() -> None:
-    """Eager pushes (serfd) carry news a node is first to hear: a joiner's alive the seed
+    """Eager rounds (serfd) carry news a node is first to hear: a joiner's alive the seed
     merges from its push/pull. A joiner's merge of the seed's whole state is news to it
-    alone; regular gossip carries that (issue 13: a burst of joins flooded the seed)."""
+    alone; the next regular tick carries that."""
 
     def datagrams(eager: bool, n: int) -> int:
         m, _, _ = core(eager_gossip=eager)
@@ -620,3 +620,40 @@ def test_eager_gossip_skips_a_bulk_merge_but_not_one_newcomer() -> None:
 
     assert datagrams(True, 1) > datagrams(False, 1)  # one newcomer: pushed at once
     assert datagrams(True, 20) == datagrams(False, 20)  # a bulk merge: left to regular gossip
+
+
+def test_eager_round_sends_news_at_once_within_its_retransmit_budget() -> None:
+    """An eager round (serfd) is a gossip round run early: news leaves at once, to
+    GossipNodes members, and those copies count against its retransmit budget, so it is
+    sent exactly as often as memberlist sends it (issue 13: pushes on top of the budget,
+    one packet each, cost 2.5x Serf's bytes in a burst of user events)."""
+
+    def copies(eager: bool) -> list[float]:
+        """When each copy of a newcomer's alive left, heard at t = 1.0."""
+        m, _, _ = core(eager_gossip=eager, probe_interval=0.0, push_pull_interval=0.0)
+        m.merge_push_pull(encode_push_pull(False, [
+            PushNodeState(f"p{i}", ip_to_bytes(f"10.0.0.{i + 2}"), 7946, b"", 1, 0,
+                          DEFAULT_VSN) for i in range(4)], b""), False, 0.5)
+        now = 0.5
+        while m.num_queued():  # the merge's own news runs out first
+            m.handle_timer(now)
+            m.datagrams_to_send()
+            now = m.get_timer() or now
+        assert now < 1.0
+        m.handle_timer(1.0)
+        m.datagrams_to_send()
+        feed(m, alive("newbie", 1, ip="10.0.0.9"), now=1.0)
+        out: list[float] = []
+        now = 1.0
+        while now < 10.0:
+            m.handle_timer(now)
+            for msgs, _addr in sent(m):
+                out.extend(now for msg in msgs if isinstance(msg, Alive) and msg.node == "newbie")
+            now = m.get_timer() or 10.0
+        return out
+
+    limit = 4 * 1  # RetransmitMult x ceil(log10(6 + 1)): 6 nodes
+    eager, plain = copies(True), copies(False)
+    assert len(eager) == len(plain) == limit
+    assert eager[:3] == [1.0] * 3  # GossipNodes copies at once
+    assert min(plain) > 1.0  # memberlist: at the next tick

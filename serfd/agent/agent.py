@@ -160,7 +160,8 @@ class Agent:
             gossip_verify_outgoing=cfg.gossip_verify_outgoing,
             # memberlist 1..5 speaking 2 (Serf pins it); Serf's delegate 2..5 at `protocol`.
             vsn=bytes([1, 5, 2, 2, 5, cfg.protocol]),
-            # News (joins, suspicions, deaths, tag changes) goes out at once.
+            # News (joins, suspicions, deaths, tag changes, user events, queries) goes
+            # out at once, in a gossip round run early (within the retransmit budget).
             eager_gossip=True,
             # A suspicion we hear of is checked by our own probe at once ([gossip]).
             confirm_suspicions=cfg.gossip_confirm_suspicions,

@@ -268,10 +268,6 @@ class SerfConfig:
     query_size_limit: int = 1024  # QuerySizeLimit
     query_response_size_limit: int = 1024  # QueryResponseSizeLimit
     enable_name_conflict_resolution: bool = True  # EnableNameConflictResolution
-    # Beyond Serf: a new event or query (ours, or one seen for the first time) is also
-    # sent at once to this many random members instead of waiting for the next gossip
-    # tick; gossip still carries it as usual. 0 = Serf's behaviour.
-    eager_fanout: int = 3
     # Bounds on what peers (and RPC clients) make us keep or send; Serf has none of these
     # unless said. What they cut is counted (``counters``) and logged, rate-limited. See
     # "Bounds" in the module docstring for the reasons behind each number.
@@ -1123,11 +1119,11 @@ class Serf:
         elif isinstance(msg, MessageUserEvent):
             if self._handle_user_event(msg, now):
                 self._enqueue(self._event_q, "event", bytes(data), now)
-                self._eager_push(bytes(data))
+                self._memberlist.fresh_broadcast()
         elif isinstance(msg, MessageQuery):
             if self._handle_query(msg, now):
                 self._enqueue(self._query_q, "query", bytes(data), now)
-                self._eager_push(bytes(data))
+                self._memberlist.fresh_broadcast()
         elif isinstance(msg, MessageQueryResponse):
             self._handle_query_response(msg, now)
 
@@ -1322,7 +1318,7 @@ class Serf:
         self.event_clock.increment()
         self._handle_user_event(msg, now)
         self._enqueue(self._event_q, "event", raw, now)
-        self._eager_push(raw)
+        self._memberlist.fresh_broadcast()
 
     def default_query_timeout(self) -> float:
         """GossipInterval x QueryTimeoutMult x ceil(log10(N+1)), N = alive members."""
@@ -1401,7 +1397,7 @@ class Serf:
         self._asking[msg.ltime] = pq
         self._handle_query(msg, now)
         self._enqueue(self._query_q, "query", raw, now)
-        self._eager_push(raw)
+        self._memberlist.fresh_broadcast()
         return pq
 
     def respond(self, q: IncomingQuery, payload: bytes, now: float) -> None:
@@ -1467,17 +1463,6 @@ class Serf:
             self.drops.drop(f"{kind}_queue_pruned", now,
                             "%s broadcast queue over %d: dropped its %d most-sent messages",
                             kind, limit, n, n=n)
-
-    def _eager_push(self, raw: bytes) -> None:
-        # Beyond Serf: send a new broadcast at once to a few members (see eager_fanout).
-        k = self.config.eager_fanout
-        if k <= 0 or self.state != SerfState.ALIVE:
-            return
-        me = self.config.node_name
-        peers = [m for m in self._members.values()
-                 if m.status == MemberStatus.ALIVE and m.name != me]
-        for m in self._rng.sample(peers, min(k, len(peers))):
-            self._memberlist.send_user_msg((m.addr, m.port), raw)
 
     def _handle_query(self, msg: MessageQuery, now: float) -> bool:
         """Dedup, filter, ack and deliver a query; True if it should be re-gossiped."""

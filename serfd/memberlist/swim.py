@@ -48,6 +48,13 @@ Order of events
   soon as it ends.
 * Gossip tick (GossipInterval): GossipNodes random nodes get a packet filled from our
   queue, then from the delegate's (Serf's) broadcasts as user messages.
+* Eager rounds (serfd, ``eager_gossip``): a broadcast that is news (queued by us, or
+  by the delegate, which says so with ``fresh_broadcast``) makes a gossip round run at
+  once, not waiting for the next tick: GossipNodes live nodes get a packet filled
+  exactly as a tick fills it, so every transmission counts against the broadcasts'
+  retransmit budget and the total traffic is memberlist's; only its timing changes.
+  At most one eager round per EAGER_GOSSIP_GAP x GossipInterval, so news arriving in
+  several packets shares the next one.
 * Push/pull tick (PushPullInterval, scaled up past 32 nodes): full state exchange with
   one random alive node over a stream.
 * Acks, nacks, pings and indirect pings are answered inline; outgoing pings, acks,
@@ -134,15 +141,14 @@ NodeState = NodeStateType
 log = logging.getLogger("serfd.memberlist")
 
 COMPOUND_HEADER_OVERHEAD = 2  # memberlist compoundHeaderOverhead
-EAGER_GOSSIP_GAP = 0.25  # serfd: eager pushes at most every quarter GossipInterval
+EAGER_GOSSIP_GAP = 0.25  # serfd: eager rounds at most every quarter GossipInterval
 # serfd: the join follow-up push/pull waits this many GossipIntervals: by then a
 # broadcast has reached 99.9 % of 1,000 nodes in Serf's convergence model (2 s on LAN).
 JOIN_FOLLOW_UP_ROUNDS = 10
 # serfd: a follow-up that taught us new members is followed by another, up to this many
 # per join (a burst of 1,000 joins needs 3 or 4; churn cannot make it a periodic one).
 JOIN_FOLLOW_UP_MAX = 5
-GO_SAFE_BATCHES = 4  # serfd: at most this many eager packets per target and round
-EAGER_MERGE_MAX = 4  # serfd: a merge that brings more news than this is not pushed eagerly
+EAGER_MERGE_MAX = 4  # serfd: a merge that brings more news than this runs no eager round
 COMPOUND_OVERHEAD = 2  # memberlist compoundOverhead (per part)
 USER_MSG_OVERHEAD = 1  # memberlist userMsgOverhead
 ENCRYPT_OVERHEAD = 29  # encryptOverhead(vsn 1): version byte + 12 nonce + 16 tag
@@ -195,9 +201,10 @@ class MemberlistConfig:
     gossip_verify_outgoing: bool = True  # GossipVerifyOutgoing
     udp_buffer_size: int = 1400  # UDPBufferSize
     vsn: bytes = DEFAULT_VSN  # [pmin, pmax, pcur, dmin, dmax, dcur]
-    # Beyond memberlist: push each new broadcast once to GossipNodes members right away,
-    # instead of letting it wait for the next GossipInterval tick (extra packets, batched
-    # at most every EAGER_GOSSIP_GAP x GossipInterval; the retransmit budget is untouched).
+    # Beyond memberlist: news (a broadcast we queue, or the delegate's fresh_broadcast)
+    # makes a gossip round run at once instead of at the next GossipInterval tick (at most
+    # one per EAGER_GOSSIP_GAP x GossipInterval), filled and counted against the
+    # retransmit budget like a tick's: the same transmissions, sent earlier.
     eager_gossip: bool = False
     # Beyond memberlist: indirect pings we run for peers at once (each holds an ack
     # handler and one or two timers for ProbeTimeout); more are refused and counted.
@@ -492,7 +499,7 @@ class Memberlist:
         self._out_datagrams: list[tuple[bytes, Addr]] = []
         self._out_streams: list[StreamRequest] = []
         self._queue = TransmitLimitedQueue(config.retransmit_mult, self._est_num_nodes)
-        self._fresh: list[bytes] = []  # broadcasts queued since the last eager round
+        self._fresh = 0  # news queued since the last eager round (eager_gossip)
         self._clock = now  # the latest time any input told us
         self._last_eager = now - EAGER_GOSSIP_GAP * config.gossip_interval
         self._catch_up_token: int | None = None  # the catch-up push/pull in flight
@@ -744,7 +751,7 @@ class Memberlist:
         self._clock = max(self._clock, now)
         self._merge_remote(states, b"", False, now)
         self._queue.reset()
-        self._fresh = []
+        self._fresh = 0
 
     def _merge_remote(
         self, remote: list[PushNodeState], user_state: bytes, join: bool, now: float
@@ -752,14 +759,14 @@ class Memberlist:
         bind_port = self.config.bind_port
         remote = [replace(r, port=bind_port) if r.port == 0 else r for r in remote]
         self._verify_protocol(remote)
-        fresh_before = len(self._fresh)
+        fresh_before = self._fresh
         for r in remote:
             self._merge_one(r, now)
-        if len(self._fresh) - fresh_before > EAGER_MERGE_MAX:
+        if self._fresh - fresh_before > EAGER_MERGE_MAX:
             # A bulk merge (a joiner taking in the cluster) is news to us, not to the
-            # cluster: regular gossip carries it; pushing it eagerly too floods the
-            # few nodes a newcomer knows (the one everyone joins) in a join burst.
-            del self._fresh[fresh_before:]
+            # cluster: no hurry, the next tick carries it (in a join burst, every
+            # joiner would otherwise run a round at once, all in the same instant).
+            self._fresh = fresh_before
             self.activity["eager_skipped_bulk_merge"] = (
                 self.activity.get("eager_skipped_bulk_merge", 0) + 1)
         if user_state:
@@ -1369,14 +1376,25 @@ class Memberlist:
     ) -> None:
         self._queue.queue(msg, name=name, on_finished=on_finished)
         if self.config.eager_gossip:
-            self._fresh.append(msg)
+            self._fresh += 1
+
+    def fresh_broadcast(self) -> None:
+        """The delegate queued a broadcast that is news (a user event or query heard
+        for the first time): with eager_gossip, an eager round carries it (see
+        _maybe_eager); without, the next gossip tick does, as in memberlist."""
+        if self.config.eager_gossip:
+            self._fresh += 1
 
     def _maybe_eager(self, now: float) -> None:
-        """With eager_gossip, push fresh broadcasts once to a few nodes right away.
+        """With eager_gossip, run a gossip round as soon as there is news.
 
-        This is on top of memberlist's gossip: the pushed copies do not use up the
-        broadcast's retransmit budget, so regular dissemination is unchanged and the
-        news simply starts ~GossipInterval/2 earlier on average.
+        The round is a tick's (GossipNodes live members, each a packet filled from our
+        queue and the delegate's, fewest-sent first), so each copy it sends counts
+        against the broadcast's retransmit budget: a broadcast is sent as often as
+        memberlist would send it, and in as few packets; its first copies simply leave
+        as soon as it is queued, not ~GossipInterval/2 later on average, at every hop.
+        (Pushing copies on top of the budget, one packet per message, cost 2.2-2.4x
+        Serf's bytes and 4x its packets in a burst of user events: issue 13.)
         """
         if not self._fresh:
             return
@@ -1385,26 +1403,18 @@ class Memberlist:
         if now < self._last_eager + EAGER_GOSSIP_GAP * self.config.gossip_interval:
             return  # get_timer() asks to be called again when the gap has passed
         self._last_eager = now
-        fresh, self._fresh = self._fresh, []
+        self._fresh = 0
+        self._count_activity("eager_gossip_round")
         me = self._self
         targets = self._k_random(
             self.config.gossip_nodes, lambda r: r is me or r.state != _ALIVE
         )
         avail = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD - self._encrypt_overhead
-        batch: list[bytes] = []
-        used = 0
-        batches: list[list[bytes]] = []
-        for msg in fresh:
-            if batch and used + len(msg) + COMPOUND_OVERHEAD > avail:
-                batches.append(batch)
-                batch, used = [], 0
-            batch.append(msg)
-            used += len(msg) + COMPOUND_OVERHEAD
-        if batch:
-            batches.append(batch)
         for rec in targets:
-            for parts in batches[:GO_SAFE_BATCHES]:
-                self._send_raw(parts, rec.address, rec)
+            msgs = self._get_broadcasts(COMPOUND_OVERHEAD, avail)
+            if not msgs:
+                return
+            self._send_raw(msgs, rec.address, rec)
 
     def _gossip_tick(self, now: float) -> None:
         self._at(now + self.config.gossip_interval, self._gossip_tick)

@@ -10,12 +10,16 @@ its push/pulls are stream requests the network carries, and its end is the
 
 from __future__ import annotations
 
+import math
 import random
+from dataclasses import dataclass, field
 from typing import Any
 
-from serfd.core.serf import JoinDone, Serf, SerfConfig, SerfEvent
+from serfd.core.serf import JoinDone, Serf, SerfConfig, SerfEvent, UserEvent
 from serfd.memberlist.swim import MemberlistConfig
 from serfd.testing.sim import Sim, SimNode
+
+IP_UDP_HEADER = 28  # IPv4 + UDP headers: what nftables counts on top of each datagram
 
 
 class SerfSim(Sim):
@@ -27,8 +31,9 @@ class SerfSim(Sim):
         if addr is None:
             i = len(self.by_addr) + 1
             addr = (f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}", 7946)
+        values = {"enable_compression": False, **self.config}
         mlc = MemberlistConfig(name=name, advertise_addr=addr[0], advertise_port=addr[1],
-                               enable_compression=False, **self.config)
+                               **values)
         cfg = SerfConfig(node_name=name, memberlist=mlc, tags=dict(tags or {}), **serf_overrides)
         serf = Serf(cfg, random.Random(self.rng.getrandbits(64)), self.now)
         node = SimNode(name, addr, serf)
@@ -73,9 +78,10 @@ class SerfSim(Sim):
 
 
 def build_cluster(n: int, seed: int = 1, loss: float = 0.0, settle: float = 5.0,
-                  **serf_overrides: Any) -> SerfSim:
-    """n Serf nodes, each joined to node0, run until they all see each other alive."""
-    sim = SerfSim(seed=seed, loss=loss)
+                  config: dict[str, Any] | None = None, **serf_overrides: Any) -> SerfSim:
+    """n Serf nodes, each joined to node0, run until they all see each other alive;
+    ``config`` overrides MemberlistConfig fields (the Sim's ``config``)."""
+    sim = SerfSim(seed=seed, loss=loss, config=dict(config or {}))
     names = [f"n{i}" for i in range(n)]
     for i, name in enumerate(names):
         sim.add_serf(name, tags={"role": "web" if i % 2 == 0 else "db", "idx": str(i)},
@@ -89,3 +95,61 @@ def build_cluster(n: int, seed: int = 1, loss: float = 0.0, settle: float = 5.0,
     for name in names:
         list(sim.serf(name).drain_events())
     return sim
+
+
+@dataclass(frozen=True, slots=True)
+class Burst:
+    """What a burst of user events cost the cluster and how fast it spread."""
+
+    n: int  # nodes
+    window: float  # seconds measured, from the first event on
+    datagrams: int  # sent by all nodes in the window
+    bytes: int  # their bytes, with IP_UDP_HEADER each (as counted on the wire)
+    # per (other node, event): seconds to delivery, inf if not in the window
+    delays: list[float] = field(repr=False)
+
+    def bytes_per_node_s(self) -> float:
+        return self.bytes / self.n / self.window
+
+    def datagrams_per_node_s(self) -> float:
+        return self.datagrams / self.n / self.window
+
+    def delay(self, p: float) -> float:
+        """Nearest-rank percentile of the delivery delays (inf: some not delivered)."""
+        ordered = sorted(self.delays)
+        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+
+def event_burst(sim: SerfSim, origin: str, events: int = 20, payload: int = 32,
+                window: float = 5.0, spacing: float = 0.0005) -> Burst:
+    """``events`` user events (coalesce=false, ``payload`` bytes each) from ``origin``,
+    ``spacing`` apart (the cluster bench sends 20 at once over RPC), then the traffic of
+    the whole cluster over ``window`` seconds from the first and each event's delivery
+    delay at every other node. Drains (and drops) every node's pending events first."""
+    names = list(sim.nodes)
+    for name in names:
+        sim.events_of(name)
+    start = sim.now
+    d0, b0 = sim.stats.datagrams, sim.stats.bytes
+    origin_serf = sim.serf(origin)
+    for i in range(events):
+        sim.run_until(start + i * spacing)
+        origin_serf.user_event(f"burst{i}", b"x" * payload, False, sim.now)
+        sim.service(origin)
+    others = [x for x in names if x != origin]
+    seen: dict[tuple[str, str], float] = {}
+
+    def all_seen() -> bool:
+        for x in others:
+            for ev in sim.serf(x).drain_events():
+                if isinstance(ev, UserEvent):
+                    seen.setdefault((x, ev.name), sim.now - start)
+        return len(seen) >= len(others) * events
+
+    if not all_seen():
+        sim.run_until(start + window, all_seen, every=0.001)
+    sim.run_until(start + window)
+    datagrams = sim.stats.datagrams - d0
+    return Burst(len(names), window, datagrams,
+                 sim.stats.bytes - b0 + IP_UDP_HEADER * datagrams,
+                 [seen.get((x, f"burst{i}"), math.inf) for x in others for i in range(events)])
