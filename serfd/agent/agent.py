@@ -150,7 +150,8 @@ class Agent:
             return ip, port
         return host, port
 
-    def _make_serf(self, now: float, tags: dict[str, str]) -> Serf:
+    def _make_serf(self, now: float, tags: dict[str, str] | None = None) -> Serf:
+        """The core; ``tags``: [tags] with the runtime changes (default: [tags] alone)."""
         cfg = self.config
         adv_host, adv_port = self._advertise()
         mlc = MemberlistConfig.from_profile(
@@ -173,7 +174,7 @@ class Agent:
         sc = SerfConfig(
             node_name=cfg.node_name,
             memberlist=mlc,
-            tags=tags,
+            tags=dict(cfg.tags) if tags is None else tags,
             protocol=cfg.protocol,
             broadcast_timeout=cfg.broadcast_timeout,
             reconnect_interval=cfg.reconnect_interval,
