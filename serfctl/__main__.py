@@ -221,11 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="forget the member at once")
     p.add_argument("node", metavar="NODE")
 
-    p = sub.add_parser("tags", parents=[common], help="set or delete the agent's tags")
+    p = sub.add_parser("tags", parents=[common],
+                       help="set, delete or reset the agent's tags (kept across restarts)")
     p.add_argument(
         "--set", action="append", type=_kv, default=[], metavar="KEY=VALUE", dest="set_tags"
     )
     p.add_argument("--delete", action="append", default=[], metavar="KEY")
+    p.add_argument("--reset", nargs="*", default=None, metavar="KEY",
+                   help="serfd only: drop the runtime changes of these tags (none given: of "
+                   "all), back to the configuration's [tags]")
 
     p = sub.add_parser("info", parents=[common], help="show the agent's stats")
     p.add_argument("--format", choices=("text", "json"), default="text")
@@ -345,6 +349,12 @@ def _force_leave(c: RPCClient, args: argparse.Namespace) -> str | None:
 
 
 def _tags(c: RPCClient, args: argparse.Namespace) -> str:
+    if args.reset is not None:
+        try:
+            c.reset_tags(args.reset)
+        except ClientError as e:
+            raise ClientError(f"Error resetting tags: {e}") from None
+        return "Successfully reset agent tags to the configuration"
     try:
         c.update_tags(dict(args.set_tags), args.delete)
     except ClientError as e:
@@ -637,8 +647,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)  # bad usage: SystemExit(2) after the message
-        if args.command == "tags" and not args.set_tags and not args.delete:
-            parser.error("tags: give at least one --set KEY=VALUE or --delete KEY")
+        if args.command == "tags":
+            if args.reset is not None and (args.set_tags or args.delete):
+                parser.error("tags: --reset cannot be combined with --set or --delete")
+            if args.reset is None and not args.set_tags and not args.delete:
+                parser.error("tags: give at least one --set KEY=VALUE, --delete KEY or --reset")
         if args.command == "keygen":  # serf keygen: 32 random bytes, base64
             from serfd.wire.keyring import generate_key
 

@@ -309,6 +309,10 @@ class RPCClient:
         """Set and delete the agent's tags."""
         self.call(Command.TAGS, {"Tags": tags, "DeleteTags": delete})
 
+    def reset_tags(self, keys: list[str]) -> None:
+        """serfd only: drop runtime tag changes of keys (none: all), back to [tags]."""
+        self.call(Command.RESET_TAGS, {"Keys": keys})
+
     def stats(self) -> dict[str, dict[str, str]]:
         """The agent's stats map."""
         resp = self.call(Command.STATS, expect_body=True)

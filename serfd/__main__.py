@@ -66,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     from serfd.agent.agent import Agent
     from serfd.agent.logsetup import setup_logging
     from serfd.agent.systemd import Notifier
+    from serfd.agent.tags import TagsFileError
 
     setup_logging(config.log_level)
     agent = Agent(config, config_dir=Path(args.config_dir).absolute(),
                   notifier=Notifier.from_env())
     try:
         return asyncio.run(agent.run())
+    except TagsFileError:
+        return 2  # logged by the agent; like a broken config, a restart will not fix it
     except OSError as e:
         print(f"serfd: {e}", file=sys.stderr)
         return 1

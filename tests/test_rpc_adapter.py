@@ -14,6 +14,7 @@ from serfd.agent.events import EventsService
 from serfd.agent.joins import JoinFailed
 from serfd.agent.rpc_adapter import RPCAdapter
 from serfd.agent.rpc_server import RPCError
+from serfd.agent.tags import TagService
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord
 from serfd.core.serf import SerfError
@@ -87,6 +88,9 @@ class Events:
 
 def adapter(gossip: Gossip | None = None, joins: Joins | None = None,
             events: Events | None = None) -> tuple[RPCAdapter, list[str]]:
+    gossip = gossip or Gossip()
+    # The node's tags as the configuration's, no tags file (tests/test_tags.py has the rest).
+    tags = TagService(gossip, gossip.tags, None, {})
     lifecycle: list[str] = []
 
     async def leave() -> None:
@@ -96,7 +100,7 @@ def adapter(gossip: Gossip | None = None, joins: Joins | None = None,
         lifecycle.append("reload")
         return ["x.toml: tags: bad"]
 
-    a = RPCAdapter(gossip=gossip or Gossip(), joins=joins or Joins(), keys=Keys(),
+    a = RPCAdapter(gossip=gossip, joins=joins or Joins(), keys=Keys(), tags=tags,
                    events=cast(EventsService, events or Events()), leave=leave, reload=reload,
                    stats=lambda: {"agent": {"name": "a"}})
     return a, lifecycle
@@ -116,6 +120,29 @@ def test_tags_the_core_refuses_are_an_rpc_error_and_change_nothing() -> None:
     with pytest.raises(RPCError, match="exceeds limit of 512 bytes"):
         asyncio.run(a.set_tags({"k": "v"}, []))
     assert g.tags_now == {"role": "web", "dc": "x1", "old": "1"}
+
+
+def test_tags_too_large_are_serfs_error_before_the_core_sees_them() -> None:
+    g = Gossip()
+    a, _ = adapter(gossip=g)
+    with pytest.raises(RPCError, match=r"^Encoded length of tags exceeds limit of 512 bytes$"):
+        asyncio.run(a.set_tags({"k": "v" * 600}, []))
+    assert g.tags_now == {"role": "web", "dc": "x1", "old": "1"}
+
+
+def test_reset_tags_goes_back_to_the_configuration() -> None:
+    g = Gossip()
+    a, _ = adapter(gossip=g)
+
+    async def run() -> None:
+        await a.set_tags({"role": "db", "new": "y"}, ["dc"])
+        assert g.tags_now == {"role": "db", "old": "1", "new": "y"}
+        await a.reset_tags(["role"])
+        assert g.tags_now == {"role": "web", "old": "1", "new": "y"}
+        await a.reset_tags([])
+        assert g.tags_now == {"role": "web", "dc": "x1", "old": "1"}
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize("error", [

@@ -257,6 +257,21 @@ def test_tags(srv: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
     assert ctl(capsys, "--socket", srv.socket_path, "tags", "--set", "=v")[0] == 2
 
 
+def test_tags_reset_sends_serfds_reset_tags(srv: ServerThread,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    sock = srv.socket_path
+    done = (0, "Successfully reset agent tags to the configuration\n", "")
+    assert ctl(capsys, "--socket", sock, "tags", "--reset") == done
+    assert ctl(capsys, "--socket", sock, "tags", "--reset", "role", "dc") == done
+    assert [c for c in srv.agent.calls if c[0] == "reset-tags"] == [
+        ("reset-tags", []), ("reset-tags", ["role", "dc"])]
+    # One request: a reset is not mixed with changes.
+    code, _, err = ctl(capsys, "--socket", sock, "tags", "--reset", "--set", "a=b")
+    assert code == 2 and "--reset cannot be combined" in err
+    assert ctl(capsys, "--socket", sock, "tags", "--delete", "a", "--reset")[0] == 2
+    assert len([c for c in srv.agent.calls if c[0] == "reset-tags"]) == 2
+
+
 # ----------------------------------------------------------------------------------
 # Connection choices, environment, errors and exit codes.
 
@@ -530,6 +545,11 @@ def test_serfctl_against_real_serf_agent(
             f"-rpc-addr={target.rpc_addr}",
             "-name=ctl1",
         )
+
+    # serfd's reset-tags is not Serf's: refused by name, nothing changed.
+    assert ctl(capsys, "--rpc-addr", a.rpc_addr, "tags", "--reset") == (
+        1, "", "Error resetting tags: Unsupported command\n")
+    assert "zone=z1" in serf("members", f"-rpc-addr={a.rpc_addr}", "-name=ctl1").stdout
 
     # info: same sections and keys as `serf info`.
     r = serf("info", f"-rpc-addr={a.rpc_addr}", "-format=json")

@@ -11,18 +11,21 @@ I/O, each with its own state, talking to the core only through its driver contra
 * :class:`~serfd.agent.joins.Joiner` (``agent.joins``): DNS, RPC join, retry_join,
   snapshot rejoin, join after reload;
 * :class:`~serfd.agent.keys.KeyService` (``agent.keys``): the key queries;
+* :class:`~serfd.agent.tags.TagService` (``agent.tags``): ``[tags]`` with the runtime
+  changes over it, kept in ``tags_file``;
 * :class:`~serfd.agent.events.EventsService` (``agent.events``): coalescing, handlers,
   RPC event streams and the monitor;
 * :class:`~serfd.agent.recorder.SnapshotRecorder` (``agent.recorder``): the snapshot
   (clocks restored at start, members to rejoin, events recorded);
 * the RPC server (serfd.agent.rpc_server).
 
-``Agent.start`` builds them in order: keyring, Serf core, driver (unbound), events,
-snapshot (clocks restored), key hooks, then the gossip sockets (so no gossip reaches a
-core without its clocks and hooks), then RPC. The driver hands member events, user
-events and incoming queries to ``_dispatch`` (the recorder first, then the events
-service: coalescing, handlers, RPC streams). The agent's own methods that RPC calls
-(``join``, ``leave``, ``query``, ...) are thin delegations to these services.
+``Agent.start`` builds them in order: keyring, the runtime tags (read from their file),
+Serf core, driver (unbound), tags, events, snapshot (clocks restored), key hooks, then
+the gossip sockets (so no gossip reaches a core without its clocks and hooks), then RPC.
+The driver hands member events, user events and incoming queries to ``_dispatch`` (the
+recorder first, then the events service: coalescing, handlers, RPC streams). The
+agent's own methods that RPC calls (``join``, ``leave``, ``query``, ...) are thin
+delegations to these services.
 
 Slow things never run on the loop itself: DNS goes through ``getaddrinfo`` (the
 loop's executor), TCP I/O is asynchronous with deadlines. A peer that sends
@@ -62,6 +65,7 @@ from serfd.agent.reload import plan_reload
 from serfd.agent.rpc_adapter import RPCAdapter
 from serfd.agent.rpc_server import RPCServer
 from serfd.agent.systemd import Notifier
+from serfd.agent.tags import TagsError, TagService, TagsFileError, load_runtime_tags
 from serfd.agent.tasks import TaskSet
 from serfd.core.member import MemberStatus
 from serfd.core.serf import (
@@ -123,6 +127,7 @@ class Agent:
         self.keys: KeyService
         self.events: EventsService
         self.recorder: SnapshotRecorder  # members to rejoin and clocks, across restarts
+        self.tags: TagService  # [tags] with the runtime changes over it, and their file
         self.api: RPCAdapter  # what RPC commands call (serfd.agent.rpc_adapter)
         self.rpc: RPCServer
         # Gossip encryption (serfd.wire.keyring): the keyring, shared with the memberlist core
@@ -145,7 +150,8 @@ class Agent:
             return ip, port
         return host, port
 
-    def _make_serf(self, now: float) -> Serf:
+    def _make_serf(self, now: float, tags: dict[str, str] | None = None) -> Serf:
+        """The core; ``tags``: [tags] with the runtime changes (default: [tags] alone)."""
         cfg = self.config
         adv_host, adv_port = self._advertise()
         mlc = MemberlistConfig.from_profile(
@@ -169,7 +175,7 @@ class Agent:
         sc = SerfConfig(
             node_name=cfg.node_name,
             memberlist=mlc,
-            tags=dict(cfg.tags),
+            tags=dict(cfg.tags) if tags is None else tags,
             protocol=cfg.protocol,
             broadcast_timeout=cfg.broadcast_timeout,
             reconnect_interval=cfg.reconnect_interval,
@@ -199,14 +205,22 @@ class Agent:
             log.info("gossip encryption on (%d keys; verify incoming %s, outgoing %s)",
                      len(self.keyring.keys), self.config.gossip_verify_incoming,
                      self.config.gossip_verify_outgoing)
-        self.serf = self._make_serf(self._now())
         cfg = self.config
+        # The runtime tag changes kept in tags_file (TagsFileError: the start stops here,
+        # before anything is bound; serfd exits 2).
+        try:
+            overrides, tags = load_runtime_tags(cfg.tags, cfg.tags_file)
+        except TagsFileError as e:
+            log.error("cannot start: %s (fix or remove the file)", e)
+            raise
+        self.serf = self._make_serf(self._now(), tags)
         self.gossip = GossipDriver(
             self.serf, clock=self.clock, keyring=self.keyring, compress=cfg.enable_compression,
             verify_incoming=cfg.gossip_verify_incoming,
             verify_outgoing=cfg.gossip_verify_outgoing, counters=self.counters,
             on_event=self._dispatch, on_conflict_lost=self._conflict_lost)
         self.joins = Joiner(self.gossip, clock=self.clock, default_port=port)
+        self.tags = TagService(self.gossip, cfg.tags, cfg.tags_file, overrides)
         self.events = EventsService(cfg, self.gossip, clock=self.clock, spawn=self._spawn,
                                     config_dir=self.config_dir, loop=loop)
         self.events.start()
@@ -221,8 +235,8 @@ class Agent:
         # Gossip only now: the core has its clocks back and answers key queries.
         await self.gossip.bind(host, port)
         self.api = RPCAdapter(gossip=self.gossip, joins=self.joins, keys=self.keys,
-                              events=self.events, leave=self.leave, reload=self.reload,
-                              stats=self.stats)
+                              tags=self.tags, events=self.events, leave=self.leave,
+                              reload=self.reload, stats=self.stats)
         self.rpc = RPCServer(self.api, auth_key=self.config.rpc_auth_key)
         sock_path = self.config.rpc_socket
         sock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -391,7 +405,9 @@ class Agent:
             },
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
+            "runtime_tags": self.tags.stats(),
             "serfd": {"version": __version__, **self.recorder.stats(), **self.loop_lag.stats(),
+                      "tags_file": str(self.tags.path or ""),
                       **{k: str(v) for k, v in sorted(core.activity.items())},
                       **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }
@@ -453,12 +469,10 @@ class Agent:
             set_level(new.log_level)
         if new.rpc_auth_key != old.rpc_auth_key:
             self.rpc.auth_key = new.rpc_auth_key or None
-        if dict(new.tags) != dict(old.tags):
-            assert self.gossip is not None  # reload runs once start() has finished
-            try:
-                self.gossip.set_tags(dict(new.tags))
-            except SerfError as e:
-                errors.append(f"tags: {e}")
+        try:  # the new [tags] under the runtime changes
+            await self.tags.reload(self.config.tags)
+        except (TagsError, SerfError) as e:
+            errors.append(f"tags: {e}")
         if new.join != old.join and new.join:
             self._spawn(self.joins.join_after_reload(list(new.join)))
         for hook in list(self.reload_hooks):

@@ -56,6 +56,7 @@ DEFAULT_PORT = 7946  # Serf's DefaultBindPort
 META_MAX_SIZE = 512  # memberlist MetaMaxSize: encoded tags must fit in node meta
 NODE_NAME_MAX = 128  # Serf's node name length limit
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+DEFAULT_TAGS_FILE = Path("tags")  # relative: <state_dir>/tags
 
 PROFILES = ("lan", "wan", "local")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
@@ -97,6 +98,9 @@ class Config:
     rejoin_after_leave: bool = False
     encrypt_key: str | None = None  # base64 AES key (16/24/32 bytes)
     keyring_file: Path | None = None  # None: <state_dir>/keyring when encrypt_key is set
+    # Runtime tag changes (serfctl tags) kept across restarts; None: not kept. A relative
+    # path is under state_dir (only the default is: TOML wants absolute paths).
+    tags_file: Path | None = DEFAULT_TAGS_FILE
     gossip_verify_incoming: bool = True
     gossip_verify_outgoing: bool = True
     # [gossip]: serfd's additions to memberlist's gossip (wire-compatible).
@@ -119,6 +123,10 @@ class Config:
     # default are absent. Not part of equality: the same settings from other files
     # are the same configuration.
     sources: Mapping[str, str] = field(default_factory=_empty_map, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.tags_file is not None and not self.tags_file.is_absolute():
+            object.__setattr__(self, "tags_file", self.state_dir / self.tags_file)
 
 
 # --- value parsers: TOML value -> Config value, or ValueError(reason) ----------------
@@ -312,6 +320,12 @@ def _absolute_path(value: object) -> Path:
     return path
 
 
+def _tags_file(value: object) -> Path | None:
+    if value == "":
+        return None  # runtime tag changes are kept in memory only
+    return _absolute_path(value)
+
+
 def _socket_path(value: object) -> Path:
     path = _absolute_path(value)
     size = len(str(path).encode("utf-8", "surrogateescape"))
@@ -373,6 +387,7 @@ class _Key:
     field: str
     parse: Callable[[object], Any]
     render: Callable[[Any], Any] = _identity
+    unset: Any = None  # how None is rendered; None: the key is left out
 
 
 def _render_duration(seconds: float) -> str:
@@ -409,6 +424,7 @@ _KEYS: dict[str, _Key] = {
     "rejoin_after_leave": _Key("rejoin_after_leave", _boolean),
     "encrypt_key": _Key("encrypt_key", _encrypt_key),
     "keyring_file": _Key("keyring_file", _absolute_path, str),
+    "tags_file": _Key("tags_file", _tags_file, str, unset=""),
     "gossip_verify_incoming": _Key("gossip_verify_incoming", _boolean),
     "gossip_verify_outgoing": _Key("gossip_verify_outgoing", _boolean),
     "gossip.confirm_suspicions": _Key("gossip_confirm_suspicions", _boolean),
@@ -615,9 +631,9 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
     limits: dict[str, Any] = {}
     for dotted, spec in _KEYS.items():
         value = getattr(cfg, spec.field)
-        if value is None:
+        if value is None and spec.unset is None:
             continue  # unset optional keys (TOML has no null)
-        rendered = spec.render(value)
+        rendered = spec.unset if value is None else spec.render(value)
         if dotted in ("rpc.auth_key", "encrypt_key") and redact_secrets:
             rendered = "<redacted>"
         if dotted.startswith("gossip."):

@@ -166,6 +166,7 @@ def _run_agent(config: Config, config_dir: Path, pidfile: Path | None, ready_fd:
     from serfd.agent.agent import Agent
     from serfd.agent.logsetup import setup_logging
     from serfd.agent.systemd import Notifier
+    from serfd.agent.tags import TagsFileError
 
     os.environ.pop("JOURNAL_STREAM", None)  # our stderr is the log file now
     notifier = Notifier.from_env(ready_fd=ready_fd)
@@ -183,6 +184,9 @@ def _run_agent(config: Config, config_dir: Path, pidfile: Path | None, ready_fd:
         notifier.fail_startup(str(e))
         print(f"serfd: {e}", file=sys.stderr)
         return 1
+    except TagsFileError as e:
+        notifier.fail_startup(str(e))
+        return 2  # logged by the agent
     except SystemExit as e:
         notifier.fail_startup(str(e.code))
         raise

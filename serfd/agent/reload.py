@@ -72,6 +72,7 @@ RESTART_FIELDS = frozenset({
     "rejoin_after_leave",  # the snapshot is read and its writer set up at start
     "encrypt_key",
     "keyring_file",
+    "tags_file",  # the tag service reads it at start and keeps its path
     "gossip_verify_incoming",
     "gossip_verify_outgoing",
     "gossip_confirm_suspicions",  # part of the memberlist config the core is built with

@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 :class:`~serfd.agent.rpc_server.RPCServer` speaks the protocol and knows nothing of the
 agent; it calls an :class:`~serfd.agent.rpc_server.AgentAPI`. :class:`RPCAdapter` is that
-API: each command is one call into the service that owns it (membership and tags to the
-gossip driver, joins to the joiner, key commands to the key service, events, queries and
-streams to the events service), and each refusal becomes an
+API: each command is one call into the service that owns it (membership to the gossip
+driver, tags to the tag service, joins to the joiner, key commands to the key service,
+events, queries and streams to the events service), and each refusal becomes an
 :class:`~serfd.agent.rpc_server.RPCError` carrying Serf's text for it. What belongs to the
 agent's lifecycle (leave-then-stop, reload, the stats it assembles) is handed in as
 callables, so the adapter holds no state of its own.
@@ -14,12 +14,13 @@ callables, so the adapter holds no state of its own.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from serfd.agent.events import EventsService
 from serfd.agent.joins import JoinFailed
 from serfd.agent.rpc_server import RPCError
+from serfd.agent.tags import TagsError
 from serfd.core.filters import AnyEvent
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord
@@ -29,12 +30,13 @@ __all__ = ["RPCAdapter"]
 
 
 class _Gossip(Protocol):
-    @property
-    def tags(self) -> dict[str, str]: ...
-
     def members(self) -> list[Member]: ...
-    def set_tags(self, tags: dict[str, str]) -> None: ...
     async def force_leave(self, node: str, prune: bool) -> None: ...
+
+
+class _Tags(Protocol):
+    async def update(self, set_tags: Mapping[str, str], delete: Iterable[str]) -> None: ...
+    async def reset(self, keys: Iterable[str]) -> None: ...
 
 
 class _Joins(Protocol):
@@ -49,13 +51,15 @@ class RPCAdapter:
     """:class:`~serfd.agent.rpc_server.AgentAPI` over the gossip, join, key and events
     services."""
 
-    def __init__(self, *, gossip: _Gossip, joins: _Joins, keys: _Keys, events: EventsService,
+    def __init__(self, *, gossip: _Gossip, joins: _Joins, keys: _Keys, tags: _Tags,
+                 events: EventsService,
                  leave: Callable[[], Awaitable[None]],
                  reload: Callable[[], Awaitable[list[str]]],
                  stats: Callable[[], dict[str, dict[str, str]]]) -> None:
         self._gossip = gossip
         self._joins = joins
         self._keys = keys
+        self._tags = tags
         self._events = events
         self._leave = leave
         self._reload = reload
@@ -81,13 +85,21 @@ class RPCAdapter:
         except TimeoutError:
             raise RPCError("timed out broadcasting node removal") from None
 
+    # -- tags
+
     async def set_tags(self, tags: dict[str, str], delete: list[str]) -> None:
-        """Serf's SetTags: the current tags, minus ``delete``, plus ``tags``."""
-        new = {k: v for k, v in self._gossip.tags.items() if k not in delete}
-        new.update(tags)
+        """Serf's tags command: the current tags, minus ``delete``, plus ``tags``, kept as
+        runtime changes over ``[tags]`` (serfd.agent.tags)."""
         try:
-            self._gossip.set_tags(new)
-        except SerfError as e:
+            await self._tags.update(tags, delete)
+        except (TagsError, SerfError) as e:
+            raise RPCError(str(e)) from None
+
+    async def reset_tags(self, keys: list[str]) -> None:
+        """serfd's reset-tags: drop the runtime changes of ``keys`` (none: all)."""
+        try:
+            await self._tags.reset(keys)
+        except (TagsError, SerfError) as e:
             raise RPCError(str(e)) from None
 
     # -- keys

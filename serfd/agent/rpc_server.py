@@ -164,6 +164,10 @@ class AgentAPI(Protocol):
         """New tags = current - delete + tags."""
         ...
 
+    async def reset_tags(self, keys: list[str]) -> None:
+        """Drop the runtime tag changes of keys (none: all): the configuration's tags."""
+        ...
+
     def stats(self) -> dict[str, dict[str, str]]:
         """Serf's stats map (agent, runtime, serf, tags, event_handlers, ...)."""
         ...
@@ -392,6 +396,7 @@ class RPCServer:
             "leave": self._leave,
             "force-leave": self._force_leave,
             "tags": self._tags,
+            "reset-tags": self._reset_tags,
             "stats": self._stats,
             **{op: self._key_handler(op)
                for op in ("install-key", "use-key", "remove-key", "list-keys")},
@@ -606,6 +611,10 @@ class RPCServer:
         _, err = await self._call_agent(
             "set_tags", self.agent.set_tags(req["Tags"], req["DeleteTags"])
         )
+        return _Reply(err)
+
+    async def _reset_tags(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        _, err = await self._call_agent("reset_tags", self.agent.reset_tags(req["Keys"]))
         return _Reply(err)
 
     def _key_handler(self, op: str) -> Callable[[_Conn, dict[str, Any]], Awaitable[_Reply]]:

@@ -59,7 +59,7 @@ _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class Command(StrEnum):
-    """Every command of Serf 0.9.4's RPC, plus serfd's ``reload``."""
+    """Every command of Serf 0.9.4's RPC, plus serfd's ``reload`` and ``reset-tags``."""
 
     HANDSHAKE = "handshake"
     AUTH = "auth"
@@ -82,6 +82,7 @@ class Command(StrEnum):
     STATS = "stats"
     GET_COORDINATE = "get-coordinate"
     RELOAD = "reload"  # serfd's own: re-read the drop-ins
+    RESET_TAGS = "reset-tags"  # serfd's own: drop runtime tag changes
 
 
 # Error strings clients see, exactly as Serf's agent/ipc.go spells them.
@@ -102,7 +103,7 @@ ERRORS_WITHOUT_BODY = frozenset({ERR_UNSUPPORTED_COMMAND, ERR_HANDSHAKE_REQUIRED
 
 MUTATING_COMMANDS = frozenset({
     "join", "leave", "force-leave", "tags", "event", "query", "respond",
-    "install-key", "use-key", "remove-key", "reload",
+    "install-key", "use-key", "remove-key", "reload", "reset-tags",
 })
 
 
@@ -219,6 +220,8 @@ REQUEST_SCHEMAS: dict[str, Schema | None] = {
     "get-coordinate": {"Node": _to_str},
     # serfd's own: re-read the drop-ins; the reply's Error is "" or the config errors.
     "reload": None,
+    # serfd's own: drop the runtime tag changes of Keys (none: all), back to [tags].
+    "reset-tags": {"Keys": _to_str_list},
 }
 
 

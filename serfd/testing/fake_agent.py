@@ -69,6 +69,9 @@ class FakeAgent:
         new.update(tags)
         self.tags = new
 
+    async def reset_tags(self, keys: list[str]) -> None:
+        self.calls.append(("reset-tags", keys))
+
     def stats(self) -> dict[str, dict[str, str]]:
         return {
             "agent": {"name": "node0"},

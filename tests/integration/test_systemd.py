@@ -24,7 +24,9 @@ an operator sees:
   one (Restart=no in a drop-in) is seen as `failed`; n1 is downgraded to the previous
   release (tests/fixtures/serfd_0.1.0_all.deb, or
   $SERFD_TEST_PREVIOUS_DEB) and upgraded back, from the repository, keeping its
-  drop-ins, keyring and snapshot, restarted once and alive again on the others.
+  drop-ins, keyring and snapshot, restarted once and alive again on the others. Tags
+  set on n1 with `serfctl tags` survive `systemctl reload`, `systemctl restart` and that
+  downgrade and upgrade (the tags file), and the others see them.
 
 Needs root and the Debian tools listed in .ci/run; skips, naming what is missing,
 otherwise. The rootfs is cached in $SERFD_TEST_CACHE (default /var/cache/serfd-test);
@@ -539,6 +541,39 @@ def test_sigkill_is_seen_as_failed(cluster: dict[str, nspawn.Container]) -> None
     assert show(n3, "Result") == "signal"
 
 
+# Runtime tags on n1 (issue 11), kept through the downgrade and upgrade below (issue 12).
+RUNTIME_TAGS = "rack=r1,role=runtime,zone=z1"
+RUNTIME_TAGS_FILE = '{\n  "dc": null,\n  "role": "runtime",\n  "zone": "z1"\n}\n'
+
+
+def test_runtime_tags_survive_reload_and_restart(cluster: dict[str, nspawn.Container]) -> None:
+    n1, n2 = cluster["n1"], cluster["n2"]
+    n1.run("printf '[tags]\\nrole = \"config\"\\ndc = \"lab\"\\n' > /etc/serfd.d/70-tags.toml"
+           " && systemctl reload serfd")
+    n2.wait_for("serfctl members --name n1", lambda out: "dc=lab,role=config" in out, timeout=15)
+    assert n1.run("serfctl tags --set role=runtime --set zone=z1 --delete dc").stdout == \
+        "Successfully updated agent tags\n"
+    assert n1.run("cat /var/lib/serfd/tags").stdout == RUNTIME_TAGS_FILE
+    assert n1.run("stat -c '%U:%G %a' /var/lib/serfd/tags").stdout.strip() == "serfd:serfd 640"
+    n2.wait_for("serfctl members --name n1", lambda out: "role=runtime,zone=z1" in out,
+                timeout=15)
+    # A reload with a changed [tags]: the new key shows, the runtime changes stay.
+    n1.run("printf '[tags]\\nrack = \"r1\"\\nrole = \"reloaded\"\\n' > "
+           "/etc/serfd.d/71-tags.toml && systemctl reload serfd")
+    assert members(n1)["n1"][1] == RUNTIME_TAGS  # ExecReload waited for it
+    n2.wait_for("serfctl members --name n1", lambda out: RUNTIME_TAGS in out, timeout=15)
+    # A restart: a new process, the same tags, seen alive with them by the others.
+    pid = show(n1, "MainPID")
+    n1.run("systemctl restart serfd")
+    assert show(n1, "MainPID") != pid
+    assert members(n1)["n1"] == ("alive", RUNTIME_TAGS)
+    n2.wait_for("serfctl members --status alive --name n1", lambda out: RUNTIME_TAGS in out,
+                timeout=30)
+    assert "restored 3 runtime tag changes from /var/lib/serfd/tags" in n1.run(
+        "journalctl -u serfd -o cat").stdout
+    assert n1.run("serfd --check-config").stdout.count('tags_file = "/var/lib/serfd/tags"') == 1
+
+
 # ----------------------------------------------------------------------------------
 # Downgrade to the previous release and upgrade back, on a node of the running cluster
 
@@ -634,6 +669,19 @@ def test_downgrade_and_upgrade_keep_the_node(
         now = barrier_event()
         assert now[:len(events)] == events and len(now) == len(events) + 1, (step, events, now)
         events = now
+
+
+def test_upgrade_brings_the_runtime_tags_back(cluster: dict[str, nspawn.Container]) -> None:
+    # 0.1.0 knows no tags_file: it ran with [tags] alone and left the file as it was; the
+    # upgrade back reads it again (issue 12).
+    n1, n2 = cluster["n1"], cluster["n2"]
+    assert n1.run("cat /var/lib/serfd/tags").stdout == RUNTIME_TAGS_FILE
+    assert members(n1)["n1"] == ("alive", RUNTIME_TAGS)
+    n2.wait_for("serfctl members --status alive --name n1", lambda out: RUNTIME_TAGS in out,
+                timeout=15)
+    # And back to the configuration's tags when asked.
+    n1.run("serfctl tags --reset")
+    assert members(n1)["n1"][1] == "dc=lab,rack=r1,role=reloaded"
 
 
 # ----------------------------------------------------------------------------------
