@@ -12,7 +12,8 @@ once the previous one is dead everywhere, after a pause) and times, per crash:
 and counts false verdicts: ``leave`` notifications about a member that never crashed
 (one per observer: a live member declared dead by all of N-1 others counts N-1).
 ``false_verdicts`` counts them in a cluster where nobody crashes, under loss, stalls
-or CPU-starved members (``serfd.testing.slow``).
+or CPU-starved members (``serfd.testing.slow``); ``restart_verdicts`` those about a
+member killed and started again.
 
 The crash plan (victims, pauses) comes from its own ``random.Random(seed)``, so runs of
 one seed with different switches crash the same members at the same instants; the
@@ -43,6 +44,7 @@ __all__ = [
     "false_verdicts",
     "memberlist_of",
     "pct",
+    "restart_verdicts",
     "summary",
 ]
 
@@ -210,4 +212,32 @@ def false_verdicts(
         sim.run_until(sim.now + duration)
     else:
         sim.run_until(sim.now + duration)
+    return count
+
+
+def restart_verdicts(n: int, seed: int, config: dict[str, Any], down: float,
+                     loss: float = 0.0) -> int:
+    """``n`` converged members; one is killed and started again ``down`` s later at its
+    address, with no state, and joins n0 (as a restart with a snapshot rejoins). The
+    verdicts 'dead' about it, by anyone, over the next 30 s."""
+    plan = random.Random(seed)
+    sim = Sim(seed=seed, loss=loss, config=dict(config))
+    names = [f"n{i}" for i in range(n)]
+    sim.add_converged(names)
+    sim.run_until(sim.now + 5.0 + plan.random())
+    victim = names[plan.randrange(1, n)]
+    count = 0
+
+    def on_event(ev: Event) -> None:
+        nonlocal count
+        if ev.kind == "leave" and ev.node == victim:
+            count += 1
+
+    sim.on_event = on_event
+    addr = sim.nodes[victim].addr
+    sim.crash(victim)
+    sim.run_until(sim.now + down)
+    sim.start_core(victim, addr)
+    sim.join(victim, "n0")
+    sim.run_until(sim.now + 30.0)
     return count
