@@ -6,12 +6,12 @@ figures (``-s``; bench/detect_bench.py prints the full tables). The rules they h
 
 * a killed member (its host refuses TCP connects) is dead at every member in at most
   0.85x memberlist's time (median; issue 13's target), its p90 no later; measured:
-  0.37-0.47x at N = 20, 50, 100 (3.2-3.8 s against 7.1-10.2 s), because the suspicion
+  0.35-0.47x at N = 20, 50, 100 (3.2-3.8 s against 7.1-10.3 s), because the suspicion
   ends after the retransmit horizon (1.6 s, 2.4 s from 100 members) once verified and
   refused, instead of SuspicionMult x log10 N s;
 * a member whose machine is gone (connects time out) is detected no later at N = 20,
   where the verified floor (4 s + the horizon) is memberlist's own, and in at most 0.9x
-  its time at N = 50 and 100 (0.81-0.85x, and 0.75x at 100);
+  its time at N = 50 and 100 (measured 0.81-0.85x at 50, 0.75-0.77x at 100);
 * no more false 'failed' verdicts than under memberlist's rules, nor than with
   confirmation checks alone (serfd 0.2), under 10 % loss, members that stall for 2 to
   5 s, and CPU-starved members (0.6-1.5 s behind with 10 % loss, 2-4 s behind);
@@ -21,7 +21,7 @@ figures (``-s``; bench/detect_bench.py prints the full tables). The rules they h
 The stall bound: a verified suspicion still waits SuspicionMult x ProbeInterval (4 s)
 plus the horizon after the suspect's first failed probe (1 s), so a member that resumes
 within 5 s of the first ping it missed refutes in time, at any N; and within
-memberlist's own bound where that is shorter (N <= 30). Longer stalls can be fatal
+memberlist's own bound where that is shorter (N <= 25). Longer stalls can be fatal
 where memberlist would have waited (16 stalls per length and N, 5 % loss: serfd
 survives 6 s at N = 50 and 7 s at N = 100, memberlist's rules 7.5 s and over 8.5 s;
 at N = 20, where the floor is memberlist's, as often as with checks alone).
