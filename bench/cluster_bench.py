@@ -163,6 +163,7 @@ class RepResult:
     rep: int
     join_s: float = math.nan
     fail_s: float = math.nan
+    fail_sweep_s: list[float] = field(default_factory=list)  # poll sweeps while detecting
     rss_mib: list[float] = field(default_factory=list)
     cpu_pct: list[float] = field(default_factory=list)
     threads: list[int] = field(default_factory=list)
@@ -190,12 +191,17 @@ def poll_all(
     t0: float,
     timeout: float,
     interval: float,
+    sweeps: list[float] | None = None,
 ) -> float:
-    """Poll members on each agent until ``done(members)``; time (from t0) the last one got there."""
+    """Poll members on each agent until ``done(members)``; time (from t0) the last one got there.
+
+    An agent is seen done when the sweep reaches it, so the time is late by up to one
+    sweep (``sweeps``, if given, collects how long each took: N RPC round trips)."""
     pending = list(agents)
     last = 0.0
     deadline = t0 + timeout
     while pending:
+        start = time.monotonic()
         for a in list(pending):
             try:
                 members = clients[a.name].members()
@@ -207,6 +213,8 @@ def poll_all(
             if done(members):
                 last = time.monotonic() - t0
                 pending.remove(a)
+        if sweeps is not None:
+            sweeps.append(time.monotonic() - start)
         if not pending:
             break
         if time.monotonic() >= deadline:
@@ -323,7 +331,8 @@ def run_rep(
             def victim_failed(ms: Any) -> bool:
                 return any(m.name == victim.name and m.status == "failed" for m in ms)
 
-            res.fail_s = poll_all(others, poll_clients, victim_failed, t0, FAIL_TIMEOUT, 0.02)
+            res.fail_s = poll_all(others, poll_clients, victim_failed, t0, FAIL_TIMEOUT, 0.02,
+                                  res.fail_sweep_s)
             for c in poll_clients.values():
                 c.close()
         except Exception as exc:  # noqa: BLE001 - one bad rep must not lose the others
@@ -394,6 +403,7 @@ def report(n: int, results: list[RepResult], impls: Sequence[str], notes: dict[s
         ("query all-N responses (ms)", lambda rs: [x for r in rs for x in r.query_all_ms], 0),
         ("query done (ms)", lambda rs: [x for r in rs for x in r.query_done_ms], 0),
         ("SIGKILL -> all see failed (s)", lambda rs: [r.fail_s for r in rs], 2),
+        ("  poll sweep meanwhile (s)", lambda rs: [x for r in rs for x in r.fail_sweep_s], 3),
         ("RSS per agent (MiB)", lambda rs: [x for r in rs for x in r.rss_mib], 1),
         ("idle CPU per agent (% core)", lambda rs: [x for r in rs for x in r.cpu_pct], 2),
         ("threads per agent", lambda rs: [float(x) for r in rs for x in r.threads], 0),

@@ -572,6 +572,7 @@ _configs = st.builds(
     gossip_verify_incoming=st.booleans(),
     gossip_verify_outgoing=st.booleans(),
     gossip_confirm_suspicions=st.booleans(),
+    gossip_verified_suspicions=st.booleans(),
     rpc_socket_group=st.none() | st.sampled_from(["serfd", "0", "adm"]),
 )
 

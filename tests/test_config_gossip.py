@@ -1,4 +1,5 @@
-"""The [gossip] table: confirm_suspicions, validated, rendered, restart-only, plumbed."""
+"""The [gossip] table: confirm_suspicions and verified_suspicions, validated, rendered,
+restart-only, plumbed."""
 
 from __future__ import annotations
 
@@ -46,25 +47,37 @@ def test_confirm_suspicions_at_the_top_level_is_unknown(tmp_path: Path) -> None:
     assert err.startswith(f"{path}: confirm_suspicions: unknown key")
 
 
+def test_verified_suspicions_defaults_on_and_a_drop_in_turns_it_off(tmp_path: Path) -> None:
+    assert load_config(tmp_path).gossip_verified_suspicions is True
+    write(tmp_path, "50-off.toml", "[gossip]\nverified_suspicions = false\n")
+    cfg = load_config(tmp_path)
+    assert cfg.gossip_verified_suspicions is False
+    assert cfg.gossip_confirm_suspicions is True
+    assert cfg.sources["gossip.verified_suspicions"] == str(tmp_path / "50-off.toml")
+
+
 def test_gossip_table_renders_and_loads_back(tmp_path: Path) -> None:
-    cfg = Config(node_name="a", gossip_confirm_suspicions=False)
+    cfg = Config(node_name="a", gossip_confirm_suspicions=False, gossip_verified_suspicions=False)
     text = config_to_toml(cfg)
-    assert "[gossip]\nconfirm_suspicions = false\n" in text
+    assert "[gossip]\nconfirm_suspicions = false\nverified_suspicions = false\n" in text
     write(tmp_path, "check.toml", text)
     assert load_config(tmp_path) == cfg
 
 
-def test_confirm_suspicions_is_restart_only() -> None:
+@pytest.mark.parametrize("key", ["confirm_suspicions", "verified_suspicions"])
+def test_gossip_switches_are_restart_only(key: str) -> None:
     running = Config(node_name="a")
-    plan = plan_reload(running, Config(node_name="a", gossip_confirm_suspicions=False))
-    assert plan.restart_needed == ("gossip.confirm_suspicions",)
-    assert plan.applied.gossip_confirm_suspicions is True
+    plan = plan_reload(running, Config(node_name="a", **{f"gossip_{key}": False}))
+    assert plan.restart_needed == (f"gossip.{key}",)
+    assert getattr(plan.applied, f"gossip_{key}") is True
 
 
 @pytest.mark.parametrize("on", [True, False])
-def test_the_agent_builds_its_memberlist_with_the_switch(on: bool) -> None:
+def test_the_agent_builds_its_memberlist_with_the_switches(on: bool) -> None:
     from serfd.agent.agent import Agent
 
     cfg = Config(node_name="a", bind=("127.0.0.1", 7946), advertise=("127.0.0.1", 7946),
-                 gossip_confirm_suspicions=on)
-    assert Agent(cfg)._make_serf(0.0).config.memberlist.confirm_suspicions is on
+                 gossip_confirm_suspicions=on, gossip_verified_suspicions=not on)
+    memberlist = Agent(cfg)._make_serf(0.0).config.memberlist
+    assert memberlist.confirm_suspicions is on
+    assert memberlist.verified_suspicions is not on

@@ -171,6 +171,8 @@ class Agent:
             eager_gossip=True,
             # A suspicion we hear of is checked by our own probe at once ([gossip]).
             confirm_suspicions=cfg.gossip_confirm_suspicions,
+            # ... and one we verified that way ends sooner (shorter floor, [gossip]).
+            verified_suspicions=cfg.gossip_verified_suspicions,
         )
         sc = SerfConfig(
             node_name=cfg.node_name,

@@ -76,6 +76,7 @@ RESTART_FIELDS = frozenset({
     "gossip_verify_incoming",
     "gossip_verify_outgoing",
     "gossip_confirm_suspicions",  # part of the memberlist config the core is built with
+    "gossip_verified_suspicions",  # the same
     "broadcast_timeout",
     "reconnect_interval",
     "reconnect_timeout",

@@ -68,6 +68,12 @@ Order of events
   turns a member we held alive into a suspect starts a probe of it at once, beside the
   round-robin (``_checks``, at most ``max_confirm_checks``); only its failure adds our
   own suspicion, which by memberlist's rules is a confirmation. Nothing else is sent.
+* Verified suspicions (serfd, ``verified_suspicions``): when our own probe or check of a
+  suspect failed, our awareness score was 0 when it started, and the k confirmations
+  are in, the suspicion ends after SuspicionMult x ProbeInterval + the retransmit
+  horizon (RetransmitMult x ceil(log10(N+1)) x GossipInterval), or the horizon alone
+  when the suspect's host refused our TCP ping; never later than memberlist's
+  deadline (see _verify_suspicion). The dead sent then is memberlist's.
 * Join follow-up (serfd, ``join_follow_up``): JOIN_FOLLOW_UP_ROUNDS gossip intervals
   after a join's push/pull merged, one more push/pull (Join=false) with a random live
   member, and another after each one that taught us new members (at most
@@ -90,9 +96,14 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from serfd.base.ratelog import DropLog
-from serfd.memberlist.broadcast import TransmitLimitedQueue
+from serfd.memberlist.broadcast import TransmitLimitedQueue, retransmit_limit
 from serfd.memberlist.profiles import LAN, Profile, get_profile
-from serfd.memberlist.suspicion import Suspicion, confirmations_wanted, suspicion_timeout
+from serfd.memberlist.suspicion import (
+    Suspicion,
+    confirmations_wanted,
+    suspicion_timeout,
+    verified_suspicion_timeouts,
+)
 from serfd.wire.codec import DecodeError
 from serfd.wire.framing import (
     decode_push_pull,
@@ -154,6 +165,10 @@ USER_MSG_OVERHEAD = 1  # memberlist userMsgOverhead
 ENCRYPT_OVERHEAD = 29  # encryptOverhead(vsn 1): version byte + 12 nonce + 16 tag
 PUSH_PULL_SCALE_THRESHOLD = 32  # memberlist pushPullScaleThreshold
 _UINT32 = 0xFFFF_FFFF
+# serfd: how the driver's text for a failed stream ends (Go's, "dial tcp ip:port:
+# connect: connection refused", serfd.agent.gossip.describe_stream_error) when the peer's
+# host answered the connect with a reset: nothing listens on that port.
+REFUSED = "connection refused"
 
 _ALIVE = NodeStateType.ALIVE
 _SUSPECT = NodeStateType.SUSPECT
@@ -220,6 +235,10 @@ class MemberlistConfig:
     # _confirm_suspicion. At most max_confirm_checks at a time; more are refused, counted.
     confirm_suspicions: bool = False
     max_confirm_checks: int = 4
+    # Beyond memberlist: a suspicion that our own probe or check verified (it failed
+    # too, from a healthy node) and that has its k confirmations ends after a shorter
+    # floor; see _verify_suspicion. Nothing else changes; the dead is memberlist's.
+    verified_suspicions: bool = False
     # Beyond memberlist: after a successful join (a push/pull with Join=true merged),
     # one more push/pull with a random live member JOIN_FOLLOW_UP_ROUNDS gossip
     # intervals later, so that what the join burst's gossip missed is not left to the
@@ -424,12 +443,14 @@ class _Probe:
         "deadline",
         "done",
         "expected_nacks",
+        "healthy",
         "incarnation",
         "indirect",
         "nacks",
         "name",
         "ping",
         "pmax",
+        "refused",
         "seq",
         "start",
         "tcp_contacted",
@@ -457,6 +478,8 @@ class _Probe:
         self.tcp_pending = False
         self.tcp_contacted = False
         self.waiting_tcp = False
+        self.healthy = False  # our awareness score was 0 when it started
+        self.refused = False  # the TCP ping's connect was refused (nothing listens there)
 
 
 def _same(a: bytes | None, b: bytes | None) -> bool:
@@ -827,7 +850,7 @@ class Memberlist:
         elif kind is StreamKind.PUSH_PULL:
             self._push_pull_reply(plain, bool(data), now)
         elif kind is StreamKind.PING:
-            self._tcp_ping_reply(data, plain, now)
+            self._tcp_ping_reply(data, plain, now, error)
 
     # ------------------------------------------------------------------ transition rules
 
@@ -935,7 +958,14 @@ class Memberlist:
         n = self._est_num_nodes()
         k = confirmations_wanted(cfg.suspicion_mult, n)
         lo = suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
-        susp = Suspicion(s.from_, k, lo, cfg.suspicion_max_timeout_mult * lo, now)
+        verified: float | None = None
+        refused: float | None = None
+        if cfg.verified_suspicions:
+            verified, refused = verified_suspicion_timeouts(
+                cfg.suspicion_mult, n, cfg.probe_interval,
+                retransmit_limit(cfg.retransmit_mult, n), cfg.gossip_interval)
+        susp = Suspicion(s.from_, k, lo, cfg.suspicion_max_timeout_mult * lo, now,
+                         verified, refused)
         self._susp[s.node] = susp
         self._arm_suspicion(s.node, susp)
 
@@ -1031,6 +1061,9 @@ class Memberlist:
         if rec is None or rec.state != _SUSPECT or rec.state_change != susp.start:
             return
         self._count("suspect_timeout")
+        which = susp.shortened()
+        if which is not None:  # verified_suspicions: our floor, not memberlist's
+            self._count_activity(f"suspect_timeout_{which}")
         self._dead(Dead(rec.incarnation, rec.name, self.name), now)
 
     # ------------------------------------------------------------------ confirmation checks
@@ -1080,6 +1113,41 @@ class Memberlist:
             return
         self._count_activity("confirm_check")
         self._checks[rec.name] = self._launch_probe(rec, now, check=True)
+
+    def _verify_suspicion(self, probe: _Probe, now: float) -> None:
+        """Our own probe or check of a suspect failed (``verified_suspicions``): once the
+        k independent confirmations are in, its suspicion ends after a shorter floor
+        (``Suspicion.verify``, ``verified_suspicion_timeouts``).
+
+        Memberlist's floor, SuspicionMult x log10(N) x ProbeInterval, pays for the
+        suspicion reaching the suspect, its refutation coming back (both by gossip, so
+        scaled by log N) and slack for a suspect that is slow to answer. Here the
+        suspicion has reached it directly: each confirmation check pings it with the
+        suspicion attached, as memberlist's probe of a suspect does. What is left is
+        the way back, bounded by the retransmit horizon (how long the refutation is
+        gossiped: limit x GossipInterval), and the slack, kept at memberlist's floor of
+        a cluster of 10 (SuspicionMult x ProbeInterval). A member that stalls therefore
+        still refutes in time if it resumes within ProbeInterval (its first failed
+        probe) + SuspicionMult x ProbeInterval of the first ping it missed: 5 s on LAN,
+        at any N, and memberlist's own bound where that is shorter.
+
+        A refused TCP ping says more: the suspect's host answered the connect with a
+        reset, so nothing listens on its gossip port; a stopped or starved process keeps
+        its socket (the kernel accepts the connect), a dead host or a partition gives a
+        timeout. Then only the way back is waited for, should the member be restarting.
+
+        Only a probe that started while our awareness score was 0 counts: a node whose
+        own probes miss nacks may be the one in trouble and keeps memberlist's rules
+        (Lifeguard's argument). k confirmations are still needed: a node cut off alone
+        hears none. Refutations cancel a verified suspicion like any other.
+        """
+        rec = self._map.get(probe.name)
+        susp = self._susp.get(probe.name)
+        if (rec is None or susp is None or rec.state != _SUSPECT
+                or rec.incarnation != probe.incarnation):
+            return
+        if susp.verify(now, probe.refused):
+            self._arm_suspicion(probe.name, susp)
 
     # ------------------------------------------------------------------ probing
 
@@ -1132,6 +1200,7 @@ class Memberlist:
         period = cfg.probe_interval * (self._awareness + 1)
         ping = Ping(self._next_seq(), rec.name, self._self_addr, cfg.advertise_port, self.name)
         probe = _Probe(rec, ping, now, now + period, check)
+        probe.healthy = self._awareness == 0
 
         def on_ack(payload: bytes | None, t: float) -> None:
             self._probe_acked(probe, payload, t)
@@ -1207,8 +1276,10 @@ class Memberlist:
             return
         self._probe_conclude(probe, now)
 
-    def _tcp_ping_reply(self, probe: _Probe, plain: bytes | None, now: float) -> None:
+    def _tcp_ping_reply(self, probe: _Probe, plain: bytes | None, now: float,
+                        error: str = "") -> None:
         probe.tcp_pending = False
+        probe.refused = plain is None and error.endswith(REFUSED)
         if plain:
             try:
                 msg = decode_message(plain)
@@ -1233,6 +1304,8 @@ class Memberlist:
             self._count("probe_failed")
         self._probe_finish(probe, delta, now)
         self._suspect(Suspect(probe.incarnation, probe.name, self.name), now)
+        if probe.healthy and self.config.verified_suspicions:
+            self._verify_suspicion(probe, now)
 
     def _probe_finish(self, probe: _Probe, awareness_delta: int, now: float) -> None:
         probe.done = True

@@ -6,6 +6,9 @@ Theory of operation
   (latency, loss, partitions), seeded so every run is reproducible.
 * ``serf_sim``: the same network of Serf cores, driven through exactly the contract the
   agent drives (datagrams, streams and their outcomes, timers, commands, events).
+* ``slow``: ``SlowCore``, a stalled or CPU-starved node; ``detection``: failure
+  detection and false-verdict runs of a ``sim`` cluster under memberlist's or serfd's
+  rules.
 * ``clock``: ``FakeClock``, the agent services' :class:`~serfd.agent.clock.Clock` for
   unit tests: time moves only when the test advances it.
 * ``fake_agent``: a fake agent behind the real RPC server, on a loop thread, for the RPC

@@ -113,6 +113,7 @@ class SimNode:
     core: Core
     delegate: FakeDelegate | None = None  # a bare memberlist's stand-in for Serf
     up: bool = True
+    host_up: bool = True  # when down, its host is gone too: streams to it time out
     wake: float = float("inf")  # time of this node's pending timer event in the heap
 
 
@@ -211,9 +212,14 @@ class Sim:
         self.ml(name).start_push_pull(self.nodes[other].addr, True, self.now)
         self._service(self.nodes[name])
 
-    def crash(self, name: str) -> None:
-        """The node stops: no timers, nothing delivered to it, its streams fail."""
-        self.nodes[name].up = False
+    def crash(self, name: str, host: bool = False) -> None:
+        """The node stops: no timers, nothing delivered to it, its streams fail (at their
+        deadline, as every failed stream here): refused (a process that died: its host
+        answers a connect with a reset), or with ``host`` with no answer, a timeout (the
+        machine is gone)."""
+        node = self.nodes[name]
+        node.up = False
+        node.host_up = not host
 
     def partition(self, *groups: list[str]) -> None:
         """Only nodes in the same group can talk; nodes in no group are isolated."""
@@ -341,9 +347,11 @@ class Sim:
             target = self.by_addr.get(req.addr)
             if target is None or not target.up or not self._can_talk(node.name, target.name):
                 # No answer: the requester's side gives up at the deadline, with the
-                # text a dialer would give (nobody there, or nothing comes back).
-                why = ("connect: connection refused" if target is None or not target.up
-                       else "i/o timeout")
+                # text a dialer would give (nobody there, or nothing comes back; a
+                # reset from a crashed node's host does not cross a partition).
+                refused = target is None or (not target.up and target.host_up
+                                             and self._can_talk(node.name, target.name))
+                why = "connect: connection refused" if refused else "i/o timeout"
                 error = f"dial tcp {req.addr[0]}:{req.addr[1]}: {why}"
                 self._push(max(self.now, req.deadline), 2, (node, req, "reply", None, error))
                 return
