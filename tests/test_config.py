@@ -573,6 +573,8 @@ _configs = st.builds(
     gossip_verify_outgoing=st.booleans(),
     gossip_confirm_suspicions=st.booleans(),
     gossip_verified_suspicions=st.booleans(),
+    gossip_eager=st.booleans(),
+    gossip_join_follow_up=st.booleans(),
     rpc_socket_group=st.none() | st.sampled_from(["serfd", "0", "adm"]),
 )
 

@@ -64,7 +64,8 @@ def test_gossip_table_renders_and_loads_back(tmp_path: Path) -> None:
     assert load_config(tmp_path) == cfg
 
 
-@pytest.mark.parametrize("key", ["confirm_suspicions", "verified_suspicions"])
+@pytest.mark.parametrize("key", ["confirm_suspicions", "verified_suspicions", "eager",
+                                 "join_follow_up"])
 def test_gossip_switches_are_restart_only(key: str) -> None:
     running = Config(node_name="a")
     plan = plan_reload(running, Config(node_name="a", **{f"gossip_{key}": False}))
@@ -77,7 +78,20 @@ def test_the_agent_builds_its_memberlist_with_the_switches(on: bool) -> None:
     from serfd.agent.agent import Agent
 
     cfg = Config(node_name="a", bind=("127.0.0.1", 7946), advertise=("127.0.0.1", 7946),
-                 gossip_confirm_suspicions=on, gossip_verified_suspicions=not on)
+                 gossip_confirm_suspicions=on, gossip_verified_suspicions=not on,
+                 gossip_eager=on, gossip_join_follow_up=not on)
     memberlist = Agent(cfg)._make_serf(0.0).config.memberlist
     assert memberlist.confirm_suspicions is on
     assert memberlist.verified_suspicions is not on
+    assert memberlist.eager_gossip is on
+    assert memberlist.join_follow_up is not on
+
+
+@pytest.mark.parametrize("key", ["eager", "join_follow_up"])
+def test_eager_and_join_follow_up_default_on_and_a_drop_in_turns_them_off(
+        tmp_path: Path, key: str) -> None:
+    assert getattr(load_config(tmp_path), f"gossip_{key}") is True
+    write(tmp_path, "50-off.toml", f"[gossip]\n{key} = false\n")
+    cfg = load_config(tmp_path)
+    assert getattr(cfg, f"gossip_{key}") is False
+    assert cfg.sources[f"gossip.{key}"] == str(tmp_path / "50-off.toml")

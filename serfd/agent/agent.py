@@ -167,12 +167,16 @@ class Agent:
             # memberlist 1..5 speaking 2 (Serf pins it); Serf's delegate 2..5 at `protocol`.
             vsn=bytes([1, 5, 2, 2, 5, cfg.protocol]),
             # News (joins, suspicions, deaths, tag changes, user events, queries) goes
-            # out at once, in a gossip round run early (within the retransmit budget).
-            eager_gossip=True,
+            # out at once, in a gossip round run early (within the retransmit budget;
+            # [gossip] eager).
+            eager_gossip=cfg.gossip_eager,
             # A suspicion we hear of is checked by our own probe at once ([gossip]).
             confirm_suspicions=cfg.gossip_confirm_suspicions,
             # ... and one we verified that way ends sooner (shorter floor, [gossip]).
             verified_suspicions=cfg.gossip_verified_suspicions,
+            # After a join, more push/pulls with random members while they teach us
+            # members (catches what the burst's gossip missed, [gossip]).
+            join_follow_up=cfg.gossip_join_follow_up,
         )
         sc = SerfConfig(
             node_name=cfg.node_name,

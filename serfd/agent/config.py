@@ -106,6 +106,8 @@ class Config:
     # [gossip]: serfd's additions to memberlist's gossip (wire-compatible).
     gossip_confirm_suspicions: bool = True
     gossip_verified_suspicions: bool = True
+    gossip_eager: bool = True
+    gossip_join_follow_up: bool = True
     tags: Mapping[str, str] = field(default_factory=_empty_map)
     rpc_socket: Path = Path("/run/serfd/serfd.sock")
     rpc_socket_mode: int = 0o660
@@ -430,6 +432,8 @@ _KEYS: dict[str, _Key] = {
     "gossip_verify_outgoing": _Key("gossip_verify_outgoing", _boolean),
     "gossip.confirm_suspicions": _Key("gossip_confirm_suspicions", _boolean),
     "gossip.verified_suspicions": _Key("gossip_verified_suspicions", _boolean),
+    "gossip.eager": _Key("gossip_eager", _boolean),
+    "gossip.join_follow_up": _Key("gossip_join_follow_up", _boolean),
     "rpc.socket": _Key("rpc_socket", _socket_path, str),
     "rpc.socket_mode": _Key("rpc_socket_mode", _socket_mode, lambda mode: f"{mode:04o}"),
     "rpc.tcp": _Key(

@@ -77,6 +77,8 @@ RESTART_FIELDS = frozenset({
     "gossip_verify_outgoing",
     "gossip_confirm_suspicions",  # part of the memberlist config the core is built with
     "gossip_verified_suspicions",  # the same
+    "gossip_eager",  # the same
+    "gossip_join_follow_up",  # the same
     "broadcast_timeout",
     "reconnect_interval",
     "reconnect_timeout",
