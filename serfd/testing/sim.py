@@ -56,6 +56,9 @@ class FakeDelegate:
         self.user_msgs.append(data)
         self.sink(Event(now, self.name, "msg", ""))
 
+    def has_broadcasts(self) -> bool:
+        return bool(self.user_broadcasts)
+
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         out: list[bytes] = []
         used = 0
