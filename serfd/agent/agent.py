@@ -204,7 +204,8 @@ class Agent:
             self.serf, clock=self.clock, keyring=self.keyring, compress=cfg.enable_compression,
             verify_incoming=cfg.gossip_verify_incoming,
             verify_outgoing=cfg.gossip_verify_outgoing, counters=self.counters,
-            on_event=self._dispatch, on_conflict_lost=self._conflict_lost)
+            on_event=self._dispatch, on_conflict_lost=self._conflict_lost,
+            loop_lag=self.loop_lag)
         self.joins = Joiner(self.gossip, clock=self.clock, default_port=port)
         self.events = EventsService(cfg, self.gossip, clock=self.clock, spawn=self._spawn,
                                     config_dir=self.config_dir, loop=loop)
@@ -236,7 +237,6 @@ class Agent:
         adv = self._advertise()
         log.info("serfd %s: node %s bound to %s:%d, advertising %s:%d", __version__,
                  self.config.node_name, host, port, adv[0], adv[1])
-        self._spawn(self.loop_lag.run(asyncio.get_running_loop().time))
         self._started = True
         self._pump()
 
@@ -390,7 +390,8 @@ class Agent:
             },
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
-            "serfd": {"version": __version__, **self.recorder.stats(), **self.loop_lag.stats(),
+            "serfd": {"version": __version__, **self.recorder.stats(),
+                      **self.loop_lag.stats(self._now()),
                       **{k: str(v) for k, v in sorted(core.activity.items())},
                       **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }
