@@ -117,6 +117,44 @@ def test_the_ticker_records_member_and_query_clocks_every_interval(tmp_path: Pat
     assert (state.last_clock, state.last_query_clock) == (40, 19)
 
 
+def test_the_ticker_hands_the_writer_only_clocks_that_changed(tmp_path: Path) -> None:
+    """An idle agent's ticks queue nothing, so the writer thread is not woken for them."""
+    async def main() -> list[tuple[str, int]]:
+        clock = FakeClock()
+        core = Core()
+        rec = recorder(tmp_path, core, clock)
+        await rec.open()
+        assert rec.writer is not None
+        told: list[tuple[str, int]] = []
+        writer_clock, writer_query = rec.writer.clock, rec.writer.query
+
+        def tell_clock(t: int) -> None:
+            told.append(("clock", t))
+            writer_clock(t)
+
+        def tell_query(t: int) -> None:
+            told.append(("query", t))
+            writer_query(t)
+
+        rec.writer.clock = tell_clock  # type: ignore[method-assign]
+        rec.writer.query = tell_query  # type: ignore[method-assign]
+        await clock.advance(CLOCK_INTERVAL)  # the first tick tells both
+        await clock.advance(3 * CLOCK_INTERVAL)  # nothing changed: nothing told
+        core.clock.witness(40)
+        await clock.advance(CLOCK_INTERVAL)
+        rec.record(MemberEvent(EventType.MEMBER_JOIN, (member("a"),)))  # clock unchanged
+        core.query_clock.witness(9)
+        await clock.advance(2 * CLOCK_INTERVAL)
+        await rec.close()
+        return told
+
+    told = asyncio.run(main())
+    # (close() always records the final member clock)
+    assert told == [("clock", 1), ("query", 0), ("clock", 41), ("query", 9), ("clock", 41)]
+    state, _ = read_snapshot(tmp_path / "snapshot")
+    assert (state.last_clock, state.last_query_clock) == (40, 9)
+
+
 @pytest.mark.parametrize("rejoin", [False, True])
 def test_the_leave_marker_decides_whether_a_restart_rejoins(
         tmp_path: Path, rejoin: bool, caplog: pytest.LogCaptureFixture) -> None:

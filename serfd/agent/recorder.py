@@ -13,8 +13,8 @@ Theory of operation
   Serf's snapshotter does: joins and departures of members, the member clock after
   each, user-event and query LTimes.
 * Every :data:`CLOCK_INTERVAL` the ticker records the member clock and the query clock
-  (internal queries, key rotation for one, never become events) and lets the writer
-  recover from a cut queue or a thread that ended (``Snapshotter.check``).
+  (internal queries, key rotation for one, never become events) when they changed, and
+  lets the writer recover from a cut queue or a thread that ended (``Snapshotter.check``).
 * :meth:`~SnapshotRecorder.leave` writes the leave marker (a restart then does not
   rejoin unless ``rejoin_after_leave``); :meth:`~SnapshotRecorder.close` records the
   final clock and flushes the file off the loop.
@@ -90,6 +90,9 @@ class SnapshotRecorder:
         self._closed = False
         self._previous: list[tuple[str, str]] = []
         self._ticker: Timer | None = None
+        # The clocks last handed to the writer: the ticker wakes its thread only for news.
+        self._told_clock = -1
+        self._told_query = -1
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -150,7 +153,7 @@ class SnapshotRecorder:
                     writer.member_alive(m.name, format_addr(m.addr, m.port))
                 elif ev.type in (EventType.MEMBER_LEAVE, EventType.MEMBER_FAILED):
                     writer.member_gone(m.name)
-            writer.clock(self._core.clock.time())
+            self._tell_clock(writer)
         elif isinstance(ev, UserEvent):
             log.debug("delivered user event %s (ltime %d)", ev.name, ev.ltime)
             writer.user_event(ev.ltime)
@@ -183,11 +186,22 @@ class SnapshotRecorder:
             return
         try:
             writer.check()  # a writer that fell behind or ended
-            writer.clock(self._core.clock.time())
+            self._tell_clock(writer)
             # Internal queries (key rotation, ...) are handled inside Serf; keep their clock.
-            writer.query(self._core.query_clock.time() - 1)
+            query = self._core.query_clock.time() - 1
+            if query != self._told_query:
+                writer.query(query)
+                self._told_query = query
         finally:
             self._arm_ticker()
+
+    def _tell_clock(self, writer: Snapshotter) -> None:
+        """The member clock to the writer, unless it already has this value (an idle
+        agent's ticks then cost the writer thread no wake-up)."""
+        clock = self._core.clock.time()
+        if clock != self._told_clock:
+            writer.clock(clock)
+            self._told_clock = clock
 
     # ------------------------------------------------------------------ reporting
 
