@@ -213,6 +213,7 @@ class Agent:
         self.reload_hooks.append(self._reload_events)
         self.recorder = SnapshotRecorder(cfg, self.serf, clock=self.clock)
         await self.recorder.open()
+        self.gossip.on_pump = self.recorder.poke  # only the core's inputs move its clocks
         self.keys = KeyService(self.gossip, self.keyring, self.keyring_path,
                                node_name=cfg.node_name,
                                response_limit=self.serf.config.query_response_size_limit,
