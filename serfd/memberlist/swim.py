@@ -493,7 +493,8 @@ class Memberlist:
         self._probe_tick_pending = False
         self._tokens = 0
         self._pending_streams: dict[int, tuple[StreamKind, Any]] = {}
-        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        # (when, seq, callback, the probe it serves: dropped unrun once that probe is done)
+        self._timers: list[tuple[float, int, Callable[[float], None], _Probe | None]] = []
         self._timer_seq = 0
         self._out_datagrams: list[tuple[bytes, Addr]] = []
         self._out_streams: list[StreamRequest] = []
@@ -590,7 +591,10 @@ class Memberlist:
 
     def get_timer(self) -> float | None:
         """The next absolute time something is due (``handle_timer``), or None."""
-        due = self._timers[0][0] if self._timers else None
+        timers = self._timers
+        while timers and (owner := timers[0][3]) is not None and owner.done:
+            heapq.heappop(timers)  # e.g. the ProbeTimeout of a probe acked in time
+        due = timers[0][0] if timers else None
         if self._gossip_at is not None:
             if self._has_broadcasts():
                 if self._gossip_idle:
@@ -614,8 +618,9 @@ class Memberlist:
         self._clock = max(self._clock, now)
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, fn = heapq.heappop(timers)
-            fn(now)
+            _, _, fn, owner = heapq.heappop(timers)
+            if owner is None or not owner.done:
+                fn(now)
         if self._gossip_at is not None and now >= self._gossip_at:
             self._gossip_tick(now)
         self._gossip_idle = False  # until get_timer() finds the queues empty again
@@ -1166,8 +1171,8 @@ class Memberlist:
             # Tell a suspect node what we think so it can refute.
             sus = Suspect(rec.incarnation, rec.name, self.name)
             self._send_raw([ping.encode(), sus.encode()], rec.address, rec)
-        self._at(now + cfg.probe_timeout, lambda t: self._probe_indirect(probe, t))
-        self._at(probe.deadline, lambda t: self._probe_deadline(probe, t))
+        self._at(now + cfg.probe_timeout, lambda t: self._probe_indirect(probe, t), probe)
+        self._at(probe.deadline, lambda t: self._probe_deadline(probe, t), probe)
         return probe
 
     def _probe_acked(self, probe: _Probe, payload: bytes | None, now: float) -> None:
@@ -1562,9 +1567,11 @@ class Memberlist:
 
     # ------------------------------------------------------------------ helpers
 
-    def _at(self, when: float, fn: Callable[[float], None]) -> None:
+    def _at(self, when: float, fn: Callable[[float], None], probe: _Probe | None = None) -> None:
+        """Call ``fn(now)`` at ``when``; with ``probe``, only if that probe is not done
+        by then (get_timer() then asks for no wake-up for it)."""
         self._timer_seq += 1
-        heapq.heappush(self._timers, (when, self._timer_seq, fn))
+        heapq.heappush(self._timers, (when, self._timer_seq, fn, probe))
 
     def _count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1

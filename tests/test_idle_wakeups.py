@@ -1,5 +1,6 @@
-"""Idle gossip ticks: a node with nothing queued is not woken for a gossip tick, and a
-broadcast queued later still goes out on the ticker's next tick, then every interval."""
+"""What an idle node wakes for. Gossip ticks: not while nothing is queued; a broadcast
+queued later still goes out on the ticker's next tick, then every interval. A probe acked
+in time: not for its ProbeTimeout."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from serfd.core.serf import UserEvent
 from serfd.memberlist.swim import Memberlist
 from serfd.testing.serf_sim import build_cluster
-from serfd.wire.messages import Alive
+from serfd.wire.messages import Ack, Alive, NodeStateType, Ping
+from serfd.wire.packet import encode_packet
 from tests.test_swim import alive, core, feed, sent
 
 GOSSIP = 0.2  # MemberlistConfig.gossip_interval (LAN)
@@ -82,9 +84,10 @@ def test_an_idle_serf_cluster_wakes_only_to_probe_and_a_user_event_still_spreads
     calls = sim.stats.timer_calls
     sim.run_for(10.0)
     idle_calls = sim.stats.timer_calls - calls
-    # Per node and second: the probe tick and the probe's ProbeTimeout (the deadline
-    # falls on the next tick), no 5 gossip ticks; a little slack for Serf's own timers.
-    assert idle_calls <= 4 * 10 * 2.5, idle_calls
+    # Per node and second: the probe tick (the probe's deadline falls on the next tick,
+    # its ProbeTimeout is dropped once the ack is in), no 5 gossip ticks; a little slack
+    # for Serf's own timers.
+    assert idle_calls <= 4 * 10 * 1.25, idle_calls
     sim.serf("n0").user_event("deploy", b"v1", False, sim.now)
     sim.service("n0")
 
@@ -102,3 +105,37 @@ def test_an_idle_serf_cluster_wakes_only_to_probe_and_a_user_event_still_spreads
 
     # One gossip tick (0.2 s) at most to go out, a second round for any it missed.
     assert sim.run_until(sim.now + 0.5, collect, every=0.01)
+
+
+def test_no_wakeup_for_the_probe_timeout_of_a_probe_acked_in_time() -> None:
+    m, _, _ = core(push_pull_interval=0.0)
+    feed(m, alive("a", 1), now=0.0)
+    wakeups: list[float] = []
+    pings: list[float] = []
+    # ``a`` acks every ping at once; the alives' retransmits are over well before 10 s.
+    while (t := m.get_timer()) is not None and t <= 20.0:
+        if t >= 10.0:
+            wakeups.append(t)
+        m.handle_timer(t)
+        for msgs, to in sent(m):
+            if isinstance(msgs[0], Ping):
+                pings.append(t)
+                m.receive_datagram(_packet(Ack(msgs[0].seq_no).encode()), to, t + 0.001)
+                sent(m)
+    assert m.num_queued() == 0
+    assert m.get_node("a").state == NodeStateType.ALIVE  # type: ignore[union-attr]
+    # One wake-up per ProbeInterval, the tick (the probe's deadline falls on the next
+    # one): the ProbeTimeout, 0.5 s after each ping, is dropped once the ack is in.
+    assert len([p for p in pings if p >= 10.0]) >= 5  # (a tick may pass over ourselves)
+    assert len(wakeups) == 10
+    assert all(b - a == pytest.approx(1.0) for a, b in pairwise(wakeups))
+    # Unanswered, the ProbeTimeout still fires (0.5 s after the ping).
+    t = m.get_timer()
+    assert t is not None
+    m.handle_timer(t)
+    assert any(isinstance(msgs[0], Ping) for msgs, _ in sent(m))
+    assert m.get_timer() == pytest.approx(t + 0.5)
+
+
+def _packet(msg: bytes) -> bytes:
+    return encode_packet([msg], compress=False, crc=False)
