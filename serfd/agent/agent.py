@@ -37,7 +37,6 @@ import fcntl
 import ipaddress
 import logging
 import os
-import platform
 import random
 import signal
 import socket
@@ -372,6 +371,8 @@ class Agent:
         self._stop.set()
 
     def stats(self) -> dict[str, dict[str, str]]:
+        import platform  # only for serfctl info
+
         core = self.serf.counters_view()
         drops: dict[str, int] = {}
         for src in (self.counters, self.events.counters, self.recorder.counters, core.dropped,
