@@ -21,7 +21,7 @@ Measured on the receiver from the first command until ``--window`` s after the f
   50 ms, p50/p99/max (a call with no answer counts as its elapsed time): the measure
   both implementations share;
 * serfd's own event-loop lag (``loop_lag_p99_ms``/``max`` of ``serfctl info``: how late
-  a 100 ms sleep on its loop woke, over the last minute), read at the end of the window;
+  its loop ran its gossip timer, over the last minute), read at the end of the window;
 * RSS (``VmRSS``) just before the flood, its peak in the window, and at the end;
 * CPU seconds of the receiver process (utime+stime) in the window; time from the end of
   the flood (and after the queries arrived) to the end of the first 2 s under 5 % of a

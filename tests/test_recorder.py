@@ -93,19 +93,20 @@ def test_events_are_recorded_and_restored_when_the_snapshot_is_reopened(tmp_path
     assert rec2.previous_members() == [("a", "10.0.0.1:7946")]  # never ourselves
 
 
-def test_the_ticker_records_member_and_query_clocks_every_interval(tmp_path: Path) -> None:
+def test_the_ticker_records_member_and_query_clocks_after_they_moved(tmp_path: Path) -> None:
     async def main() -> None:
         clock = FakeClock()
         core = Core()
         rec = recorder(tmp_path, core, clock)
         await rec.open()
-        assert clock.pending() == 1  # the ticker
+        assert clock.pending() == 1  # the first tick: the clocks as restored
         core.clock.witness(40)  # 41
         core.query_clock.witness(9)  # 10: internal queries never become events
         await clock.advance(CLOCK_INTERVAL)
         core.query_clock.witness(19)  # 20
-        await clock.advance(CLOCK_INTERVAL)  # the ticker re-armed itself
+        rec.poke()  # what the gossip driver calls after each input the core handled
         assert clock.pending() == 1
+        await clock.advance(CLOCK_INTERVAL)
         # What close() records is only the member clock; make it older than the ticks so
         # only the ticker can have put 40 in the file.
         core.clock = LamportClock(1)
@@ -115,6 +116,80 @@ def test_the_ticker_records_member_and_query_clocks_every_interval(tmp_path: Pat
     asyncio.run(main())
     state, _ = read_snapshot(tmp_path / "snapshot")
     assert (state.last_clock, state.last_query_clock) == (40, 19)
+
+
+def test_an_idle_recorder_arms_no_ticker(tmp_path: Path) -> None:
+    """Once the writer has what the ticks gave it, the ticker stops; a poke re-arms it
+    only when a clock moved, a record re-arms it to check on the writer."""
+    from tests.support import until
+
+    async def main() -> None:
+        clock = FakeClock()
+        core = Core()
+        rec = recorder(tmp_path, core, clock)
+        await rec.open()
+        writer = rec.writer
+        assert writer is not None
+        await clock.advance(CLOCK_INTERVAL)  # the first tick
+        await until(lambda: not writer.unsettled, "the writer took the clocks")
+        await clock.advance(CLOCK_INTERVAL)  # a tick armed while it was busy, if any
+        assert clock.pending() == 0
+        rec.poke()  # an input that moved no clock
+        assert clock.pending() == 0
+        core.clock.witness(7)
+        rec.poke()
+        assert clock.pending() == 1
+        await clock.advance(CLOCK_INTERVAL)
+        await until(lambda: not writer.unsettled, "the writer took the clock")
+        await clock.advance(CLOCK_INTERVAL)
+        assert clock.pending() == 0
+        rec.record(UserEvent(3, "deploy", b"", False))
+        assert clock.pending() == 1
+        await rec.close()
+
+    asyncio.run(main())
+    state, _ = read_snapshot(tmp_path / "snapshot")
+    assert (state.last_clock, state.last_event_clock) == (7, 3)
+
+
+def test_the_ticker_hands_the_writer_only_clocks_that_changed(tmp_path: Path) -> None:
+    """An idle agent's ticks queue nothing, so the writer thread is not woken for them."""
+    async def main() -> list[tuple[str, int]]:
+        clock = FakeClock()
+        core = Core()
+        rec = recorder(tmp_path, core, clock)
+        await rec.open()
+        assert rec.writer is not None
+        told: list[tuple[str, int]] = []
+        writer_clock, writer_query = rec.writer.clock, rec.writer.query
+
+        def tell_clock(t: int) -> None:
+            told.append(("clock", t))
+            writer_clock(t)
+
+        def tell_query(t: int) -> None:
+            told.append(("query", t))
+            writer_query(t)
+
+        rec.writer.clock = tell_clock  # type: ignore[method-assign]
+        rec.writer.query = tell_query  # type: ignore[method-assign]
+        await clock.advance(CLOCK_INTERVAL)  # the first tick tells both
+        await clock.advance(3 * CLOCK_INTERVAL)  # nothing changed: nothing told
+        core.clock.witness(40)
+        rec.poke()  # as the gossip driver does after each input
+        await clock.advance(CLOCK_INTERVAL)
+        rec.record(MemberEvent(EventType.MEMBER_JOIN, (member("a"),)))  # clock unchanged
+        core.query_clock.witness(9)
+        rec.poke()
+        await clock.advance(2 * CLOCK_INTERVAL)
+        await rec.close()
+        return told
+
+    told = asyncio.run(main())
+    # (close() always records the final member clock)
+    assert told == [("clock", 1), ("query", 0), ("clock", 41), ("query", 9), ("clock", 41)]
+    state, _ = read_snapshot(tmp_path / "snapshot")
+    assert (state.last_clock, state.last_query_clock) == (40, 9)
 
 
 @pytest.mark.parametrize("rejoin", [False, True])
@@ -183,3 +258,20 @@ def test_a_disk_fault_shows_in_stats_and_status(
     assert bad_stats["snapshot_error"].startswith("No space left on device since ")
     assert int(bad_stats["snapshot_write_errors"]) >= 1
     assert bad_status.startswith("snapshot: error: No space left on device since ")
+
+
+def test_the_agent_records_a_clock_an_input_moved() -> None:
+    """The wiring: the gossip driver pokes the recorder after each input it pumped."""
+    from tests.support import running_agent, until
+
+    async def main() -> None:
+        async with running_agent() as agent:
+            path = agent.recorder.path
+            # Idle: the first tick recorded the clocks as restored, the writer has them.
+            await until(lambda: not agent.recorder.ticking, "an idle recorder")
+            agent.serf.clock.witness(99)  # as a message from a peer would: clock 100
+            assert agent.gossip is not None
+            agent.gossip.pump()  # after that input
+            await until(lambda: read_snapshot(path)[0].last_clock == 99, "clock on disk")
+
+    asyncio.run(main())

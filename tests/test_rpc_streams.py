@@ -270,7 +270,7 @@ def test_auth_compares_in_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(rpc_mod.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # rpc_server imports it when used
     s = ServerThread(os.path.join(sockdir, "s.sock"), auth_key="s3cret-tökén")
     try:
         target = s.socket_path if where == "unix" else s.tcp

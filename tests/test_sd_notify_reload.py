@@ -172,6 +172,27 @@ def test_notifier_without_systemd_is_silent(monkeypatch: pytest.MonkeyPatch) -> 
     n.stopping()  # no socket: nothing raises
 
 
+def test_keepalive_without_systemd_ends_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody to tell: no wake-ups every interval, no STATUS lines built."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    n = Notifier.from_env()
+    built: list[int] = []
+    slept: list[float] = []
+
+    def status() -> str:
+        built.append(1)
+        return "x"
+
+    async def fake_sleep(interval: float) -> None:
+        slept.append(interval)
+        if len(slept) == 3:
+            raise asyncio.CancelledError
+
+    asyncio.run(n.keepalive(status, sleep=fake_sleep))  # returns: no CancelledError
+    assert built == [] and slept == []
+
+
 def test_notifier_survives_a_vanished_socket(notify: NotifySocket) -> None:
     n = Notifier.from_env()
     notify.close()

@@ -80,7 +80,9 @@ def test_no_false_deaths_without_tcp_fallback_under_heavy_loss() -> None:
     _build(sim, 30)
     sim.run_until(120.0)
     assert _false_deaths(sim, set()) == []
-    assert sim.converged()
+    # At this loss some false suspicion is running at about one instant in five: the
+    # views agree again once it is refuted.
+    assert sim.run_until(130.0, sim.converged)
     refuted = max(n.core.get_node(n.name).incarnation for n in sim.live())  # type: ignore[union-attr]
     assert refuted > 1, "expected at least one refuted suspicion at this loss rate"
 

@@ -40,7 +40,6 @@ import fcntl
 import ipaddress
 import logging
 import os
-import platform
 import random
 import signal
 import socket
@@ -224,7 +223,8 @@ class Agent:
             self.serf, clock=self.clock, keyring=self.keyring, compress=cfg.enable_compression,
             verify_incoming=cfg.gossip_verify_incoming,
             verify_outgoing=cfg.gossip_verify_outgoing, counters=self.counters,
-            on_event=self._dispatch, on_conflict_lost=self._conflict_lost)
+            on_event=self._dispatch, on_conflict_lost=self._conflict_lost,
+            loop_lag=self.loop_lag)
         self.joins = Joiner(self.gossip, clock=self.clock, default_port=port)
         self.tags = TagService(self.gossip, cfg.tags, cfg.tags_file, overrides)
         self.events = EventsService(cfg, self.gossip, clock=self.clock, spawn=self._spawn,
@@ -233,6 +233,7 @@ class Agent:
         self.reload_hooks.append(self._reload_events)
         self.recorder = SnapshotRecorder(cfg, self.serf, clock=self.clock)
         await self.recorder.open()
+        self.gossip.on_pump = self.recorder.poke  # only the core's inputs move its clocks
         self.keys = KeyService(self.gossip, self.keyring, self.keyring_path,
                                node_name=cfg.node_name,
                                response_limit=self.serf.config.query_response_size_limit,
@@ -257,7 +258,6 @@ class Agent:
         adv = self._advertise()
         log.info("serfd %s: node %s bound to %s:%d, advertising %s:%d", __version__,
                  self.config.node_name, host, port, adv[0], adv[1])
-        self._spawn(self.loop_lag.run(asyncio.get_running_loop().time))
         self._started = True
         self._pump()
 
@@ -392,6 +392,8 @@ class Agent:
         self._stop.set()
 
     def stats(self) -> dict[str, dict[str, str]]:
+        import platform  # only for serfctl info
+
         core = self.serf.counters_view()
         drops: dict[str, int] = {}
         for src in (self.counters, self.events.counters, self.recorder.counters, core.dropped,
@@ -412,7 +414,8 @@ class Agent:
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
             "runtime_tags": self.tags.stats(),
-            "serfd": {"version": __version__, **self.recorder.stats(), **self.loop_lag.stats(),
+            "serfd": {"version": __version__, **self.recorder.stats(),
+                      **self.loop_lag.stats(self._now()),
                       "tags_file": str(self.tags.path or ""),
                       **{k: str(v) for k, v in sorted(core.activity.items())},
                       **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},

@@ -23,7 +23,6 @@ Go strings; loading that output gives an equal `Config` (`--check-config`).
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import re
@@ -34,8 +33,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-
-import tomli_w
 
 from serfd.base.duration import format_duration, parse_duration
 from serfd.wire.serf_messages import encode_tags
@@ -501,6 +498,8 @@ def _syntax_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> str:
 
 
 def _unknown(key: str, candidates: list[str]) -> str:
+    import difflib  # only for a config with a typo
+
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
     return f"unknown key{hint}"
@@ -661,6 +660,8 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
         header += "# merged from: " + ", ".join(files) + "\n"
     else:
         header += "# all defaults (no settings in any drop-in)\n"
+    import tomli_w  # only for --check-config
+
     return header + "\n" + tomli_w.dumps(top)
 
 

@@ -20,7 +20,9 @@ core produced:
    :meth:`force_leave`, ``QueryRecordEvent`` a :meth:`query`'s callback (one loop
    iteration later, so an RPC header always goes first);
    ``ConflictLost`` (we lost a name conflict vote) goes to ``on_conflict_lost``;
-4. the one timer is re-armed for ``serf.get_timer()``.
+4. the one timer is re-armed for ``serf.get_timer()``; each firing tells ``loop_lag``
+   (:class:`~serfd.agent.looplag.LoopLag`) how late the loop ran it;
+5. ``on_pump`` is called (the snapshot recorder looks whether a clock moved).
 
 Nothing here polls: every wait is a future resolved by a core event.
 
@@ -43,6 +45,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from serfd.agent.clock import Clock, Timer
+from serfd.agent.looplag import LoopLag
 from serfd.agent.tasks import TaskSet
 from serfd.base.ratelog import DropLog
 from serfd.core.member import Member
@@ -136,7 +139,9 @@ class GossipDriver:
                  compress: bool = True, verify_incoming: bool = True,
                  verify_outgoing: bool = True, counters: dict[str, int] | None = None,
                  on_event: Callable[[DeliveredEvent], None] | None = None,
-                 on_conflict_lost: Callable[[ConflictLost], None] | None = None) -> None:
+                 on_conflict_lost: Callable[[ConflictLost], None] | None = None,
+                 loop_lag: LoopLag | None = None,
+                 on_pump: Callable[[], None] | None = None) -> None:
         self.serf = serf
         self.clock = clock
         # The keyring is the one the core uses, mutated in place by key rotation.
@@ -152,6 +157,9 @@ class GossipDriver:
         self._tcp_server: asyncio.Server | None = None
         self._timer: Timer | None = None
         self._timer_at: float | None = None
+        self._timer_expected = 0.0  # when it should fire: its due time, or when armed if later
+        self.loop_lag = loop_lag  # fed how late each firing of the timer came
+        self.on_pump = on_pump  # called after each pump: the core handled an input
         self._tasks = TaskSet(log, "gossip", counters=self.counters, error_key="core_errors")
         self._inbound_streams = 0  # _on_stream tasks (MAX_INBOUND_STREAMS)
         self._outbound_streams = 0  # non-join _outbound_stream tasks (MAX_OUTBOUND_STREAMS)
@@ -273,13 +281,23 @@ class GossipDriver:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = due
-            self._timer = None if due is None else self.clock.call_at(due, self._on_timer)
+            if due is None:
+                self._timer = None
+            else:
+                self._timer = self.clock.call_at(due, self._on_timer)
+                if self.loop_lag is not None:
+                    self._timer_expected = max(due, self.clock.now())
+        if self.on_pump is not None:
+            self.on_pump()
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        now = self.now()
+        if self.loop_lag is not None:
+            self.loop_lag.observe(self._timer_expected, now)
         try:
-            self.serf.handle_timer(self.now())
+            self.serf.handle_timer(now)
         except Exception:  # a bug in the core must not stop the loop
             log.exception("core timer handling failed")
             self._count("core_errors")

@@ -1,40 +1,56 @@
-"""Event-loop lag: how late the agent's loop runs a callback it scheduled, over the last minute.
+"""Event-loop lag: how late the agent's loop runs the timers it armed, over the last minute.
 
 serfd does everything on one asyncio loop, so a stall anywhere (a costly peer message, a
-slow callback) delays every ack, RPC answer and timer. A probe sleeps ``interval`` seconds
-on the loop, again and again, and records how much later than asked it woke up. The
-latest ``window`` samples (a bounded ring) give the p50/p99/max that ``serfctl info``
+slow callback) delays every ack, RPC answer and timer. The gossip driver's one timer
+(the core's next deadline: gossip ticks while anything is queued, the probe every
+second, its timeouts) is armed for an instant and fires some time after it; each firing
+is a sample of how much later than asked the loop ran it (:meth:`LoopLag.observe`).
+The timer never waits more than a probe interval, so a stall of the loop always shows,
+and sampling it costs no wake-up of its own (a sleeper of its own, ten times a second,
+was most of an idle agent's wake-ups). The samples of the last :data:`WINDOW` seconds
+(at most :data:`MAX_SAMPLES`, the latest) give the p50/p99/max that ``serfctl info``
 shows as ``loop_lag_*_ms``: the figure the hostile-peer flood benchmark reports.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
 
 __all__ = ["LoopLag"]
 
-INTERVAL = 0.1  # s between two samples
-WINDOW = 600  # samples kept: the last minute
+WINDOW = 60.0  # s of samples kept
+MAX_SAMPLES = 600  # at most this many (the latest), however busy the timer is
 
 
 class LoopLag:
-    """Samples the loop's lateness; ``stats()`` summarises the kept samples in ms."""
+    """Lateness samples of the last ``window`` seconds; ``stats()`` summarises them in ms."""
 
-    def __init__(self, interval: float = INTERVAL, window: int = WINDOW) -> None:
-        self.interval = interval
-        self.samples: deque[float] = deque(maxlen=window)
+    def __init__(self, window: float = WINDOW, max_samples: int = MAX_SAMPLES) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, float]] = deque(maxlen=max_samples)  # (when, lag)
 
-    def record(self, lag: float) -> None:
-        """Keep one lateness sample (seconds; never negative)."""
-        self.samples.append(max(0.0, lag))
+    def observe(self, due: float, now: float) -> None:
+        """A timer armed for ``due`` ran at ``now`` (seconds of the loop's clock)."""
+        self.record(now - due, now)
 
-    def stats(self) -> dict[str, str]:
-        """``loop_lag_p50_ms``, ``loop_lag_p99_ms`` and ``loop_lag_max_ms`` (nearest rank)."""
+    def record(self, lag: float, now: float) -> None:
+        """Keep one lateness sample (seconds; never negative) taken at ``now``."""
+        self.samples.append((now, max(0.0, lag)))
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        samples = self.samples
+        horizon = now - self.window
+        while samples and samples[0][0] < horizon:
+            samples.popleft()
+
+    def stats(self, now: float) -> dict[str, str]:
+        """``loop_lag_p50_ms``, ``loop_lag_p99_ms`` and ``loop_lag_max_ms`` (nearest rank)
+        of the samples taken in the ``window`` before ``now``."""
+        self._expire(now)
         if not self.samples:
             return {}
-        xs = sorted(self.samples)
+        xs = sorted(lag for _, lag in self.samples)
 
         def rank(percent: int) -> float:
             return xs[min(len(xs) - 1, max(0, -(-len(xs) * percent // 100) - 1))]
@@ -44,11 +60,3 @@ class LoopLag:
             "loop_lag_p99_ms": f"{rank(99) * 1e3:.1f}",
             "loop_lag_max_ms": f"{xs[-1] * 1e3:.1f}",
         }
-
-    async def run(self, clock: Callable[[], float],
-                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """Forever: sleep one interval, record how much longer it took."""
-        while True:
-            start = clock()
-            await sleep(self.interval)
-            self.record(clock() - start - self.interval)

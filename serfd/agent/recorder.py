@@ -12,9 +12,14 @@ Theory of operation
 * :meth:`~SnapshotRecorder.record` sees every core event *before* coalescing, as
   Serf's snapshotter does: joins and departures of members, the member clock after
   each, user-event and query LTimes.
-* Every :data:`CLOCK_INTERVAL` the ticker records the member clock and the query clock
-  (internal queries, key rotation for one, never become events) and lets the writer
-  recover from a cut queue or a thread that ended (``Snapshotter.check``).
+* The ticker records the member clock and the query clock (internal queries, key
+  rotation for one, never become events) at most :data:`CLOCK_INTERVAL` after they
+  changed, and lets the writer recover from a cut queue or a thread that ended
+  (``Snapshotter.check``). Serf polls every 500 ms; here the gossip driver calls
+  :meth:`~SnapshotRecorder.poke` after each input the core handled (only inputs move
+  the clocks), and the ticker is armed only when a clock moved, a record was queued or
+  the writer is unsettled (:attr:`Snapshotter.unsettled`): an idle agent never wakes
+  for it.
 * :meth:`~SnapshotRecorder.leave` writes the leave marker (a restart then does not
   rejoin unless ``rejoin_after_leave``); :meth:`~SnapshotRecorder.close` records the
   final clock and flushes the file off the loop.
@@ -90,6 +95,9 @@ class SnapshotRecorder:
         self._closed = False
         self._previous: list[tuple[str, str]] = []
         self._ticker: Timer | None = None
+        # The clocks last handed to the writer: the ticker wakes its thread only for news.
+        self._told_clock = -1
+        self._told_query = -1
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,7 +121,7 @@ class SnapshotRecorder:
                              post=loop.call_soon_threadsafe)
         writer.start(rewrite=bool(warnings))
         self.writer = writer
-        self._arm_ticker()
+        self._arm_ticker()  # the first tick records the clocks as restored
         log.info("snapshot %s: clocks %d/%d/%d, %d previous nodes", path, state.last_clock,
                  state.last_event_clock, state.last_query_clock, len(self._previous))
 
@@ -150,12 +158,14 @@ class SnapshotRecorder:
                     writer.member_alive(m.name, format_addr(m.addr, m.port))
                 elif ev.type in (EventType.MEMBER_LEAVE, EventType.MEMBER_FAILED):
                     writer.member_gone(m.name)
-            writer.clock(self._core.clock.time())
+            self._tell_clock(writer)
         elif isinstance(ev, UserEvent):
             log.debug("delivered user event %s (ltime %d)", ev.name, ev.ltime)
             writer.user_event(ev.ltime)
         elif isinstance(ev, IncomingQuery):
             writer.query(ev.ltime)
+        if self._ticker is None:
+            self._arm_ticker()  # check on the writer once it has had them
 
     def leave(self) -> None:
         """We are leaving gracefully: the leave marker (a restart will not rejoin unless
@@ -174,20 +184,45 @@ class SnapshotRecorder:
                              last_query_clock=max(0, core.query_clock.time() - 1),
                              left=core.state in (SerfState.LEAVING, SerfState.LEFT))
 
+    @property
+    def ticking(self) -> bool:
+        """Whether the ticker is armed."""
+        return self._ticker is not None
+
+    def poke(self) -> None:
+        """The core handled an input: arm the ticker if a clock moved since it last ran."""
+        if self._ticker is None and self.writer is not None and not self._closed and (
+                self._core.clock.time() != self._told_clock
+                or self._core.query_clock.time() - 1 != self._told_query):
+            self._arm_ticker()
+
     def _arm_ticker(self) -> None:
         self._ticker = self._clock.call_at(self._clock.now() + CLOCK_INTERVAL, self._tick)
 
     def _tick(self) -> None:
+        self._ticker = None
         writer = self.writer
         if writer is None or self._closed:
             return
         try:
             writer.check()  # a writer that fell behind or ended
-            writer.clock(self._core.clock.time())
+            self._tell_clock(writer)
             # Internal queries (key rotation, ...) are handled inside Serf; keep their clock.
-            writer.query(self._core.query_clock.time() - 1)
+            query = self._core.query_clock.time() - 1
+            if query != self._told_query:
+                writer.query(query)
+                self._told_query = query
         finally:
-            self._arm_ticker()
+            if writer.unsettled:  # records waiting, cut, or a fault: keep watching
+                self._arm_ticker()
+
+    def _tell_clock(self, writer: Snapshotter) -> None:
+        """The member clock to the writer, unless it already has this value (an idle
+        agent's ticks then cost the writer thread no wake-up)."""
+        clock = self._core.clock.time()
+        if clock != self._told_clock:
+            writer.clock(clock)
+            self._told_clock = clock
 
     # ------------------------------------------------------------------ reporting
 

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
-import hmac
 import logging
 import os
 import socket
 import stat
 import struct
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -571,6 +570,8 @@ class RPCServer:
             return _Reply()
         # Serf compares with its key, "" if none. In constant time: how long a wrong token
         # takes to refuse must not tell how much of it was right.
+        import hmac  # here: it loads OpenSSL's libcrypto, which most agents never need
+
         if hmac.compare_digest(req["AuthKey"].encode("utf-8", "surrogateescape"),
                                (self.auth_key or "").encode("utf-8", "surrogateescape")):
             conn.authed = True
@@ -794,6 +795,19 @@ def resolve_group(group: str) -> int:
         raise ValueError(f"rpc.socket_group: unknown group {group!r}") from None
 
 
+def _private_dir(parent: str) -> str:
+    """A new 0700 directory ``parent/.rpcXXXXXXXXXXXX``: tempfile.mkdtemp's way, without
+    tempfile (which loads shutil, bz2 and lzma, about 1 MiB of RSS, for this one call)."""
+    for _ in range(100):
+        path = os.path.join(parent, ".rpc" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no free name for a private directory", parent)
+
+
 def _bind_unix(path: str, mode: int, gid: int = -1) -> socket.socket:
     """A listening Unix socket at path whose file never exists with a wider mode.
 
@@ -801,7 +815,7 @@ def _bind_unix(path: str, mode: int, gid: int = -1) -> socket.socket:
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        tmpdir = tempfile.mkdtemp(prefix=".rpc", dir=os.path.dirname(path) or ".")
+        tmpdir = _private_dir(os.path.dirname(path) or ".")
         tmp = os.path.join(tmpdir, "s")
         try:
             sock.bind(tmp)

@@ -522,8 +522,17 @@ class Snapshotter:
                       "state", self.path)
         return True
 
+    @property
+    def unsettled(self) -> bool:
+        """Whether :meth:`check` still has something to watch: records waiting or cut, a
+        fault, a writer thread that ended."""
+        t = self._thread
+        return (self._lost or self._need_state or self.fault is not None
+                or len(self._inbox) > 0 or (t is not None and not t.is_alive()))
+
     def check(self) -> None:
-        """On the loop, now and then: resync after a cut, restart a writer thread that ended."""
+        """On the loop, while :attr:`unsettled`: resync after a cut, restart a writer
+        thread that ended."""
         if self._closing:
             return
         if self._need_state:

@@ -11,9 +11,10 @@ is a no-op. The agent drives it in this order:
 1. ``ready(status)`` once the gossip UDP/TCP sockets and the RPC socket are bound.
    Never after a join: a join may never succeed, and its state goes into STATUS.
 2. ``keepalive(status_fn)`` runs as a task on the agent's event loop for the life of
-   the process: ``WATCHDOG=1`` every ``WATCHDOG_USEC / 2`` when the watchdog is on,
-   and ``STATUS=`` whenever ``status_fn()`` changes. Because the pings come from the
-   loop itself (never a thread), a wedged loop stops them and systemd restarts us.
+   the process (under systemd; elsewhere it has nothing to say): ``WATCHDOG=1`` every
+   ``WATCHDOG_USEC / 2`` when the watchdog is on, and ``STATUS=`` whenever
+   ``status_fn()`` changes. Because the pings come from the loop itself (never a
+   thread), a wedged loop stops them and systemd restarts us.
 3. ``reloading()`` (``RELOADING=1`` with ``MONOTONIC_USEC``) then ``ready(status)``
    around every reload, whether the new configuration was applied or refused.
 4. ``stopping()`` (``STOPPING=1``) as soon as a stop begins, before the leave.
@@ -195,7 +196,11 @@ class Notifier:
         """Forever: WATCHDOG=1 every watchdog interval, STATUS= when it changed.
 
         ``sleep`` waits one interval on the running loop (a test passes a fake clock).
+        Without a service manager there is nobody to tell: it returns at once, so an
+        agent outside systemd neither wakes for it nor builds STATUS lines.
         """
+        if self._sd is None:
+            return
         interval = self.watchdog if self.watchdog is not None else STATUS_REFRESH
         interval = min(interval, STATUS_REFRESH)
         if self.watchdog is not None:

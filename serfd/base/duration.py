@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from fractions import Fraction
 
 __all__ = ["format_duration", "parse_duration"]
 
@@ -51,6 +50,8 @@ def parse_duration(text: str) -> float:
         return 0.0
     if s == "":
         raise ValueError(f"invalid duration {_q(text)}: empty")
+    from fractions import Fraction  # fractions pulls in decimal: load it when it is used
+
     total = Fraction(0)
     pos = 0
     while pos < len(s):

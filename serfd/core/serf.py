@@ -950,6 +950,11 @@ class Serf:
     def ack_payload(self) -> bytes | None:
         return None
 
+    def has_broadcasts(self) -> bool:
+        """Whether get_broadcasts() may return anything (memberlist skips idle gossip
+        ticks otherwise)."""
+        return bool(len(self._intent_q) or len(self._query_q) or len(self._event_q))
+
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         msgs = self._intent_q.get_broadcasts(overhead, limit)
         used = sum(len(m) + overhead for m in msgs)

@@ -47,7 +47,9 @@ Order of events
   falls while a probe runs is kept (one, like Go's ticker) and starts the next probe as
   soon as it ends.
 * Gossip tick (GossipInterval): GossipNodes random nodes get a packet filled from our
-  queue, then from the delegate's (Serf's) broadcasts as user messages.
+  queue, then from the delegate's (Serf's) broadcasts as user messages. A tick that
+  falls while nothing is queued would send nothing: ``get_timer`` does not ask to be
+  woken for it, and the first tick after something is queued keeps the ticker's phase.
 * Eager rounds (serfd, ``eager_gossip``): a broadcast that is news (queued by us, or
   by the delegate, which says so with ``fresh_broadcast``) makes a gossip round run at
   once, not waiting for the next tick: GossipNodes live nodes get a packet filled
@@ -336,7 +338,11 @@ class StreamRequest:
 
 
 class Delegate(Protocol):
-    """What the layer above (Serf) provides; memberlist's Delegate + EventDelegate + more."""
+    """What the layer above (Serf) provides; memberlist's Delegate + EventDelegate + more.
+
+    Optional: ``has_broadcasts() -> bool`` (whether ``get_broadcasts`` may return
+    anything; without it every gossip tick runs) and ``notify_ping_complete``.
+    """
 
     def node_meta(self, limit: int) -> bytes: ...
 
@@ -517,12 +523,16 @@ class Memberlist:
         self._probe_tick_pending = False
         self._tokens = 0
         self._pending_streams: dict[int, tuple[StreamKind, Any]] = {}
-        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        # (when, seq, callback, the probe it serves: dropped unrun once that probe is done)
+        self._timers: list[tuple[float, int, Callable[[float], None], _Probe | None]] = []
         self._timer_seq = 0
         self._out_datagrams: list[tuple[bytes, Addr]] = []
         self._out_streams: list[StreamRequest] = []
         self._queue = TransmitLimitedQueue(config.retransmit_mult, self._est_num_nodes)
         self._fresh = 0  # news queued since the last eager round (eager_gossip)
+        # Optional delegate hook; without it every gossip tick runs (it may have news).
+        self._delegate_has_broadcasts: Callable[[], bool] | None = getattr(
+            delegate, "has_broadcasts", None)
         self._clock = now  # the latest time any input told us
         self._last_eager = now - EAGER_GOSSIP_GAP * config.gossip_interval
         self._catch_up_token: int | None = None  # the catch-up push/pull in flight
@@ -552,8 +562,12 @@ class Memberlist:
         # memberlist staggers each ticker randomly within its interval.
         if config.probe_interval > 0:
             self._at(now + rng.random() * config.probe_interval, self._probe_tick)
+        # The gossip ticker is kept apart from the heap: get_timer() leaves it out while
+        # nothing is queued, so an idle node does not wake for ticks that send nothing.
+        self._gossip_at: float | None = None  # the next gossip tick
+        self._gossip_idle = False  # get_timer() found nothing to gossip (and no input since)
         if config.gossip_interval > 0 and config.gossip_nodes > 0:
-            self._at(now + rng.random() * config.gossip_interval, self._gossip_tick)
+            self._gossip_at = now + rng.random() * config.gossip_interval
         if config.push_pull_interval > 0:
             stagger = rng.random() * config.push_pull_interval
             first = stagger + push_pull_scale(config.push_pull_interval, self._est_num_nodes())
@@ -607,7 +621,21 @@ class Memberlist:
 
     def get_timer(self) -> float | None:
         """The next absolute time something is due (``handle_timer``), or None."""
-        due = self._timers[0][0] if self._timers else None
+        timers = self._timers
+        while timers and (owner := timers[0][3]) is not None and owner.done:
+            heapq.heappop(timers)  # e.g. the ProbeTimeout of a probe acked in time
+        due = timers[0][0] if timers else None
+        if self._gossip_at is not None:
+            if self._has_broadcasts():
+                if self._gossip_idle:
+                    # Queued by the input just handled: the ticks before it sent nothing,
+                    # the next one is the first of the ticker's phase from now on.
+                    self._gossip_at = self._next_gossip_tick(self._clock)
+                    self._gossip_idle = False
+                gossip = max(self._gossip_at, self._clock)
+                due = gossip if due is None else min(due, gossip)
+            else:
+                self._gossip_idle = True  # no wake-up for ticks that would send nothing
         if self._fresh:
             # Never in the past: a driver passes the due time back as `now`.
             eager = max(self._last_eager + EAGER_GOSSIP_GAP * self.config.gossip_interval,
@@ -620,8 +648,12 @@ class Memberlist:
         self._clock = max(self._clock, now)
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, fn = heapq.heappop(timers)
-            fn(now)
+            _, _, fn, owner = heapq.heappop(timers)
+            if owner is None or not owner.done:
+                fn(now)
+        if self._gossip_at is not None and now >= self._gossip_at:
+            self._gossip_tick(now)
+        self._gossip_idle = False  # until get_timer() finds the queues empty again
         self._maybe_eager(now)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
@@ -1215,8 +1247,8 @@ class Memberlist:
             # Tell a suspect node what we think so it can refute.
             sus = Suspect(rec.incarnation, rec.name, self.name)
             self._send_raw([ping.encode(), sus.encode()], rec.address, rec)
-        self._at(now + cfg.probe_timeout, lambda t: self._probe_indirect(probe, t))
-        self._at(probe.deadline, lambda t: self._probe_deadline(probe, t))
+        self._at(now + cfg.probe_timeout, lambda t: self._probe_indirect(probe, t), probe)
+        self._at(probe.deadline, lambda t: self._probe_deadline(probe, t), probe)
         return probe
 
     def _probe_acked(self, probe: _Probe, payload: bytes | None, now: float) -> None:
@@ -1490,8 +1522,34 @@ class Memberlist:
             self._send_raw(msgs, rec.address, rec)
 
     def _gossip_tick(self, now: float) -> None:
-        self._at(now + self.config.gossip_interval, self._gossip_tick)
-        self._gossip_round(now)
+        """The gossip tick due at or before ``now``: a round if anything is queued.
+
+        Ticks that found nothing queued when they fell are skipped: get_timer() did not
+        ask to be woken for them, and memberlist's round would have picked its nodes and
+        sent them nothing. ``_gossip_idle`` says the ticks up to now were such ticks.
+        """
+        self._gossip_at = now + self.config.gossip_interval
+        if not self._gossip_idle and self._has_broadcasts():
+            self._gossip_round(now)
+
+    def _next_gossip_tick(self, t: float) -> float:
+        """The first tick at or after ``t`` of the gossip ticker's phase."""
+        at = self._gossip_at
+        assert at is not None
+        if at >= t:
+            return at
+        iv = self.config.gossip_interval
+        nxt = at + math.ceil((t - at) / iv) * iv
+        while nxt < t:  # rounding
+            nxt += iv
+        return nxt
+
+    def _has_broadcasts(self) -> bool:
+        """Whether a gossip round would find anything to send (ours or the delegate's)."""
+        if len(self._queue):
+            return True
+        pending = self._delegate_has_broadcasts
+        return True if pending is None else bool(pending())
 
     def _gossip_round(self, now: float) -> None:
         cfg = self.config
@@ -1592,9 +1650,11 @@ class Memberlist:
 
     # ------------------------------------------------------------------ helpers
 
-    def _at(self, when: float, fn: Callable[[float], None]) -> None:
+    def _at(self, when: float, fn: Callable[[float], None], probe: _Probe | None = None) -> None:
+        """Call ``fn(now)`` at ``when``; with ``probe``, only if that probe is not done
+        by then (get_timer() then asks for no wake-up for it)."""
         self._timer_seq += 1
-        heapq.heappush(self._timers, (when, self._timer_seq, fn))
+        heapq.heappush(self._timers, (when, self._timer_seq, fn, probe))
 
     def _count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1

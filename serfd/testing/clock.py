@@ -75,6 +75,11 @@ class FakeClock:
         for _ in range(20):
             await asyncio.sleep(0)
 
+    def stall(self, delay: float) -> None:
+        """Time passes while the loop is blocked: nothing fires now; the next
+        :meth:`advance` runs what fell due meanwhile, late (``now()`` past its deadline)."""
+        self._now += delay
+
     async def advance(self, delay: float) -> None:
         """Move time forward by ``delay``, firing what falls due on the way, in order."""
         end = self._now + delay

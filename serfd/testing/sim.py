@@ -56,6 +56,9 @@ class FakeDelegate:
         self.user_msgs.append(data)
         self.sink(Event(now, self.name, "msg", ""))
 
+    def has_broadcasts(self) -> bool:
+        return bool(self.user_broadcasts)
+
     def get_broadcasts(self, overhead: int, limit: int) -> list[bytes]:
         out: list[bytes] = []
         used = 0
@@ -321,8 +324,12 @@ class Sim:
             if self.on_stream is not None:
                 self.on_stream(node.name, req)
             self._push(self.now + rng.uniform(lo, hi), 2, (node, req, "request", None, ""))
+        # Re-armed whenever the core's next deadline moved, later too, as the agent's
+        # driver does (the event left in the heap for the old one is ignored).
         t = core.get_timer()
-        if t is not None and t < node.wake:
+        if t is None:
+            node.wake = float("inf")
+        elif t != node.wake:
             node.wake = t
             self._push(t, 0, node)
 

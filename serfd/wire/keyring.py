@@ -39,7 +39,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,7 +131,7 @@ def decode_key(text: str) -> bytes:
 
 def generate_key() -> str:
     """A new random 32-byte key in base64 (``serf keygen``)."""
-    return encode_key(secrets.token_bytes(32))
+    return encode_key(os.urandom(32))  # what secrets.token_bytes reads
 
 
 class Keyring:
@@ -213,7 +212,9 @@ class Keyring:
 
     def encrypt(self, data: bytes, aad: bytes) -> bytes:
         """``[vsn][nonce][ciphertext+tag]`` with the primary key."""
-        nonce = secrets.token_bytes(NONCE_SIZE)
+        # os.urandom, as secrets.token_bytes: secrets would load OpenSSL's libcrypto
+        # (hmac, hashlib) into every agent, encrypted or not.
+        nonce = os.urandom(NONCE_SIZE)
         plain = bytes(data)
         if self.version == 0:
             pad = BLOCK_SIZE - len(plain) % BLOCK_SIZE
