@@ -63,6 +63,7 @@ class FakeMemberlist:
         self.counters: dict[str, int] = {}
         self.activity: dict[str, int] = {}
         self.fresh = 0  # fresh_broadcast calls: news Serf asked to be gossiped eagerly
+        self.queued_at = 0.0  # the latest delegate_queued(now)
         FakeMemberlist.of[delegate] = self
         delegate.notify_join(FakeNode(config.name, meta=delegate.node_meta(512)), now)
 
@@ -107,6 +108,9 @@ class FakeMemberlist:
 
     def fresh_broadcast(self) -> None:
         self.fresh += 1
+
+    def delegate_queued(self, now: float) -> None:
+        self.queued_at = now
 
 
 def make_serf(name: str = "me", tags: dict[str, str] | None = None) -> Serf:

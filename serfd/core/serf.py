@@ -1460,6 +1460,9 @@ class Serf:
         # it as soon as one is over, so the bound holds at every instant, and an eighth
         # deeper, so that a flood costs one sort per limit/8 messages, not one each.
         q.queue(raw, on_finished=on_finished)
+        # The next gossip tick is reckoned from the latest time memberlist heard of: after
+        # an idle spell with no tick armed, that must be now, not its last input.
+        self._memberlist.delegate_queued(now)
         limit = self.config.max_queue_depth
         if len(q) > limit:
             keep = limit - limit // 8

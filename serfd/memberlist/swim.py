@@ -450,6 +450,7 @@ class _Probe:
         "done",
         "expected_nacks",
         "healthy",
+        "heard",
         "incarnation",
         "indirect",
         "nacks",
@@ -486,6 +487,7 @@ class _Probe:
         self.waiting_tcp = False
         self.healthy = False  # our awareness score was 0 when it started
         self.refused = False  # the TCP ping's connect was refused (nothing listens there)
+        self.heard = False  # a check: a datagram came from the member while it ran
 
 
 def _same(a: bytes | None, b: bytes | None) -> bool:
@@ -671,6 +673,11 @@ class Memberlist:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         """Feed one received UDP datagram from ``addr``."""
         self._clock = max(self._clock, now)
+        if self._checks:
+            # A member we are checking that sends us anything is running, only late.
+            for check in self._checks.values():
+                if check.address == addr:
+                    check.heard = True
         try:
             parts = decode_packet(
                 data,
@@ -1330,6 +1337,13 @@ class Memberlist:
             self._probe_finish(probe, -1, now)
             return
         delta = max(0, probe.expected_nacks - probe.nacks) if probe.expected_nacks > 0 else 1
+        if probe.check and probe.heard:
+            # No ack in time, but the member sent us datagrams while we checked: it is
+            # alive and slow (CPU-starved), not gone. Memberlist's own probes may still
+            # suspect it; our check adds no confirmation to hurry its death.
+            self._count_activity("confirm_check_spared")
+            self._probe_finish(probe, 0, now)
+            return
         if probe.check:
             self._count_activity("confirm_check_failed")
         else:
@@ -1482,6 +1496,11 @@ class Memberlist:
         self._queue.queue(msg, name=name, on_finished=on_finished)
         if self.config.eager_gossip:
             self._fresh += 1
+
+    def delegate_queued(self, now: float) -> None:
+        """The delegate queued a broadcast at ``now``: the gossip ticker resumes from
+        here (get_timer), not from the last input memberlist itself handled."""
+        self._clock = max(self._clock, now)
 
     def fresh_broadcast(self) -> None:
         """The delegate queued a broadcast that is news (a user event or query heard
