@@ -5,7 +5,11 @@ Theory of operation
 * ``sim``: a discrete-event network of memberlist state machines on a virtual clock
   (latency, loss, partitions), seeded so every run is reproducible.
 * ``serf_sim``: the same network of Serf cores, driven through exactly the contract the
-  agent drives (datagrams, streams and their outcomes, timers, commands, events).
+  agent drives (datagrams, streams and their outcomes, timers, commands, events);
+  ``cpu_star_join``, issue 13's join burst on a shared machine.
+* ``cpu``: a shared machine for either (``Sim(cpu=Machine(cores, costs))``): every input
+  costs CPU time from a calibrated table (C or pure-Python LZW), waits for its node and a
+  free core, and lets out what it produced when it ends.
 * ``slow``: ``SlowCore``, a stalled or CPU-starved node; ``detection``: failure
   detection and false-verdict runs of a ``sim`` cluster under memberlist's or serfd's
   rules.

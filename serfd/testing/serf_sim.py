@@ -15,15 +15,33 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from serfd.core.serf import JoinDone, Serf, SerfConfig, SerfEvent, UserEvent
-from serfd.memberlist.swim import MemberlistConfig
+from serfd.core.serf import (
+    EventType,
+    JoinDone,
+    MemberEvent,
+    Serf,
+    SerfConfig,
+    SerfEvent,
+    UserEvent,
+)
+from serfd.memberlist.swim import MemberlistConfig, StreamKind, StreamRequest
+from serfd.testing.cpu import CostTable, Machine, RpcPoller, agent_ticks
 from serfd.testing.sim import Sim, SimNode
+from serfd.wire.framing import decode_push_pull
 
 IP_UDP_HEADER = 28  # IPv4 + UDP headers: what nftables counts on top of each datagram
 
 
 class SerfSim(Sim):
-    """A Sim whose nodes are Serf instances; their events are collected per node."""
+    """A Sim whose nodes are Serf instances; their events are collected per node.
+
+    With a shared machine (``cpu``), every job drains its node's events, as the agent
+    does after each input (their members are part of the job's cost); read them with
+    :meth:`events_of`, not from the Serf."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._held: dict[str, list[SerfEvent]] = {}
 
     def add_serf(self, name: str, tags: dict[str, str] | None = None,
                  addr: tuple[str, int] | None = None, **serf_overrides: Any) -> Serf:
@@ -36,6 +54,7 @@ class SerfSim(Sim):
                                **values)
         cfg = SerfConfig(node_name=name, memberlist=mlc, tags=dict(tags or {}), **serf_overrides)
         serf = Serf(cfg, random.Random(self.rng.getrandbits(64)), self.now)
+        self._held.pop(name, None)
         node = SimNode(name, addr, serf)
         self.nodes[name] = node
         self.by_addr[addr] = node
@@ -60,7 +79,20 @@ class SerfSim(Sim):
         self.run_for(0.05)
 
     def events_of(self, name: str) -> list[SerfEvent]:
-        return list(self.serf(name).drain_events())
+        return self._held.pop(name, []) + list(self.serf(name).drain_events())
+
+    def _delivered(self, node: SimNode) -> int:
+        core = node.core
+        if not isinstance(core, Serf):
+            return 0
+        members = 0
+        held = None
+        while (ev := core.next_event()) is not None:
+            if held is None:
+                held = self._held.setdefault(node.name, [])
+            held.append(ev)
+            members += len(ev.members) if isinstance(ev, MemberEvent) else 1
+        return members
 
     def wait_join(self, name: str, join_id: int, limit: float = 30.0) -> JoinDone:
         """Run until ``name``'s join ``join_id`` is done; the other events it drains are
@@ -153,3 +185,76 @@ def event_burst(sim: SerfSim, origin: str, events: int = 20, payload: int = 32,
     return Burst(len(names), window, datagrams,
                  sim.stats.bytes - b0 + IP_UDP_HEADER * datagrams,
                  [seen.get((x, f"burst{i}"), math.inf) for x in others for i in range(events)])
+
+
+# The agent's gossip settings (serfd/agent/agent.py) that change what goes on the wire.
+AGENT_GOSSIP: dict[str, Any] = {"enable_compression": True, "eager_gossip": True,
+                                "confirm_suspicions": True}
+
+
+@dataclass
+class StarJoin:
+    """What :func:`cpu_star_join` saw; times in virtual seconds from the release."""
+
+    converged: float | None  # every node knew every other alive
+    polled: float | None  # the poller had seen every node converged (the bench's figure)
+    cpu: float  # CPU seconds the machine spent from the release until both
+    max_wait: float  # the longest a job waited for its node and a core
+    push_pulls: int  # push/pulls with Join=false opened until then
+    follow_ups: int  # of which join follow-ups (the rest: periodic ones)
+    failed: int  # member-failed events (a live node declared dead), over all nodes
+    counters: dict[str, int]  # the cores' drops and activity, summed over the nodes
+
+
+def cpu_star_join(n: int, seed: int, costs: CostTable, cores: int = 2, *,
+                  ticks: bool = True, poller: bool = True, limit: float = 30.0) -> StarJoin:
+    """n Serfs with the agent's gossip settings on a shared machine of ``cores`` with
+    ``costs``, idle for 2 s; then n1..n(n-1) join n0 at once, as bench.cluster_bench
+    does with real agents: with the agents' own tickers, and its RPC poller measuring
+    convergence. Runs until both the cluster converged and the poller saw it, or
+    ``limit`` virtual seconds."""
+    machine = Machine(cores=cores, costs=costs)
+    sim = SerfSim(seed=seed, config=dict(AGENT_GOSSIP), cpu=machine)
+    names = [f"n{i}" for i in range(n)]
+    for name in names:
+        sim.add_serf(name)
+    push_pulls = 0
+
+    def on_stream(name: str, req: StreamRequest) -> None:
+        nonlocal push_pulls
+        if req.kind is StreamKind.PUSH_PULL and not decode_push_pull(req.plain)[0].join:
+            push_pulls += 1
+
+    sim.on_stream = on_stream
+    if ticks:
+        agent_ticks(sim, names)
+    sim.run_until(2.0)
+    cpu0 = machine.cpu_seconds
+    for name in names[1:]:
+        sim.start_join(name, ["n0"])
+    start = sim.now
+
+    def done(name: str) -> bool:
+        return sim.serf(name).num_alive() == n
+
+    poll = RpcPoller(sim, names, done) if poller else None
+    converged: float | None = None
+
+    def finished() -> bool:
+        nonlocal converged
+        if converged is None and all(done(x) for x in names):
+            converged = sim.now - start
+        return converged is not None and (poll is None or poll.done_at is not None)
+
+    sim.run_until(start + limit, finished, every=0.01)
+    counters: dict[str, int] = {}
+    failed = 0
+    for x in names:
+        view = sim.serf(x).counters_view()
+        for k, v in (*view.dropped.items(), *view.activity.items()):
+            counters[k] = counters.get(k, 0) + v
+        failed += sum(len(ev.members) for ev in sim.events_of(x)
+                      if isinstance(ev, MemberEvent) and ev.type is EventType.MEMBER_FAILED)
+    polled = None if poll is None or poll.done_at is None else poll.done_at - start
+    return StarJoin(converged, polled, machine.cpu_seconds - cpu0, machine.max_wait,
+                    push_pulls, counters.get("join_follow_up_push_pull", 0), failed, counters)

@@ -10,6 +10,10 @@ next timer. Loss, delay and partitions apply to datagrams; streams (TCP) are rel
 but fail (reply None, with the error text a dialer would give, at their deadline)
 across a partition or to a crashed node. All randomness comes from one seeded
 ``random.Random``, so a run is a pure function of its seed.
+
+By default a core handles each input the instant it arrives. With ``cpu=Machine(...)``
+(:mod:`serfd.testing.cpu`) every input is a job that costs CPU time, waits for its node
+and a free core of the shared machine, and lets out what it produced when it ends.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from __future__ import annotations
 import gc
 import heapq
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from serfd.memberlist.swim import Addr, Memberlist, MemberlistConfig, Node, StreamRequest
+from serfd.testing.cpu import Machine, Work, packet_shape
 from serfd.wire.messages import NodeStateType, PushNodeState, ip_to_bytes
 
 
@@ -118,6 +124,7 @@ class SimNode:
     up: bool = True
     host_up: bool = True  # when down, its host is gone too: streams to it time out
     wake: float = float("inf")  # time of this node's pending timer event in the heap
+    timer_queued: bool = False  # a timer job waits for the CPU (Sim.cpu)
 
 
 @dataclass
@@ -141,6 +148,8 @@ class Sim:
     # Keep every delegate notification in ``events`` (a 1,000-node cluster makes a
     # million of them; ``on_event`` sees them either way).
     record_events: bool = True
+    # A shared machine: inputs cost CPU time (serfd.testing.cpu); None: they are free.
+    cpu: Machine | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -154,6 +163,11 @@ class Sim:
         self.on_event: Callable[[Event], None] | None = None
         # Sees every stream request a core makes: (requester's name, request).
         self.on_stream: Callable[[str, StreamRequest], None] | None = None
+        # Sees every datagram a core sends: (sender's name, datagram, destination).
+        self.on_datagram: Callable[[str, bytes, Addr], None] | None = None
+        self._settled: set[int] = set()  # stream requests with an outcome (Sim.cpu)
+        if self.cpu is not None:
+            self.cpu.compression = bool(self.config.get("enable_compression", False))
 
     # -------------------------------------------------------------- building the cluster
 
@@ -256,12 +270,30 @@ class Sim:
                 self._on_timer(payload, when)
             elif kind == 1:
                 self._on_datagram(payload)
-            else:
+            elif kind == 2:
                 self._on_stream(payload)
+            elif kind == 3:
+                self._job_done(payload)
+            else:
+                payload()
         self.now = t
 
     def run_for(self, dt: float) -> None:
         self.run_until(self.now + dt)
+
+    def at(self, when: float, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` at virtual time ``when`` (not before now)."""
+        self._push(max(when, self.now), 4, callback)
+
+    def cpu_task(self, owner: object, cost: float, *, start: Callable[[], None] | None = None,
+                 then: Callable[[], None] | None = None) -> None:
+        """Queue ``cost`` CPU seconds of other work on the shared machine (``cpu``) for
+        ``owner``: a node (an RPC it serves, say) or any object standing for another
+        process. It waits its turn like a node's inputs; ``start()`` is called when it
+        starts, ``then()`` when it ends."""
+        if self.cpu is None:
+            raise ValueError("cpu_task needs a shared machine (Sim(cpu=Machine(...)))")
+        self._submit(owner, ("task", self.now, cost, start, then))
 
     def live(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.up]
@@ -306,10 +338,32 @@ class Sim:
     def _service(self, node: SimNode) -> None:
         """Collect a core's output and re-arm its timer."""
         core = node.core
+        self._send(node, core.datagrams_to_send(), core.streams_to_open(), None)
+        self._arm(node)
+
+    def _arm(self, node: SimNode) -> None:
+        # Re-armed whenever the core's next deadline moved, later too, as the agent's
+        # driver does (the event left in the heap for the old one is ignored). A timer
+        # job waiting for the CPU re-arms when it ends.
+        if node.timer_queued:
+            return
+        t = node.core.get_timer()
+        if t is None:
+            node.wake = float("inf")
+        elif t != node.wake:
+            node.wake = t
+            self._push(t, 0, node)
+
+    def _send(self, node: SimNode, datagrams: list[tuple[bytes, Addr]],
+              streams: list[StreamRequest],
+              shapes: list[tuple[int, int, bool]] | None) -> None:
+        """Put what ``node`` produced on the network, now."""
         rng = self.rng
         lo, hi = self.delay
-        for data, dst in core.datagrams_to_send():
+        for i, (data, dst) in enumerate(datagrams):
             self.stats.datagrams += 1
+            if self.on_datagram is not None:
+                self.on_datagram(node.name, data, dst)
             self.stats.bytes += len(data)
             target = self.by_addr.get(dst)
             if target is None or not self._can_talk(node.name, target.name):
@@ -318,38 +372,44 @@ class Sim:
             if self.loss and rng.random() < self.loss:
                 self.stats.dropped += 1
                 continue
-            self._push(self.now + rng.uniform(lo, hi), 1, (target, data, node.addr))
-        for req in core.streams_to_open():
+            shape = shapes[i] if shapes is not None else None
+            self._push(self.now + rng.uniform(lo, hi), 1, (target, data, node.addr, shape))
+        for req in streams:
             self.stats.streams += 1
             if self.on_stream is not None:
                 self.on_stream(node.name, req)
             self._push(self.now + rng.uniform(lo, hi), 2, (node, req, "request", None, ""))
-        # Re-armed whenever the core's next deadline moved, later too, as the agent's
-        # driver does (the event left in the heap for the old one is ignored).
-        t = core.get_timer()
-        if t is None:
-            node.wake = float("inf")
-        elif t != node.wake:
-            node.wake = t
-            self._push(t, 0, node)
 
     def _on_timer(self, node: SimNode, when: float) -> None:
         if when != node.wake or not node.up:
             return
         node.wake = float("inf")
+        if self.cpu is not None:
+            if not node.timer_queued:
+                node.timer_queued = True
+                self._submit(node, ("timer", when))
+            return
         self.stats.timer_calls += 1
         node.core.handle_timer(when)
         self._service(node)
 
-    def _on_datagram(self, payload: tuple[SimNode, bytes, Addr]) -> None:
-        target, data, src = payload
+    def _on_datagram(self, payload: tuple[SimNode, bytes, Addr,
+                                          tuple[int, int, bool] | None]) -> None:
+        target, data, src, shape = payload
         if not target.up or self.by_addr.get(target.addr) is not target:
+            return
+        if self.cpu is not None:
+            self._submit(target, ("datagram", self.now, data, src,
+                                  shape if shape is not None else packet_shape(data)))
             return
         target.core.receive_datagram(data, src, self.now)
         self._service(target)
 
     def _on_stream(self, payload: tuple[SimNode, StreamRequest, str, bytes | None, str]) -> None:
         node, req, leg, reply, error = payload
+        if self.cpu is not None:
+            self._on_stream_cpu(node, req, leg, reply, error)
+            return
         if leg == "request":
             target = self.by_addr.get(req.addr)
             if target is None or not target.up or not self._can_talk(node.name, target.name):
@@ -373,3 +433,142 @@ class Sim:
                 return
             node.core.stream_outcome(req.token, reply, self.now, error)
             self._service(node)
+
+    # -------------------------------------------------------------- the shared machine
+
+    def _submit(self, node: object, job: tuple[Any, ...]) -> None:
+        assert self.cpu is not None
+        self.cpu.submit(node, job)
+        self._start_jobs()
+
+    def _start_jobs(self) -> None:
+        cpu = self.cpu
+        assert cpu is not None
+        while (started := cpu.next_job()) is not None:
+            owner, job = started
+            if not self._start_job(owner, job):
+                cpu.finish(owner)
+
+    def _start_job(self, owner: object, job: tuple[Any, ...]) -> bool:
+        """Run ``job`` for ``owner`` now; False if its node is gone (nothing ran)."""
+        cpu = self.cpu
+        assert cpu is not None
+        kind, arrived = job[0], job[1]
+        if kind == "task":
+            _, _, cost, start, then = job
+            if start is not None:
+                start()
+            cpu.charge(kind, cost, self.now, arrived)
+            self._push(self.now + cost, 4, lambda: self._task_done(owner, then))
+            return True
+        assert isinstance(owner, SimNode)
+        node = owner
+        if not node.up or self.nodes.get(node.name) is not node:
+            if kind == "timer":
+                node.timer_queued = False
+            elif kind == "serve":
+                self._reply(job[2], job[3], None, False)
+            return False
+        core = node.core
+        now = self.now
+        reply_to: tuple[SimNode, StreamRequest, bytes | None] | None = None
+        measure = cpu.measure
+        t0 = time.perf_counter() if measure is not None else 0.0
+        # What the input was: (messages, plain bytes, compressed); nothing for a timer.
+        shape: tuple[int, int, bool] = (0, 0, False)
+        if kind == "timer":
+            node.timer_queued = False
+            self.stats.timer_calls += 1
+            core.handle_timer(now)
+        elif kind == "datagram":
+            _, _, data, src, shape = job
+            core.receive_datagram(data, src, now)
+        elif kind == "serve":
+            _, _, requester, req = job
+            out = core.receive_stream(req.plain, requester.addr, now)
+            reply_to = (requester, req, out if req.expect_reply else None)
+            shape = (1, len(req.plain), cpu.compression)
+        else:  # outcome
+            _, _, req, reply, error = job
+            core.stream_outcome(req.token, reply, now, error)
+            shape = (1, len(reply or b""), cpu.compression and reply is not None)
+        datagrams = core.datagrams_to_send()
+        streams = core.streams_to_open()
+        events = self._delivered(node)
+        if measure is not None:
+            elapsed = time.perf_counter() - t0
+        shapes = [packet_shape(data) for data, _ in datagrams]
+        reply_len = len(reply_to[2] or b"") if reply_to is not None else 0
+        work = Work(kind, shape[0], shape[1], shape[2], events,
+                    [sh[1] for sh in shapes], [len(r.plain) for r in streams], reply_len)
+        cost = cpu.cost(work)
+        if measure is not None:
+            measure.append((work, elapsed))
+        cpu.charge(kind, cost, now, arrived)
+        self._push(now + cost, 3, (node, datagrams, shapes, streams, reply_to))
+        return True
+
+    def _task_done(self, owner: object, then: Callable[[], None] | None) -> None:
+        assert self.cpu is not None
+        self.cpu.finish(owner)
+        if then is not None:
+            then()
+        self._start_jobs()
+
+    def _delivered(self, node: SimNode) -> int:
+        """Drain the events ``node``'s core delivered in a job (keeping them for the
+        test); how many members they carried (an agent's work is per member)."""
+        return 0
+
+    def _job_done(self, payload: tuple[SimNode, list[tuple[bytes, Addr]],
+                                       list[tuple[int, int, bool]], list[StreamRequest],
+                                       tuple[SimNode, StreamRequest, bytes | None] | None]
+                  ) -> None:
+        node, datagrams, shapes, streams, reply_to = payload
+        cpu = self.cpu
+        assert cpu is not None
+        cpu.finish(node)
+        alive = node.up and self.nodes.get(node.name) is node
+        if alive:
+            self._send(node, datagrams, streams, shapes)
+            self._arm(node)
+        if reply_to is not None:
+            requester, req, out = reply_to
+            self._reply(requester, req, out if alive else None, alive)
+        self._start_jobs()
+
+    def _reply(self, requester: SimNode, req: StreamRequest, out: bytes | None,
+               served: bool) -> None:
+        """A served stream's reply (or, from a node that went away, a reset) leaves now;
+        after the requester's deadline it is moot (see _on_stream_cpu)."""
+        lo, hi = self.delay
+        error = "" if served else f"read tcp {req.addr[0]}:{req.addr[1]}: connection reset by peer"
+        self._push(self.now + self.rng.uniform(lo, hi), 2, (requester, req, "reply", out, error))
+
+    def _on_stream_cpu(self, node: SimNode, req: StreamRequest, leg: str,
+                       reply: bytes | None, error: str) -> None:
+        if leg == "request":
+            target = self.by_addr.get(req.addr)
+            if target is None or not target.up or not self._can_talk(node.name, target.name):
+                why = ("connect: connection refused" if target is None or not target.up
+                       else "i/o timeout")
+                error = f"dial tcp {req.addr[0]}:{req.addr[1]}: {why}"
+                self._push(max(self.now, req.deadline), 2, (node, req, "failed", None, error))
+                return
+            # The requester gives up at the deadline unless the reply came first.
+            self._push(req.deadline, 2, (node, req, "deadline", None,
+                                         f"read tcp {req.addr[0]}:{req.addr[1]}: i/o timeout"))
+            self._submit(target, ("serve", self.now, node, req))
+            return
+        if leg != "failed":
+            # "reply" and "deadline" both come; the first one is the outcome. (The
+            # pending second leg keeps ``req`` alive, so its id is not reused before.)
+            token = id(req)
+            if token in self._settled:
+                self._settled.discard(token)
+                return
+            self._settled.add(token)
+        if not node.up or self.nodes.get(node.name) is not node:
+            return
+        self._submit(node, ("outcome", self.now, req, reply, error))
+
