@@ -63,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         return 2
+    # What the files cannot tell: whether this machine has the RPC socket's group. Checked
+    # here, so --check-config (the package's check before a restart) and a start agree,
+    # and a start fails with 2 (no restart) before anything is bound.
+    if config.rpc_socket_group is not None:
+        from serfd.agent.rpc_server import resolve_group
+
+        try:
+            resolve_group(config.rpc_socket_group)
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 2
     if args.check_config:
         sys.stdout.write(config_to_toml(config))
         return 0

@@ -56,6 +56,22 @@ def test_broken_config_exits_2_before_binding(tmp_path: Path, case: str) -> None
     assert "listening" not in r.stderr.lower()
 
 
+def test_an_unknown_socket_group_exits_2_before_binding(tmp_path: Path) -> None:
+    # Valid TOML, but this machine has no such group: a start would fail on every restart,
+    # so it is a configuration error (2, which the unit does not restart on), and
+    # --check-config, which the package runs before restarting serfd, says so too.
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    (d / "10-base.toml").write_text(base_config(tmp_path) + 'socket_group = "no-such-group-x"\n')
+    for args in ((), ("--check-config",)):
+        r = run_serfd(d, *args)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == "rpc.socket_group: unknown group 'no-such-group-x'\n"
+        assert r.stdout == ""
+        assert not (tmp_path / "serfd.sock").exists()
+        assert not (tmp_path / "state").exists()
+
+
 def test_several_errors_reported_at_once(tmp_path: Path) -> None:
     d = tmp_path / "serfd.d"
     d.mkdir()

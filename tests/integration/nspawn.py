@@ -2,8 +2,9 @@
 
 Follows the tested recipe in reference/SYSTEMD-LAB.md:
 
-* a Debian rootfs made once with mmdebstrap and cached (``rootfs()``), shared
-  read-only by every container through ``--volatile=overlay``;
+* a Debian rootfs per suite (bookworm, trixie), made once with mmdebstrap from the
+  host's archive and cached (``rootfs()``), shared read-only by every container
+  through ``--volatile=overlay``;
 * each container boots systemd as PID 1 with ``--register=no --keep-unit``, in a
   cgroup of its own under ``/sys/fs/cgroup/{systemd,unified}/<lab>/<name>``;
 * commands run inside with ``nsenter -t <leader> -a`` and a clean environment;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -49,20 +51,50 @@ def apt_sources() -> list[Path]:
     return found
 
 
-def rootfs(cache: Path) -> Path:
-    """A prepared bookworm rootfs under cache, built (about 25 s) when missing."""
-    sources = apt_sources()
+def host_suite() -> str:
+    """The host's Debian code name (bookworm on the project's machines)."""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("/etc/os-release names no VERSION_CODENAME")
+
+
+def suite_sources(suite: str) -> list[tuple[str, str]]:
+    """(file name, text) of the host's apt sources for another suite of the same archive:
+    the host's code name replaced (bookworm, bookworm-updates, bookworm-security ->
+    trixie, ...). The archive mirror stays the host's, the only one reachable."""
+    host = host_suite()
+    out = []
+    for path in apt_sources():
+        text = path.read_text()
+        if suite != host:
+            text = re.sub(rf"\b{re.escape(host)}(?=[\s/-]|$)", suite, text, flags=re.M)
+        out.append((path.name, text))
+    return out
+
+
+def rootfs(cache: Path, suite: str) -> Path:
+    """A prepared rootfs of Debian suite under cache, built (25-30 s) when missing."""
+    sources = suite_sources(suite)
     key = hashlib.sha256(
-        (ROOTFS_PACKAGES + "".join(p.read_text() for p in sources)).encode()
+        (ROOTFS_PACKAGES + "".join(text for _, text in sources)).encode()
     ).hexdigest()[:12]
-    root = cache / f"rootfs-{key}"
+    root = cache / f"rootfs-{suite}-{key}"
     if (root / ".ready").exists():
         return root
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"rootfs-{key}.tmp{os.getpid()}"
+    tmp = cache / f"rootfs-{suite}-{key}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    sh("mmdebstrap", "--variant=minbase", f"--include={ROOTFS_PACKAGES}", "bookworm",
-       str(tmp), *map(str, sources), timeout=600)
+    lists = cache / f"sources-{suite}.tmp{os.getpid()}"
+    shutil.rmtree(lists, ignore_errors=True)
+    lists.mkdir()
+    for name, text in sources:
+        (lists / name).write_text(text)
+    try:
+        sh("mmdebstrap", "--variant=minbase", f"--include={ROOTFS_PACKAGES}", suite,
+           str(tmp), *(str(lists / name) for name, _ in sources), timeout=600)
+    finally:
+        shutil.rmtree(lists, ignore_errors=True)
     # A fresh machine-id and host name per boot, no periodic apt jobs.
     (tmp / "etc/machine-id").write_text("")
     dbus_id = tmp / "var/lib/dbus/machine-id"
@@ -169,9 +201,10 @@ class Container:
 class Lab:
     """Containers, cgroups and network namespaces owned by one test run."""
 
-    def __init__(self, workdir: Path, root: Path) -> None:
+    def __init__(self, workdir: Path, root: Path, suite: str = "") -> None:
         self.workdir = workdir
         self.root = root
+        self.suite = suite  # the Debian release in root, for what the tests print
         self.tag = f"serfdt{os.getpid()}"
         self.containers: list[Container] = []
         self.netns: list[str] = []

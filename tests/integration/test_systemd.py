@@ -1,16 +1,21 @@
 """System test: the Debian package under a real systemd, the user's journey.
 
 Builds dist/serfd_<version>_<arch>.deb with `make deb` and a signed apt repository of it
-with `make repo` (a fresh signing key per run, the repository bind-mounted read-only
-into the containers as file:/srv/repo), boots Debian 12 containers with systemd as
+with `make repo` (a fresh signing key per journey, the repository bind-mounted
+read-only into the containers as file:/srv/repo), boots containers with systemd as
 PID 1 (tests/integration/nspawn.py, after reference/SYSTEMD-LAB.md) and checks what
-an operator sees:
+an operator sees. The whole journey runs on Debian 12 (bookworm) and again on Debian
+13 (trixie), with the one package built on the host (the `suite` fixture; tests are
+named test_x[bookworm], test_x[trixie]):
 
 * "seed", on the host network with serfd bound to a loopback address, given only the
   repository's source entry and keyring (no .deb file): `apt-get install serfd` by
   name pulls the dependencies from the archive, starts serfd and waits for READY=1;
   the same repository with one byte of its Release changed is refused by `apt-get
   update`; a newer build published to the repository is what `apt upgrade` takes;
+  an upgrade with a drop-in the new serfd refuses keeps the running node (no restart,
+  the errors in apt's output and `systemctl status`); after the purge, an install onto
+  a drop-in the machine cannot run leaves the unit failed with 2, not restarting;
   serfctl works for root and group serfd, not for others; `systemctl
   reload` applies new tags, and refuses a broken drop-in while the old config keeps
   running; `apt-get purge` removes it all.
@@ -28,8 +33,13 @@ an operator sees:
   set on n1 with `serfctl tags` survive `systemctl reload`, `systemctl restart` and that
   downgrade and upgrade (the tags file), and the others see them.
 
+`[timing]` lines (pytest -s, CI logs) give per release: the package and install
+sizes, the install time and the time from `apt-get install` to READY=1, and how long
+a node is missing from the others' member lists during an upgrade.
+
 Needs root and the Debian tools listed in .ci/run; skips, naming what is missing,
-otherwise. The rootfs is cached in $SERFD_TEST_CACHE (default /var/cache/serfd-test);
+otherwise. A rootfs per release is cached in $SERFD_TEST_CACHE (default
+/var/cache/serfd-test, with the archive's .debs in archives-<release>/);
 $SERFD_TEST_DEB names a prebuilt package to test instead of running `make deb` (the
 repository is still made from it by `make repo`).
 The tests run in file order and build on each other's state, like the journey.
@@ -51,6 +61,9 @@ REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_DEB = REPO / "tests" / "fixtures" / "serfd_0.1.0_all.deb"
 CACHE = Path(os.environ.get("SERFD_TEST_CACHE", "/var/cache/serfd-test"))
 NODES = {"n1": "10.77.0.11/24", "n2": "10.77.0.12/24", "n3": "10.77.0.13/24"}
+# The journey runs once per Debian release, with the one package built on the host:
+# bookworm (12: Python 3.11, systemd 252) and trixie (13: Python 3.13, systemd 257).
+SUITES = ("bookworm", "trixie")
 # The cluster gossips encrypted: AES-GCM from python3-cryptography must work inside the
 # sandbox (MemoryDenyWriteExecute, the system call filter).
 CLUSTER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -105,9 +118,16 @@ def deb() -> Path:
     return debs[-1]
 
 
+@pytest.fixture(scope="module", params=SUITES)
+def suite(request: pytest.FixtureRequest) -> str:
+    """The Debian release the containers run; the journey's state is per suite."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def repo(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`make repo` of the package: a fresh repository and signing key for this run."""
+def repo(deb: Path, suite: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make repo` of the package: a fresh repository and signing key for each suite's
+    journey (it publishes newer and older builds into it)."""
     out = tmp_path_factory.mktemp("apt")
     t = time.monotonic()
     r = subprocess.run(["make", "repo", f"REPO={out / 'repo'}", f"REPO_KEY_DIR={out / 'key'}",
@@ -115,7 +135,7 @@ def repo(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
                        env={**os.environ, "PATH": nspawn.SYSPATH})
     assert r.returncode == 0, f"make repo failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    print(f"\n[timing] make repo (with a new key): {time.monotonic() - t:.1f}s; "
+    print(f"\n[timing] {suite}: make repo (with a new key): {time.monotonic() - t:.1f}s; "
           f"package size {deb.stat().st_size / 1024:.0f} KiB")
     return out / "repo"
 
@@ -127,11 +147,11 @@ ADD_REPO = ("mkdir -p /etc/apt/keyrings && "
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Lab]:
+def lab(suite: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Lab]:
     t = time.monotonic()
-    root = nspawn.rootfs(CACHE)
-    print(f"\n[timing] rootfs ready: {time.monotonic() - t:.1f}s")
-    the_lab = nspawn.Lab(tmp_path_factory.mktemp("lab"), root)
+    root = nspawn.rootfs(CACHE, suite)
+    print(f"\n[timing] {suite}: rootfs ready: {time.monotonic() - t:.1f}s")
+    the_lab = nspawn.Lab(tmp_path_factory.mktemp(f"lab-{suite}"), root, suite)
     try:
         yield the_lab
     finally:
@@ -157,24 +177,54 @@ def _loopback_for_this_run() -> str:
     return f"127.77.{(pid >> 8) & 0xFF}.{max(1, pid & 0xFF)}"
 
 
+def _install_figures(c: nspawn.Container, started: float, ended: float, apt_out: str) -> str:
+    """What an `apt-get install serfd` that ran from started to ended (host monotonic
+    seconds: the containers share CLOCK_MONOTONIC, systemd's ...TimestampMonotonic)
+    cost: time, download and disk, and when serfd was started and sent READY=1."""
+    props = dict(line.split("=", 1) for line in c.run(
+        "systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic"
+        " serfd").stdout.split())
+    execd = int(props["ExecMainStartTimestampMonotonic"]) / 1e6
+    ready = int(props["ActiveEnterTimestampMonotonic"]) / 1e6
+    # apt 2.6 (bookworm): "Need to get 1,234 kB of archives." "After this operation, 9 MB
+    # of additional disk space will be used."; apt 3.0 (trixie): "Download size: 1,234 kB",
+    # "Space needed: 9 MB / ...".
+    size = r"([\d.,]+ [kMG]?B)"
+    # "0 B/1,234 kB" when some were in apt's cache already: the second is the total.
+    download = re.search(rf"(?:Need to get|Download size:) {size}(?: ?/ ?{size})?", apt_out)
+    disk = re.search(rf"(?:After this operation,|Space needed:) {size}", apt_out)
+    installed = c.run("dpkg-query -W -f '${Installed-Size}' serfd").stdout
+    return (f"apt-get install {ended - started:.1f}s "
+            f"(download {(download.group(2) or download.group(1)) if download else '0 B'}, "
+            f"disk {disk.group(1) if disk else '?'}, serfd {installed} KiB installed); "
+            f"serfd started {execd - started:.1f}s after apt, READY=1 {ready - execd:.2f}s later "
+            f"= {ready - started:.1f}s from apt; apt returned {ended - ready:.1f}s after READY")
+
+
 @pytest.fixture(scope="module")
-def seed(lab: nspawn.Lab, repo: Path) -> Iterator[nspawn.Container]:
+def seed(lab: nspawn.Lab, repo: Path, suite: str) -> Iterator[nspawn.Container]:
     """A host-network container with serfd installed by name from the repository."""
     xfer = lab.workdir / "xfer"
     xfer.mkdir()
-    (CACHE / "archives").mkdir(parents=True, exist_ok=True)
-    c = lab.boot("seed", binds=(f"{CACHE / 'archives'}:/var/cache/apt/archives",
-                                f"{xfer}:/srv/xfer"),
+    archives = CACHE / f"archives-{suite}"  # the archive's .debs, kept across runs
+    archives.mkdir(parents=True, exist_ok=True)
+    c = lab.boot("seed", binds=(f"{archives}:/var/cache/apt/archives", f"{xfer}:/srv/xfer"),
                  ro_binds=(f"{repo}:/srv/repo",))
     # On the host's network: bind a loopback address only, never the host's interfaces.
     c.run(f"mkdir -p /etc/serfd.d && printf 'bind = \"{_loopback_for_this_run()}:17946\"\\n'"
           " > /etc/serfd.d/50-test.toml")
     t = time.monotonic()
     c.install = c.run(  # type: ignore[attr-defined]
-        f"{ADD_REPO} && apt-get update -qq && "
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q serfd", check=False, timeout=300)
-    print(f"\n[timing] seed: apt-get update + install serfd by name: "
-          f"{time.monotonic() - t:.1f}s")
+        f"{ADD_REPO} && apt-get update -qq", check=False, timeout=300)
+    updated = time.monotonic()
+    if c.install.returncode == 0:  # type: ignore[attr-defined]
+        c.install = c.run(  # type: ignore[attr-defined]
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q serfd", check=False,
+            timeout=300)
+    done = time.monotonic()
+    if c.install.returncode == 0:  # type: ignore[attr-defined]
+        print(f"\n[timing] {suite}: seed: apt-get update {updated - t:.1f}s; "
+              + _install_figures(c, updated, done, c.install.stdout))  # type: ignore[attr-defined]
     # What the offline containers need: the package lists (the repository's too) and
     # the downloaded .debs.
     c.run("cp -a /var/lib/apt/lists /srv/xfer/lists && mkdir /srv/xfer/debs && "
@@ -278,6 +328,15 @@ def _apt_update_only(c: nspawn.Container, name: str, uri: str) -> subprocess.Com
                  f"-o Dir::Cache={d}/cache", check=False)
 
 
+# apt's verdict on a signature that does not match: from gpgv (apt 2.6, bookworm), or from
+# Sequoia's sqv, which apt 3.0 (trixie) verifies with instead.
+BAD_SIGNATURE = {
+    "bookworm": r"The following signatures were invalid: BADSIG ",
+    "trixie": (r"Sub-process /usr/bin/sqv returned an error code \(1\), error message is: "
+               r"Verifying signature:\s+Message has been manipulated"),
+}
+
+
 def test_apt_refuses_a_repository_with_a_tampered_release(
         lab: nspawn.Lab, seed: nspawn.Container, repo: Path) -> None:
     # A copy of the repository, in a directory the seed sees as /srv/xfer/tampered.
@@ -297,14 +356,15 @@ def test_apt_refuses_a_repository_with_a_tampered_release(
     one_byte(stable / "InRelease")
     r = _apt_update_only(seed, "inrelease", uri)
     assert r.returncode == 100, r.stdout + r.stderr
-    assert re.search(r"stable InRelease: The following signatures were invalid: BADSIG ", r.stderr)
+    bad = BAD_SIGNATURE[lab.suite]
+    assert re.search(rf"stable InRelease: {bad}", r.stderr), r.stderr
     assert f"E: The repository '{uri} stable InRelease' is not signed." in r.stderr
     # Without InRelease apt falls back to Release and its detached Release.gpg.
     (stable / "InRelease").unlink()
     one_byte(stable / "Release")
     r = _apt_update_only(seed, "release", uri)
     assert r.returncode == 100, r.stdout + r.stderr
-    assert re.search(r"stable Release: The following signatures were invalid: BADSIG ", r.stderr)
+    assert re.search(rf"stable Release: {bad}", r.stderr), r.stderr
     assert f"E: The repository '{uri} stable Release' is not signed." in r.stderr
     # Refused: no package index was kept from either.
     for name in ("inrelease", "release"):
@@ -420,12 +480,40 @@ def test_apt_upgrade_takes_a_newer_version_from_the_repository(
     assert f"Inst serfd [{old}] ({version} serfd:stable [{arch}])" in plan, plan
     seed.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade serfd",
              timeout=300)
-    print(f"\n[timing] apt-get update + upgrade from the repository: {time.monotonic() - t:.1f}s")
+    print(f"\n[timing] {seed.lab.suite}: apt-get update + upgrade from the repository: "
+          f"{time.monotonic() - t:.1f}s")
     assert seed.run("dpkg-query -W -f '${Version}' serfd").stdout == version
-    # Restarted once by the package (restart-after-upgrade), with its drop-ins.
+    # Restarted once by the package (its postinst, after an upgrade), with its drop-ins.
     assert starts() == before + 1
     assert show(seed, "MainPID") != pid
     assert seed.run("systemctl is-active serfd").stdout.strip() == "active"
+    assert members(seed)["seed"] == ("alive", "dc=lab,role=reloaded")
+
+
+def test_upgrade_with_a_broken_drop_in_keeps_the_running_node(seed: nspawn.Container) -> None:
+    # A drop-in the running serfd never loaded (no reload since it was written) and the
+    # package's serfd refuses. Restarting into it on upgrade would take the node out of
+    # its cluster for good; the package checks first, keeps the node running, and the
+    # failure shows in apt's output and in `systemctl status` (the reload it asks for).
+    pid = show(seed, "MainPID")
+    seed.run("printf 'bind = \\n' > /etc/serfd.d/70-broken.toml")
+    r = seed.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall serfd",
+                 check=False, timeout=300)
+    out = r.stdout + r.stderr  # apt's output, the package's messages in it
+    assert r.returncode == 0, out
+    assert show(seed, "MainPID") == pid, out
+    assert seed.run("systemctl is-active serfd").stdout.strip() == "active"
+    assert members(seed)["seed"] == ("alive", "dc=lab,role=reloaded")
+    assert ("serfd: the configuration in /etc/serfd.d does not load:\n"
+            "  /etc/serfd.d/70-broken.toml:1: ") in out, out
+    assert "serfd: not restarted: the running serfd keeps the configuration" in out
+    assert "Job for serfd.service failed" not in out
+    status = seed.run("systemctl status serfd --no-pager -n 20", check=False).stdout
+    assert "last reload failed (1 error)" in status, status
+    assert "reload: /etc/serfd.d/70-broken.toml:1: " in status, status
+    # Fixed, restarted by hand: the new files run.
+    seed.run("rm /etc/serfd.d/70-broken.toml && systemctl restart serfd")
+    assert show(seed, "MainPID") != pid
     assert members(seed)["seed"] == ("alive", "dc=lab,role=reloaded")
 
 
@@ -434,7 +522,8 @@ def test_apt_upgrade_takes_a_newer_version_from_the_repository(
 
 
 @pytest.fixture(scope="module")
-def cluster(lab: nspawn.Lab, seed: nspawn.Container, repo: Path) -> dict[str, nspawn.Container]:
+def cluster(lab: nspawn.Lab, seed: nspawn.Container, repo: Path,
+            suite: str) -> dict[str, nspawn.Container]:
     netns = lab.network(NODES)
     nodes = {}
     xfer = lab.workdir / "xfer"
@@ -460,8 +549,11 @@ def cluster(lab: nspawn.Lab, seed: nspawn.Container, repo: Path) -> dict[str, ns
         # fetched.
         c.run(f"{ADD_REPO} && cp -a /srv/xfer/lists/. /var/lib/apt/lists/ && "
               "cp /srv/xfer/debs/*.deb /var/cache/apt/archives/")
-        c.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q serfd", timeout=300)
-    print(f"\n[timing] three offline installs by name: {time.monotonic() - t:.1f}s")
+        started = time.monotonic()
+        r = c.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q serfd", timeout=300)
+        print(f"\n[timing] {suite}: {name} offline: "
+              + _install_figures(c, started, time.monotonic(), r.stdout))
+    print(f"[timing] {suite}: three offline installs by name: {time.monotonic() - t:.1f}s")
     return nodes
 
 
@@ -473,7 +565,8 @@ def test_cluster_forms_from_the_package(cluster: dict[str, nspawn.Container]) ->
     t = time.monotonic()
     for c in cluster.values():
         c.wait_for("serfctl members --status alive", _all_alive, timeout=30)
-    print(f"\n[timing] three nodes alive everywhere: {time.monotonic() - t:.1f}s")
+    print(f"\n[timing] {cluster['n1'].lab.suite}: three nodes alive everywhere: "
+          f"{time.monotonic() - t:.1f}s")
     rows = members(cluster["n1"])
     # Node name = host name, advertise = the namespace's address, port 7946.
     assert cluster["n1"].run("serfctl members").stdout.count(":7946") == 3
@@ -503,7 +596,7 @@ def test_systemctl_stop_is_seen_as_left(cluster: dict[str, nspawn.Container]) ->
     t = time.monotonic()
     n1.run("systemctl stop serfd")
     n2.wait_for("serfctl members --status left", lambda out: out.startswith("n1 "), timeout=15)
-    print(f"\n[timing] stop -> left seen: {time.monotonic() - t:.1f}s")
+    print(f"\n[timing] {n1.lab.suite}: stop -> left seen: {time.monotonic() - t:.1f}s")
     assert n1.run("systemctl is-active serfd", check=False).stdout.strip() == "inactive"
     n1.run("systemctl start serfd")
     n2.wait_for("serfctl members --status alive", _all_alive, timeout=30)
@@ -519,13 +612,14 @@ def test_watchdog_restarts_a_stalled_daemon(cluster: dict[str, nspawn.Container]
                 lambda out: "Failed with result 'watchdog'" in out, timeout=20)
     new_pid = n2.wait_for("systemctl show -p MainPID --value serfd && systemctl is-active serfd",
                           lambda out: out.split()[0] not in ("0", pid), timeout=20).split()[0]
-    print(f"\n[timing] SIGSTOP -> restarted by the watchdog: {time.monotonic() - t:.1f}s")
+    print(f"\n[timing] {n1.lab.suite}: SIGSTOP -> restarted by the watchdog: "
+          f"{time.monotonic() - t:.1f}s")
     assert new_pid != pid
     assert "Watchdog timeout" in n2.run("journalctl -u serfd -o cat").stdout
     assert int(show(n2, "NRestarts")) >= 1
     # Back in the cluster, seen as alive by the others.
     n1.wait_for("serfctl members --status alive", _all_alive, timeout=30)
-    print(f"[timing] ... and alive again on n1: {time.monotonic() - t:.1f}s")
+    print(f"[timing] {n1.lab.suite}: ... and alive again on n1: {time.monotonic() - t:.1f}s")
 
 
 def test_sigkill_is_seen_as_failed(cluster: dict[str, nspawn.Container]) -> None:
@@ -535,7 +629,7 @@ def test_sigkill_is_seen_as_failed(cluster: dict[str, nspawn.Container]) -> None
     for c in (n1, n2):
         c.wait_for("serfctl members --status failed", lambda out: out.startswith("n3 "),
                    timeout=40)
-    print(f"\n[timing] SIGKILL -> failed seen on both: {time.monotonic() - t:.1f}s")
+    print(f"\n[timing] {n1.lab.suite}: SIGKILL -> failed seen on both: {time.monotonic() - t:.1f}s")
     # Restart=no from the test's drop-in: it stays down.
     assert n3.run("systemctl is-active serfd", check=False).stdout.strip() == "failed"
     assert show(n3, "Result") == "signal"
@@ -595,6 +689,33 @@ def previous(lab: nspawn.Lab, repo: Path) -> Path:
     return old
 
 
+def _missing_figures(logs: dict[str, str], start: float) -> str:
+    """How long a node was missing, from the "TIME STATUS" samples each other node took
+    of it (about 10 a second) since start (wall clock): when each saw it go and come back
+    alive, and the time no one saw it alive."""
+    gaps: dict[str, tuple[float, float]] = {}
+    seen: set[str] = set()
+    for name, log in logs.items():
+        samples = [(float(cells[0]), cells[1]) for cells in map(str.split, log.splitlines())
+                   if len(cells) == 2]  # the last line may be cut short
+        seen |= {status for _, status in samples}
+        gone = next((at for at, status in samples if status != "alive" and at >= start), None)
+        if gone is not None:
+            back = next((at for at, status in samples if status == "alive" and at > gone),
+                        samples[-1][0])
+            gaps[name] = (gone - start, back - start)
+    if not gaps:
+        return f"never seen missing (statuses seen: {sorted(seen)})"
+    each = ", ".join(f"on {name} from {a:.1f}s to {b:.1f}s ({b - a:.1f}s)"
+                     for name, (a, b) in sorted(gaps.items()))
+    again = max(b for _, b in gaps.values())  # the others never missed it
+    nowhere = 0.0  # the gaps' overlap, if every other node had one
+    if len(gaps) == len(logs):
+        nowhere = max(0.0, min(b for _, b in gaps.values()) - max(a for a, _ in gaps.values()))
+    return (f"missing {each}; listed alive by all again {again:.1f}s after the start, "
+            f"alive nowhere for {nowhere:.1f}s (statuses seen: {sorted(seen)})")
+
+
 def test_downgrade_and_upgrade_keep_the_node(
         cluster: dict[str, nspawn.Container], previous: Path) -> None:
     n1, n2, n3 = cluster["n1"], cluster["n2"], cluster["n3"]
@@ -633,27 +754,24 @@ def test_downgrade_and_upgrade_keep_the_node(
         ("upgrade", "apt-get install -y -q --only-upgrade serfd"),
     ):
         before, keyring = starts(), n1.run("sha256sum /var/lib/serfd/keyring").stdout
-        # n2 samples n1's status meanwhile: how long n1 is missing from the cluster.
-        watcher = n2.run(
+        # n2 and n3 sample n1's status meanwhile: how long n1 is missing from the cluster.
+        watchers = {c: c.run(
             "nohup sh -c 'while :; do set -- $(serfctl members --name n1);"
             " echo $(date +%s.%N) ${3:-none}; done' > /tmp/watch.log 2>&1 & echo $!"
-        ).stdout.strip()
-        t = time.monotonic()
+        ).stdout.strip() for c in (n2, n3)}
+        t, wall = time.monotonic(), time.time()  # the containers share the host's clocks
         n1.run(f"DEBIAN_FRONTEND=noninteractive {command}", timeout=300)
         installed = time.monotonic()
         for c in (n2, n3):
             c.wait_for("serfctl members --status alive --name n1",
                        lambda out: out.startswith("n1 "), timeout=10, interval=0.1)
         back = time.monotonic()
-        n2.run(f"kill {watcher}")
-        samples = [line.split() for line in n2.run("cat /tmp/watch.log").stdout.splitlines()]
-        samples = [cells for cells in samples if len(cells) == 2]  # the last may be cut short
-        missing = [float(cells[0]) for cells in samples if cells[1] != "alive"]
-        seen = sorted({cells[1] for cells in samples})
-        print(f"\n[timing] {step}: apt {installed - t:.1f}s, then alive on n2 and n3 "
-              f"{back - installed:.1f}s later; n1 not alive on n2 for about "
-              f"{(missing[-1] - missing[0]) if missing else 0:.1f}s "
-              f"({len(missing)} of {len(samples)} samples; statuses seen: {seen})")
+        for c, watcher in watchers.items():
+            c.run(f"kill {watcher}")
+        print(f"\n[timing] {n1.lab.suite}: {step}: apt {installed - t:.1f}s, then alive on n2 "
+              f"and n3 {back - installed:.1f}s later; "
+              + _missing_figures({c.name: c.run("cat /tmp/watch.log").stdout
+                                  for c in watchers}, wall))
         version = n1.run("dpkg-query -W -f '${Version}' serfd").stdout
         if step == "downgrade":
             assert version == old
@@ -702,3 +820,30 @@ def test_apt_purge_removes_service_config_and_state(seed: nspawn.Container) -> N
         "", "unknown ok not-installed")
     # The system user stays, as Debian keeps system users (files may still be theirs).
     seed.run("getent passwd serfd")
+
+
+def test_install_with_a_broken_drop_in_leaves_serfd_failed_not_restarting(
+        seed: nspawn.Container) -> None:
+    # A first install (after the purge) onto drop-ins this machine cannot run: the RPC
+    # socket's group does not exist. serfd fails once with 2 (a configuration error,
+    # nothing bound) and the unit stays failed, showing why; no restart loop. apt
+    # succeeds, as with debhelper's own start, and prints the errors.
+    seed.run(f"mkdir -p /etc/serfd.d && printf 'bind = \"{_loopback_for_this_run()}:17946\"\\n'"
+             " > /etc/serfd.d/50-test.toml && printf '[rpc]\\nsocket_group = \"no-such-group\"\\n'"
+             " > /etc/serfd.d/70-group.toml")
+    r = seed.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q serfd", check=False,
+                 timeout=300)
+    out = r.stdout + r.stderr  # apt's output, the package's messages in it
+    assert r.returncode == 0, out
+    # Failed for good at once, not "activating (auto-restart)".
+    assert show(seed, "ActiveState") == "failed", out
+    assert (show(seed, "Result"), show(seed, "ExecMainStatus")) == ("exit-code", "2")
+    assert show(seed, "NRestarts") == "0"
+    assert ("serfd: the configuration in /etc/serfd.d does not load:\n"
+            "  rpc.socket_group: unknown group 'no-such-group'\n") in out, out
+    status = seed.run("systemctl status serfd --no-pager", check=False).stdout
+    assert "rpc.socket_group: unknown group 'no-such-group'" in status, status
+    assert seed.run("pgrep -u serfd", check=False).returncode == 1
+    # Fixed: it starts.
+    seed.run("rm /etc/serfd.d/70-group.toml && systemctl start serfd")
+    assert members(seed)["seed"][0] == "alive"
