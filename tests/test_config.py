@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 from serfd.agent.config import (
     KNOWN_KEYS,
+    TIMING_KEYS,
     Config,
     ConfigError,
     config_to_toml,
     load_config,
 )
+from serfd.memberlist.profiles import LAN
 
 SAMPLE = Path(__file__).resolve().parent.parent / "etc" / "serfd.d" / "serfd.toml"
 
@@ -126,10 +128,15 @@ def test_sample_uncommented_values_are_the_defaults(tmp_path: Path) -> None:
     # Keys without a fixed default show an example value instead.
     examples = {"node_name", "advertise", "rpc_tcp", "rpc_auth_key", "tags", "snapshot_path",
                 "encrypt_key", "keyring_file", "rpc_socket_group", "handlers_dir"}
+    # The [gossip] timings are unset by default (the profile's): they show lan's values.
+    timings = {f"gossip_{key}" for key in TIMING_KEYS}
     defaults = Config()
     for name in Config.__dataclass_fields__:
-        if name not in examples | {"sources"}:
+        if name not in examples | timings | {"sources"}:
             assert getattr(cfg, name) == getattr(defaults, name), name
+    for key in TIMING_KEYS:
+        assert getattr(cfg, f"gossip_{key}") == getattr(LAN, key), key
+    assert cfg.timings == defaults.timings == LAN
     assert cfg.advertise == ("10.0.0.5", 7946)
     assert cfg.rpc_tcp == ("127.0.0.1", 7373)
 
@@ -542,6 +549,12 @@ _text = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20
 )
 
+
+
+def _ms(lo: int, hi: int) -> st.SearchStrategy[float]:
+    return st.integers(lo, hi).map(lambda ms: ms / 1000)
+
+
 _configs = st.builds(
     Config,
     node_name=_text.filter(lambda s: 0 < len(s) <= 128),
@@ -576,6 +589,12 @@ _configs = st.builds(
     gossip_eager=st.booleans(),
     gossip_join_follow_up=st.booleans(),
     rpc_socket_group=st.none() | st.sampled_from(["serfd", "0", "adm"]),
+    gossip_probe_interval=st.none() | _ms(100, 60_000),
+    gossip_probe_timeout=st.none() | _ms(10, 60_000),
+    gossip_suspicion_mult=st.none() | st.integers(1, 32),
+    gossip_gossip_interval=st.none() | _ms(10, 5_000),
+    gossip_gossip_to_the_dead_time=st.none() | _ms(0, 3_600_000),
+    gossip_tcp_timeout=st.none() | _ms(100, 300_000),
 )
 
 
@@ -593,6 +612,8 @@ def test_render_load_round_trip_property(cfg: Config) -> None:
 
         if not ipaddress.ip_address(cfg.rpc_tcp[0]).is_loopback:
             return  # a config error of its own (tested below)
+    if cfg.timings.probe_timeout >= cfg.timings.probe_interval:
+        return  # the same (tests/test_config_gossip.py)
     with tempfile.TemporaryDirectory() as d:
         write(Path(d), "check.toml", config_to_toml(cfg))
         loaded = load_config(Path(d))

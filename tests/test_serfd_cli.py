@@ -37,6 +37,11 @@ BROKEN = {
     "wrong_type": ("join = \"127.0.0.1\"\n", "99-broken.toml: join: "),
     "bad_duration": ('retry_interval = "5 parsecs"\n', "99-broken.toml: retry_interval: "),
     "bad_rpc_tcp": ('[rpc]\ntcp = "127.0.0.1"\n', "99-broken.toml: rpc.tcp: "),
+    "gossip_out_of_range": ("[gossip]\ngossip_nodes = 0\n",
+                            "99-broken.toml: gossip.gossip_nodes: "),
+    # Valid alone, but not below the lan profile's probe interval (1s).
+    "gossip_probe_timeout": ('[gossip]\nprobe_timeout = "1s"\n',
+                             "99-broken.toml: gossip.probe_timeout: "),
 }
 
 
@@ -98,3 +103,18 @@ def test_check_config_prints_merged_toml(tmp_path: Path) -> None:
     r2 = run_serfd(d2, "--check-config")
     assert r2.returncode == 0, r2.stderr
     assert tomllib.loads(r2.stdout) == merged
+
+
+def test_check_config_shows_gossip_timings(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    (d / "10-base.toml").write_text(base_config(tmp_path))
+    (d / "15-wan.toml").write_text('profile = "wan"\n')
+    (d / "20-fast.toml").write_text('[gossip]\nprobe_interval = "4s"\ngossip_nodes = 5\n')
+    r = run_serfd(d, "--check-config")
+    assert r.returncode == 0, r.stderr
+    merged = tomllib.loads(r.stdout)
+    assert merged["gossip"]["probe_interval"] == "4s"
+    assert merged["gossip"]["gossip_nodes"] == 5
+    assert "probe_timeout" not in merged["gossip"]  # the profile's, shown as a comment:
+    assert '\n# probe_timeout = "3s"\n' in r.stdout

@@ -67,6 +67,7 @@ from serfd.agent.systemd import Notifier
 from serfd.agent.tags import TagsError, TagService, TagsFileError, load_runtime_tags
 from serfd.agent.tasks import TaskSet
 from serfd.core.member import MemberStatus
+from serfd.core.query import default_query_timeout
 from serfd.core.serf import (
     DEFAULT_MAX_QUERY_TIMEOUT,
     ConflictLost,
@@ -80,6 +81,19 @@ from serfd.memberlist.swim import MemberlistConfig
 from serfd.wire.keyring import Keyring, KeyringFileError, keyring_from_config
 
 log = logging.getLogger("serfd.agent")
+
+# The core's cap on a query's timeout covers our own default timeout up to this many
+# members (Serf's default grows with GossipInterval x ceil(log10(N+1))).
+QUERY_CAP_MEMBERS = 100_000
+
+
+def max_query_timeout(cfg: Config) -> float:
+    """The longest a query stays open, asked or answered: the core's 300 s, longer when a
+    handler may answer later (it runs until handler_timeout) or when our own default
+    timeout at QUERY_CAP_MEMBERS is longer (a [gossip] gossip_interval over 3.125 s)."""
+    return max(DEFAULT_MAX_QUERY_TIMEOUT, cfg.handler_timeout,
+               default_query_timeout(cfg.timings.gossip_interval, QUERY_CAP_MEMBERS))
+
 
 def _private_ipv4() -> str | None:
     """The first non-loopback IPv4 address of this host's interfaces (no traffic sent)."""
@@ -154,7 +168,7 @@ class Agent:
         cfg = self.config
         adv_host, adv_port = self._advertise()
         mlc = MemberlistConfig.from_profile(
-            cfg.profile,
+            cfg.timings,  # the profile's, with the [gossip] overrides
             name=cfg.node_name,
             bind_port=cfg.bind[1],
             advertise_addr=adv_host,
@@ -189,8 +203,7 @@ class Agent:
             user_event_size_limit=cfg.user_event_size_limit,
             query_size_limit=cfg.query_size_limit,
             query_response_size_limit=cfg.query_response_size_limit,
-            # A handler may answer until it is killed: keep its queries open that long.
-            max_query_timeout=max(DEFAULT_MAX_QUERY_TIMEOUT, cfg.handler_timeout),
+            max_query_timeout=max_query_timeout(cfg),
         )
         return Serf(sc, random.Random(), now)
 
@@ -510,7 +523,7 @@ class Agent:
             user_event_size_limit=new.user_event_size_limit,
             query_size_limit=new.query_size_limit,
             query_response_size_limit=new.query_response_size_limit,
-            max_query_timeout=max(DEFAULT_MAX_QUERY_TIMEOUT, new.handler_timeout),
+            max_query_timeout=max_query_timeout(new),
         )
 
 

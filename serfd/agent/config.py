@@ -9,7 +9,8 @@ on its own: a value must have the right TOML type and a valid value *in the file
 sets it*, even when a later file overrides it, so a broken drop-in never hides behind
 another. Valid values are then merged: later files override earlier ones key by key;
 tables (`[gossip]`, `[rpc]`, `[tags]`) merge key by key; a list (`join`) is replaced as a whole.
-Checks that need the merged result (the encoded size of all tags) run last.
+Checks that need the merged result (the encoded size of all tags, a `[gossip]`
+probe_timeout against the probe_interval in effect) run last.
 
 Every problem is collected and reported at once in `ConfigError.errors`, one line each:
 
@@ -18,7 +19,8 @@ Every problem is collected and reported at once in `ConfigError.errors`, one lin
 * `DIR: reason`              the directory itself is missing or unreadable
 
 `config_to_toml(cfg)` renders the effective configuration back to TOML, durations as
-Go strings; loading that output gives an equal `Config` (`--check-config`).
+Go strings, and the timings `[gossip]` leaves to the profile as comments; loading that
+output gives an equal `Config` (`--check-config`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from serfd.base.duration import format_duration, parse_duration
+from serfd.memberlist import profiles as ml_profiles
 from serfd.wire.serf_messages import encode_tags
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "DEFAULT_PORT",
     "KNOWN_KEYS",
     "META_MAX_SIZE",
+    "TIMING_KEYS",
     "Config",
     "ConfigError",
     "config_to_toml",
@@ -56,6 +60,22 @@ UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 DEFAULT_TAGS_FILE = Path("tags")  # relative: <state_dir>/tags
 
 PROFILES = ("lan", "wan", "local")
+# The [gossip] keys that override the profile's timings: memberlist Config fields, named
+# as in serfd.memberlist.profiles.Profile (Config field: "gossip_" + key).
+TIMING_KEYS = (
+    "probe_interval",
+    "probe_timeout",
+    "suspicion_mult",
+    "suspicion_max_timeout_mult",
+    "gossip_interval",
+    "gossip_nodes",
+    "gossip_to_the_dead_time",
+    "push_pull_interval",
+    "retransmit_mult",
+    "indirect_checks",
+    "awareness_max_multiplier",
+    "tcp_timeout",
+)
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 
 
@@ -105,6 +125,20 @@ class Config:
     gossip_verified_suspicions: bool = True
     gossip_eager: bool = True
     gossip_join_follow_up: bool = True
+    # [gossip] timings, each overriding the profile's value (None: the profile's); the
+    # memberlist timings in effect are `timings`.
+    gossip_probe_interval: float | None = None
+    gossip_probe_timeout: float | None = None
+    gossip_suspicion_mult: int | None = None
+    gossip_suspicion_max_timeout_mult: int | None = None
+    gossip_gossip_interval: float | None = None
+    gossip_gossip_nodes: int | None = None
+    gossip_gossip_to_the_dead_time: float | None = None
+    gossip_push_pull_interval: float | None = None
+    gossip_retransmit_mult: int | None = None
+    gossip_indirect_checks: int | None = None
+    gossip_awareness_max_multiplier: int | None = None
+    gossip_tcp_timeout: float | None = None
     tags: Mapping[str, str] = field(default_factory=_empty_map)
     rpc_socket: Path = Path("/run/serfd/serfd.sock")
     rpc_socket_mode: int = 0o660
@@ -127,6 +161,14 @@ class Config:
     def __post_init__(self) -> None:
         if self.tags_file is not None and not self.tags_file.is_absolute():
             object.__setattr__(self, "tags_file", self.state_dir / self.tags_file)
+
+    @property
+    def timings(self) -> ml_profiles.Profile:
+        """memberlist's timings in effect: the profile's, with the [gossip] overrides."""
+        base = ml_profiles.get_profile(self.profile)
+        overrides = {key: value for key in TIMING_KEYS
+                     if (value := getattr(self, f"gossip_{key}")) is not None}
+        return replace(base, **overrides) if overrides else base
 
 
 # --- value parsers: TOML value -> Config value, or ValueError(reason) ----------------
@@ -197,13 +239,17 @@ def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
     return parse
 
 
-def _duration(minimum: float, min_text: str) -> Callable[[object], float]:
+def _duration(
+    minimum: float, min_text: str, maximum: float | None = None, max_text: str = ""
+) -> Callable[[object], float]:
     def parse(value: object) -> float:
         _want(value, str, 'a duration string such as "30s"')
         assert isinstance(value, str)
         seconds = parse_duration(value)
         if seconds < minimum:
             raise ValueError(f"{_q(value)} is below the minimum of {min_text}")
+        if maximum is not None and seconds > maximum:
+            raise ValueError(f"{_q(value)} is above the maximum of {max_text}")
         return seconds
 
     return parse
@@ -431,6 +477,28 @@ _KEYS: dict[str, _Key] = {
     "gossip.verified_suspicions": _Key("gossip_verified_suspicions", _boolean),
     "gossip.eager": _Key("gossip_eager", _boolean),
     "gossip.join_follow_up": _Key("gossip_join_follow_up", _boolean),
+    # Timings (None: the profile's). The bounds keep this node sane whatever it is
+    # told: no probe or gossip storm, no wait that never ends; probe_timeout <
+    # probe_interval is checked once merged (_check_timings).
+    "gossip.probe_interval": _Key(
+        "gossip_probe_interval", _duration(0.1, "100ms", 60.0, "1m"), _render_duration),
+    "gossip.probe_timeout": _Key(
+        "gossip_probe_timeout", _duration(0.01, "10ms", 60.0, "1m"), _render_duration),
+    "gossip.suspicion_mult": _Key("gossip_suspicion_mult", _integer(1, 32)),
+    "gossip.suspicion_max_timeout_mult": _Key(
+        "gossip_suspicion_max_timeout_mult", _integer(1, 32)),
+    "gossip.gossip_interval": _Key(
+        "gossip_gossip_interval", _duration(0.01, "10ms", 5.0, "5s"), _render_duration),
+    "gossip.gossip_nodes": _Key("gossip_gossip_nodes", _integer(1, 32)),
+    "gossip.gossip_to_the_dead_time": _Key(
+        "gossip_gossip_to_the_dead_time", _duration(0.0, "0s", 3600.0, "1h"), _render_duration),
+    "gossip.push_pull_interval": _Key(
+        "gossip_push_pull_interval", _duration(1.0, "1s", 3600.0, "1h"), _render_duration),
+    "gossip.retransmit_mult": _Key("gossip_retransmit_mult", _integer(1, 16)),
+    "gossip.indirect_checks": _Key("gossip_indirect_checks", _integer(1, 16)),
+    "gossip.awareness_max_multiplier": _Key("gossip_awareness_max_multiplier", _integer(1, 32)),
+    "gossip.tcp_timeout": _Key(
+        "gossip_tcp_timeout", _duration(0.1, "100ms", 300.0, "5m"), _render_duration),
     "rpc.socket": _Key("rpc_socket", _socket_path, str),
     "rpc.socket_mode": _Key("rpc_socket_mode", _socket_mode, lambda mode: f"{mode:04o}"),
     "rpc.tcp": _Key(
@@ -549,6 +617,34 @@ def _parse_tag(value: object) -> str:
     return value
 
 
+def _check_timings(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
+    """probe_timeout < probe_interval, on the merged values (the profile's where unset):
+    a probe's indirect pings and TCP ping run in what is left of its interval."""
+    interval = values.get("gossip_probe_interval")
+    timeout = values.get("gossip_probe_timeout")
+    if interval is None and timeout is None:
+        return []
+    profile = ml_profiles.get_profile(values.get("profile", Config.__dataclass_fields__[
+        "profile"].default))
+    pi = profile.probe_interval if interval is None else interval
+    pt = profile.probe_timeout if timeout is None else timeout
+    if pt < pi:
+        return []
+    theirs = f"the {profile.name} profile's"
+    if timeout is not None:
+        whence = theirs if interval is None else f"set in {sources['gossip.probe_interval']}"
+        return [(
+            f"{sources['gossip.probe_timeout']}: gossip.probe_timeout: "
+            f"{_q(format_duration(pt))} must be shorter than probe_interval "
+            f"({_q(format_duration(pi))}, {whence})"
+        )]
+    return [(
+        f"{sources['gossip.probe_interval']}: gossip.probe_interval: "
+        f"{_q(format_duration(pi))} must be longer than probe_timeout "
+        f"({_q(format_duration(pt))}, {theirs}): set gossip.probe_timeout too"
+    )]
+
+
 def load_config(config_dir: Path) -> Config:
     """Read `config_dir/*.toml` in lexical order into a validated Config (or ConfigError)."""
     config_dir = Path(config_dir)
@@ -609,6 +705,7 @@ def load_config(config_dir: Path) -> Config:
             f"{sources['rpc.tcp']}: rpc.tcp: {_q(_format_address(tcp))} is not a loopback "
             "address: set rpc.auth_key so remote RPC clients must authenticate"
         )
+    errors.extend(_check_timings(values, sources))
     if errors:
         raise ConfigError(errors)
 
@@ -662,7 +759,20 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
         header += "# all defaults (no settings in any drop-in)\n"
     import tomli_w  # only for --check-config
 
-    return header + "\n" + tomli_w.dumps(top)
+    text = tomli_w.dumps(top)
+    # The timings [gossip] leaves to the profile, as comments at the end of its table
+    # (the values in effect; a comment so that the output loads back equal).
+    unset = [key for key in TIMING_KEYS if getattr(cfg, f"gossip_{key}") is None]
+    if unset:
+        timings = cfg.timings
+        lines = [f"# not set, the {cfg.profile} profile's:\n"]
+        for key in unset:
+            value = _KEYS[f"gossip.{key}"].render(getattr(timings, key))
+            lines.append("# " + tomli_w.dumps({key: value}))
+        start = text.index("\n[gossip]\n")
+        end = text.index("\n\n", start + 1) + 1  # the blank line before the next table
+        text = text[:end] + "".join(lines) + text[end:]
+    return header + "\n" + text
 
 
 def _check_tables() -> None:

@@ -79,6 +79,19 @@ RESTART_FIELDS = frozenset({
     "gossip_verified_suspicions",  # the same
     "gossip_eager",  # the same
     "gossip_join_follow_up",  # the same
+    # [gossip] timings: the memberlist config too (and the Serf queues built from it).
+    "gossip_probe_interval",
+    "gossip_probe_timeout",
+    "gossip_suspicion_mult",
+    "gossip_suspicion_max_timeout_mult",
+    "gossip_gossip_interval",
+    "gossip_gossip_nodes",
+    "gossip_gossip_to_the_dead_time",
+    "gossip_push_pull_interval",
+    "gossip_retransmit_mult",
+    "gossip_indirect_checks",
+    "gossip_awareness_max_multiplier",
+    "gossip_tcp_timeout",
     "broadcast_timeout",
     "reconnect_interval",
     "reconnect_timeout",
