@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.events_bench import Handlers, time_events, time_queries
+from bench.events_bench import Handlers, StreamTaps, time_events, time_queries
 from tests.integration.harness import (
     AddressAllocator,
     Agent,
@@ -170,6 +170,8 @@ class RepResult:
     join_rpc_s: list[float] = field(default_factory=list)
     event_p50_ms: list[float] = field(default_factory=list)  # one a timed event
     event_p99_ms: list[float] = field(default_factory=list)
+    stream_p50_ms: list[float] = field(default_factory=list)  # the same, to the RPC stream
+    stream_p99_ms: list[float] = field(default_factory=list)
     query_all_ms: list[float] = field(default_factory=list)  # one a query
     query_done_ms: list[float] = field(default_factory=list)
     idle_bps: list[float] = field(default_factory=list)
@@ -285,10 +287,16 @@ def run_rep(
 
             # -- timed user events and queries from node0: settle, then one at a time
             time.sleep(args.settle)
-            with RPCClient(agents[0].rpc_target, timeout=30.0) as ec:
-                res.event_p50_ms, res.event_p99_ms = time_events(
-                    ec, [a.name for a in agents], handlers.log, args.events, rng)
-                res.query_all_ms, res.query_done_ms = time_queries(ec, n, args.queries, rng)
+            taps = StreamTaps(agents)
+            try:
+                with RPCClient(agents[0].rpc_target, timeout=30.0) as ec:
+                    times = time_events(ec, [a.name for a in agents], handlers.log,
+                                        args.events, rng, taps)
+                    res.query_all_ms, res.query_done_ms = time_queries(ec, n, args.queries, rng)
+            finally:
+                taps.close()
+            res.event_p50_ms, res.event_p99_ms = times.p50, times.p99
+            res.stream_p50_ms, res.stream_p99_ms = times.stream_p50, times.stream_p99
 
             # -- idle resources: settle (the handlers and the events' gossip end), measure
             time.sleep(args.settle)
@@ -400,6 +408,8 @@ def report(n: int, results: list[RepResult], impls: Sequence[str], notes: dict[s
         ("join convergence (s)", lambda rs: [r.join_s for r in rs], 3),
         ("event p50 over nodes (ms)", lambda rs: [x for r in rs for x in r.event_p50_ms], 0),
         ("event p99 over nodes (ms)", lambda rs: [x for r in rs for x in r.event_p99_ms], 0),
+        ("  to RPC stream p50 (ms)", lambda rs: [x for r in rs for x in r.stream_p50_ms], 0),
+        ("  to RPC stream p99 (ms)", lambda rs: [x for r in rs for x in r.stream_p99_ms], 0),
         ("query all-N responses (ms)", lambda rs: [x for r in rs for x in r.query_all_ms], 0),
         ("query done (ms)", lambda rs: [x for r in rs for x in r.query_done_ms], 0),
         ("SIGKILL -> all see failed (s)", lambda rs: [r.fail_s for r in rs], 2),
@@ -481,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"# {impl} N={n} rep {rep}: join {fmt(r.join_s)} s, event p50/p99 "
                         f"{fmt(med(r.event_p50_ms), 0)}/{fmt(med(r.event_p99_ms), 0)} ms, "
+                        f"stream {fmt(med(r.stream_p50_ms), 0)}/{fmt(med(r.stream_p99_ms), 0)} ms, "
                         f"query all-N {fmt(med(r.query_all_ms), 0)} ms, fail "
                         f"{fmt(r.fail_s, 2)} s, RSS {fmt(med(r.rss_mib), 1)} MiB, CPU "
                         f"{fmt(med(r.cpu_pct), 2)} %"
