@@ -51,6 +51,8 @@ def test_empty_dir_is_all_defaults(tmp_path: Path) -> None:
     assert cfg.retry_max_attempts == 0
     assert cfg.log_level == "info"
     assert cfg.leave_on_terminate is True
+    assert cfg.skip_leave_on_interrupt is False
+    assert cfg.replay_on_join is False
     assert cfg.enable_compression is True
     assert cfg.broadcast_timeout == 5.0
     assert cfg.reconnect_interval == 30.0
@@ -497,6 +499,8 @@ retry_interval = "1m30s"
 retry_max_attempts = 3
 log_level = "trace"
 leave_on_terminate = false
+skip_leave_on_interrupt = true
+replay_on_join = true
 enable_compression = false
 broadcast_timeout = "1500ms"
 reconnect_interval = "10s"
@@ -553,6 +557,8 @@ _configs = st.builds(
     retry_max_attempts=st.integers(0, 2**40),
     log_level=st.sampled_from(["trace", "debug", "info", "warn", "error"]),
     leave_on_terminate=st.booleans(),
+    skip_leave_on_interrupt=st.booleans(),
+    replay_on_join=st.booleans(),
     enable_compression=st.booleans(),
     broadcast_timeout=_dur,
     reconnect_interval=_dur,

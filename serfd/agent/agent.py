@@ -301,8 +301,16 @@ class Agent:
             return
         name = signal.Signals(sig).name
         self.notifier.stopping()
+        # Serf's choice: SIGINT leaves unless skip_leave_on_interrupt, SIGTERM leaves if
+        # leave_on_terminate (serfd's default: true, so systemctl stop leaves).
         if sig == signal.SIGTERM and not self.config.leave_on_terminate:
-            log.info("caught %s: stopping without leaving (leave_on_terminate = false)", name)
+            why = "leave_on_terminate = false"
+        elif sig == signal.SIGINT and self.config.skip_leave_on_interrupt:
+            why = "skip_leave_on_interrupt = true"
+        else:
+            why = ""
+        if why:
+            log.info("caught %s: stopping without leaving (%s)", name, why)
             self._stop.set()
             return
         log.info("caught %s: leaving the cluster gracefully", name)
@@ -361,7 +369,8 @@ class Agent:
     async def _retry_join(self) -> None:
         cfg = self.config
         joined = await self.joins.retry_join(list(cfg.join), retry_interval=cfg.retry_interval,
-                                             max_attempts=cfg.retry_max_attempts)
+                                             max_attempts=cfg.retry_max_attempts,
+                                             replay=cfg.replay_on_join)
         if not joined and self.serf.state is SerfState.ALIVE:  # gave up (not: we left)
             self._exit_code = 1
             self._stop.set()
@@ -483,7 +492,8 @@ class Agent:
         except (TagsError, SerfError) as e:
             errors.append(f"tags: {e}")
         if new.join != old.join and new.join:
-            self._spawn(self.joins.join_after_reload(list(new.join)))
+            self._spawn(self.joins.join_after_reload(list(new.join),
+                                                     replay=self.config.replay_on_join))
         for hook in list(self.reload_hooks):
             try:
                 hook(old, self.config)

@@ -84,6 +84,10 @@ class Config:
     retry_max_attempts: int = 0  # 0 = retry forever
     log_level: str = "info"
     leave_on_terminate: bool = True
+    # Serf's agent options: the configured joins (start, retry, reload) replay the
+    # cluster's recent user events; SIGINT stops without leaving (peers see failed).
+    replay_on_join: bool = False
+    skip_leave_on_interrupt: bool = False
     enable_compression: bool = True
     broadcast_timeout: float = 5.0
     reconnect_interval: float = 30.0
@@ -413,6 +417,8 @@ _KEYS: dict[str, _Key] = {
     "retry_max_attempts": _Key("retry_max_attempts", _integer(0, None)),
     "log_level": _Key("log_level", _choice(LOG_LEVELS)),
     "leave_on_terminate": _Key("leave_on_terminate", _boolean),
+    "replay_on_join": _Key("replay_on_join", _boolean),
+    "skip_leave_on_interrupt": _Key("skip_leave_on_interrupt", _boolean),
     "enable_compression": _Key("enable_compression", _boolean),
     "broadcast_timeout": _Key("broadcast_timeout", _duration(1e-9, "1ns"), _render_duration),
     "reconnect_interval": _Key("reconnect_interval", _duration(1e-9, "1ns"), _render_duration),
