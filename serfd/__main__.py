@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             print(e, file=sys.stderr)
             return 2
     if args.check_config:
-        sys.stdout.write(config_to_toml(config))
+        from serfd.agent.config import derived_paths_comment
+
+        sys.stdout.write(config_to_toml(config) + "\n"
+                         + derived_paths_comment(config, Path(args.config_dir).absolute()))
         return 0
 
     # One serfd per state directory, checked before anything is bound.

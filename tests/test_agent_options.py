@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from serfd.agent.agent import Agent
-from serfd.agent.config import Config, load_config
+from serfd.agent.config import Config, derived_paths, load_config
 from serfd.agent.snapshot import parse_snapshot
+from serfd.agent.statelock import StateDirLock
 from serfd.agent.systemd import Notifier
 from tests.support import free_port, until, write_base
 
@@ -90,3 +91,34 @@ def test_configured_joins_replay_as_replay_on_join(tmp_path: Path, replay: bool)
             await agent._shutdown()
 
     assert asyncio.run(main()) == [("start", replay), ("reload", replay)]
+
+
+def test_the_agent_uses_the_paths_check_config_shows(tmp_path: Path) -> None:
+    """--check-config's derived paths are the ones a started agent really uses."""
+    d = tmp_path / "serfd.d"
+    write_base(d, tmp_path, free_port(), log_level='"warn"',
+               encrypt_key='"6hRTJPebtwdfvbZB72SW+nNMkVu1HVCgZLu9MmArzeg="')
+    cfg = load_config(d)
+
+    async def main() -> dict[str, str]:
+        agent = Agent(cfg, config_dir=d, notifier=Notifier())
+        await agent.start()
+        try:
+            return {
+                "state_dir": str(cfg.state_dir),
+                "snapshot_path": str(agent.recorder.path),
+                "keyring_file": str(agent.keyring_path),
+                "tags_file": str(agent.tags.path),
+                "handlers_dir": str(agent.events.handlers_dir()),
+                "rpc.socket": str(cfg.rpc_socket),
+            }
+        finally:
+            await agent._shutdown()
+
+    used = asyncio.run(main())
+    shown = dict(derived_paths(cfg, d))
+    lock = StateDirLock.acquire(cfg.state_dir)  # as serfd's main takes it
+    lock.release()
+    assert shown.pop("state lock") == str(lock.path)
+    assert shown == used
+    assert Path(used["keyring_file"]).exists() and Path(used["rpc.socket"]).parent.is_dir()

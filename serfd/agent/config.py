@@ -45,7 +45,11 @@ __all__ = [
     "Config",
     "ConfigError",
     "config_to_toml",
+    "derived_paths",
+    "derived_paths_comment",
+    "handlers_directory",
     "load_config",
+    "snapshot_file",
 ]
 
 DEFAULT_CONFIG_DIR = Path("/etc/serfd.d")
@@ -669,6 +673,48 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
     import tomli_w  # only for --check-config
 
     return header + "\n" + tomli_w.dumps(top)
+
+
+# --- paths derived from the configuration --------------------------------------------
+
+
+def snapshot_file(cfg: Config) -> Path:
+    """The snapshot: ``snapshot_path``, else ``<state_dir>/snapshot``."""
+    return cfg.snapshot_path or cfg.state_dir / "snapshot"
+
+
+def handlers_directory(cfg: Config, config_dir: Path | None) -> Path:
+    """Where bare handler commands are found: ``handlers_dir``, else ``<config dir>/handlers``."""
+    if cfg.handlers_dir is not None:
+        return cfg.handlers_dir
+    return (config_dir if config_dir is not None else DEFAULT_CONFIG_DIR) / "handlers"
+
+
+def derived_paths(cfg: Config, config_dir: Path | None) -> list[tuple[str, str]]:
+    """Every file and directory serfd uses, defaults resolved: (what, path or why none)."""
+    from serfd.agent.statelock import LOCK_NAME
+    from serfd.wire.keyring import keyring_path
+
+    keyring = keyring_path(cfg.encrypt_key, cfg.keyring_file, cfg.state_dir)
+    return [
+        ("state_dir", str(cfg.state_dir)),
+        ("state lock", str(cfg.state_dir / LOCK_NAME)),
+        ("snapshot_path", str(snapshot_file(cfg))),
+        ("keyring_file", str(keyring) if keyring is not None
+         else "none (no encryption: neither encrypt_key nor keyring_file is set)"),
+        ("tags_file", str(cfg.tags_file) if cfg.tags_file is not None
+         else "none (runtime tag changes are kept in memory only)"),
+        ("handlers_dir", str(handlers_directory(cfg, config_dir))),
+        ("rpc.socket", str(cfg.rpc_socket)),
+    ]
+
+
+def derived_paths_comment(cfg: Config, config_dir: Path | None) -> str:
+    """:func:`derived_paths` as TOML comments, for ``--check-config`` (loads back as nothing)."""
+    rows = derived_paths(cfg, config_dir)
+    width = max(len(what) for what, _ in rows)
+    lines = [f"#   {what:<{width}}  {path}" for what, path in rows]
+    return "\n".join(["# Paths in use (defaults resolved):", *lines]) + "\n"
 
 
 def _check_tables() -> None:
