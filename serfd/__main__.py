@@ -75,9 +75,24 @@ def main(argv: list[str] | None = None) -> int:
             print(e, file=sys.stderr)
             return 2
     if args.check_config:
+        from serfd.agent.addresses import has_host_names, resolve_gossip_addresses
         from serfd.agent.config import derived_paths_comment
 
-        sys.stdout.write(config_to_toml(config) + "\n"
+        resolved = ""
+        if has_host_names(config):  # resolved as a start would (which exits 1 instead)
+            try:
+                bind, advertise = resolve_gossip_addresses(config)
+            except ConfigError as e:
+                for line in e.errors:
+                    print(line, file=sys.stderr)
+                return 2
+            resolved = "".join(
+                f"# {key} {name} resolves to {ip}\n"
+                for key, name, ip in (("bind", config.bind[0], bind[0]),
+                                      ("advertise", (config.advertise or ("",))[0],
+                                       (advertise or ("",))[0]))
+                if name != ip)
+        sys.stdout.write(config_to_toml(config) + "\n" + resolved
                          + derived_paths_comment(config, Path(args.config_dir).absolute()))
         return 0
 

@@ -1,12 +1,15 @@
 """Serf's agent options in a real, in-process agent (127.0.0.1, ephemeral ports, a
 temporary state directory): which stop signal leaves the cluster
-(``skip_leave_on_interrupt``, ``leave_on_terminate``), and whether the configured joins
-replay old user events (``replay_on_join``)."""
+(``skip_leave_on_interrupt``, ``leave_on_terminate``), whether the configured joins
+replay old user events (``replay_on_join``), host names in ``bind`` and ``advertise``
+("localhost" only: no DNS), and the paths --check-config shows."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
+import socket
 import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
@@ -23,8 +26,9 @@ from tests.support import free_port, until, write_base
 
 
 def _config(d: str, **options: Any) -> Config:
-    return Config(node_name="a", bind=("127.0.0.1", 0), state_dir=Path(d),
-                  rpc_socket=Path(d) / "s.sock", log_level="warn", **options)
+    base: dict[str, Any] = {"node_name": "a", "bind": ("127.0.0.1", 0), "state_dir": Path(d),
+                            "rpc_socket": Path(d) / "s.sock", "log_level": "warn"}
+    return Config(**{**base, **options})
 
 
 @pytest.mark.parametrize(("sig", "options", "leaves"), [
@@ -122,3 +126,44 @@ def test_the_agent_uses_the_paths_check_config_shows(tmp_path: Path) -> None:
     assert shown.pop("state lock") == str(lock.path)
     assert shown == used
     assert Path(used["keyring_file"]).exists() and Path(used["rpc.socket"]).parent.is_dir()
+
+
+
+def test_bind_and_advertise_host_names_are_resolved_at_start() -> None:
+    port = free_port()
+
+    async def main() -> list[tuple[str, int]]:
+        with tempfile.TemporaryDirectory(prefix="ago") as d:
+            agent = Agent(_config(d, bind=("localhost", port), advertise=("localhost", port)),
+                          notifier=Notifier())
+            await agent.start()
+            try:
+                member = agent.serf.local_member()
+                assert agent.gossip is not None and agent.gossip._udp is not None
+                return [agent.bind_addr, (member.addr, member.port),
+                        agent.gossip._udp.get_extra_info("sockname")[:2]]
+            finally:
+                await agent._shutdown()
+
+    assert asyncio.run(main()) == [("127.0.0.1", port)] * 3
+
+
+def test_a_host_name_that_does_not_resolve_stops_the_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_such_host(host: str) -> list[Any]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr("serfd.agent.addresses._getaddrinfo", no_such_host)
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(prefix="ago") as d:
+            cfg = dataclasses.replace(_config(d, bind=("db.example", free_port())),
+                                      sources={"bind": "/etc/serfd.d/50-a.toml"})
+            agent = Agent(cfg, notifier=Notifier())
+            with pytest.raises(SystemExit) as e:
+                await agent.start()
+            assert str(e.value) == ('serfd: /etc/serfd.d/50-a.toml: bind: cannot resolve host '
+                                    'name "db.example": Name or service not known')
+            assert agent.gossip is None and not (Path(d) / "s.sock").exists()
+
+    asyncio.run(main())

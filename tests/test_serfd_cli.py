@@ -142,3 +142,16 @@ def test_check_config_shows_every_derived_path(tmp_path: Path) -> None:
     d2.mkdir()
     (d2 / "serfd.toml").write_text(r.stdout)
     assert tomllib.loads(run_serfd(d2, "--check-config").stdout) == tomllib.loads(r.stdout)
+
+
+def test_check_config_keeps_host_names_and_shows_what_they_resolve_to(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    (d / "10-base.toml").write_text(base_config(tmp_path))
+    (d / "20-names.toml").write_text('bind = "localhost:17946"\nadvertise = "localhost"\n')
+    r = run_serfd(d, "--check-config")
+    assert r.returncode == 0, r.stderr
+    merged = tomllib.loads(r.stdout)
+    assert (merged["bind"], merged["advertise"]) == ("localhost:17946", "localhost:17946")
+    assert "# bind localhost resolves to 127.0.0.1\n" in r.stdout
+    assert "# advertise localhost resolves to 127.0.0.1\n" in r.stdout

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from serfd import __version__
+from serfd.agent.addresses import has_host_names, resolve_gossip_addresses
 from serfd.agent.clock import Clock, LoopClock
 from serfd.agent.config import Config, ConfigError, load_config
 from serfd.agent.events import EventsService
@@ -103,6 +104,9 @@ class Agent:
     def __init__(self, config: Config, *, config_dir: Path | None = None,
                  notifier: Notifier | None = None, clock: Clock | None = None) -> None:
         self.config = config
+        # bind and advertise as IPs: host names are resolved by start() (addresses.py).
+        self.bind_addr: tuple[str, int] = config.bind
+        self.advertise_addr: tuple[str, int] | None = config.advertise
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.config_dir = config_dir  # where reload() re-reads the drop-ins
         self.notifier = notifier if notifier is not None else Notifier()
@@ -137,10 +141,9 @@ class Agent:
     # ------------------------------------------------------------------ setup
 
     def _advertise(self) -> tuple[str, int]:
-        cfg = self.config
-        if cfg.advertise is not None:
-            return cfg.advertise
-        host, port = cfg.bind
+        if self.advertise_addr is not None:
+            return self.advertise_addr
+        host, port = self.bind_addr
         if host in ("0.0.0.0", "::"):
             ip = _private_ipv4()
             if ip is None:
@@ -199,7 +202,19 @@ class Agent:
         this the agent is 'ready'."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        host, port = self.config.bind
+        if has_host_names(self.config):  # DNS off the loop, once (Serf resolves at start)
+            try:
+                self.bind_addr, self.advertise_addr = await loop.run_in_executor(
+                    None, resolve_gossip_addresses, self.config)
+            except ConfigError as e:
+                for line in e.errors:
+                    log.error("cannot start: %s", line)
+                raise SystemExit("serfd: " + "\nserfd: ".join(e.errors)) from None
+            log.info("bind %s resolved to %s; advertise %s resolved to %s",
+                     self.config.bind[0], self.bind_addr[0],
+                     self.config.advertise[0] if self.config.advertise else "(unset)",
+                     self.advertise_addr[0] if self.advertise_addr else "(derived from bind)")
+        host, port = self.bind_addr
         try:
             self.keyring, self.keyring_path = keyring_from_config(
                 self.config.encrypt_key, self.config.keyring_file, self.config.state_dir, log)

@@ -48,6 +48,7 @@ __all__ = [
     "derived_paths",
     "derived_paths_comment",
     "handlers_directory",
+    "is_host_name",
     "load_config",
     "snapshot_file",
 ]
@@ -266,14 +267,45 @@ def _ip_literal(host: str, whole: str) -> str:
         ) from None
 
 
+# RFC 1123 host names: dot-separated labels of letters, digits, "-" (not at either end)
+# and, as DNS allows in practice, "_"; at most 253 characters, an optional final dot.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def is_host_name(host: str) -> bool:
+    """A syntactically valid DNS host name, and not an IP address lookalike: a name whose
+    last label is all digits ("300.1.2.3") is a bad IP address, not a name."""
+    if _HOST_NAME.fullmatch(host) is None:
+        return False
+    return not host.rstrip(".").rsplit(".", 1)[-1].isdigit()
+
+
+def _ip_or_host_name(host: str, whole: str) -> str:
+    if host == "":
+        raise ValueError(f"{_q(whole)}: missing host")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not is_host_name(host):
+        raise ValueError(f"{_q(whole)}: {_q(host)} is neither an IP address nor a host name")
+    return host  # resolved at start (serfd.agent.addresses)
+
+
 def _address(
-    *, default_port: int | None, min_port: int, unspecified_ok: bool
+    *, default_port: int | None, min_port: int, unspecified_ok: bool, names_ok: bool = False,
 ) -> Callable[[object], tuple[str, int]]:
     def parse(value: object) -> tuple[str, int]:
         text = _nonempty_string(value)
         host_text, port_text = _split_host_port(text)
-        host = _ip_literal(host_text, text)
-        if not unspecified_ok and ipaddress.ip_address(host).is_unspecified:
+        if names_ok and ":" not in host_text:
+            host = _ip_or_host_name(host_text, text)
+        else:
+            host = _ip_literal(host_text, text)
+        if is_host_name(host):
+            pass  # its address is checked once resolved
+        elif not unspecified_ok and ipaddress.ip_address(host).is_unspecified:
             raise ValueError(f"{_q(text)}: cannot advertise the unspecified address {host}")
         if port_text is None:
             if default_port is None:
@@ -404,15 +436,16 @@ def _render_duration(seconds: float) -> str:
 
 _KEYS: dict[str, _Key] = {
     "node_name": _Key("node_name", _node_name),
+    # bind and advertise may name a host: resolved at start (serfd.agent.addresses).
     "bind": _Key(
         "bind",
-        _address(default_port=DEFAULT_PORT, min_port=1, unspecified_ok=True),
+        _address(default_port=DEFAULT_PORT, min_port=1, unspecified_ok=True, names_ok=True),
         _format_address,
     ),
     # The advertise port defaults to the bind port (see _merge), so parse with a marker.
     "advertise": _Key(
         "advertise",
-        _address(default_port=0, min_port=1, unspecified_ok=False),
+        _address(default_port=0, min_port=1, unspecified_ok=False, names_ok=True),
         _format_address,
     ),
     "profile": _Key("profile", _choice(PROFILES)),
