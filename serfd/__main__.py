@@ -86,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                 for line in e.errors:
                     print(line, file=sys.stderr)
                 return 2
-            resolved = "".join(
-                f"# {key} {name} resolves to {ip}\n"
-                for key, name, ip in (("bind", config.bind[0], bind[0]),
-                                      ("advertise", (config.advertise or ("",))[0],
-                                       (advertise or ("",))[0]))
-                if name != ip)
+            rows = [("bind", config.bind[0], bind[0])]
+            if config.advertise is not None and advertise is not None:
+                rows.append(("advertise", config.advertise[0], advertise[0]))
+            resolved = "".join(f"# {key} {name} resolves to {ip}\n"
+                               for key, name, ip in rows if name != ip)
         sys.stdout.write(config_to_toml(config) + "\n" + resolved
                          + derived_paths_comment(config, Path(args.config_dir).absolute()))
         return 0
