@@ -276,12 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("keygen", help="print a new random 32-byte encryption key (no agent needed)")
 
+    sub.add_parser("version", help="print serfctl's version and the Serf protocol range "
+                   "(no agent needed)")
+
     sub.add_parser(
         "reload",
         parents=[common],
         help="make serfd re-read its config; waits until it is applied or refused",
     )
     return parser
+
+
+def version_text() -> str:
+    """``serf version``'s lines, for serfctl: its version, then the Serf (delegate)
+    protocol versions it and serfd speak."""
+    from serfd import __version__
+    from serfd.wire.messages import SERF_PROTOCOL_MAX, SERF_PROTOCOL_MIN
+
+    return (f"serfctl {__version__}\n"
+            f"Agent Protocol: {SERF_PROTOCOL_MAX} (Understands back to: {SERF_PROTOCOL_MIN})")
 
 
 def _connect(args: argparse.Namespace) -> RPCClient:
@@ -656,6 +669,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from serfd.wire.keyring import generate_key
 
             print(generate_key())
+            return 0
+        if args.command == "version":
+            print(version_text())
             return 0
         with _connect(args) as client:
             out = _COMMANDS[args.command](client, args)

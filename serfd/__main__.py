@@ -75,7 +75,24 @@ def main(argv: list[str] | None = None) -> int:
             print(e, file=sys.stderr)
             return 2
     if args.check_config:
-        sys.stdout.write(config_to_toml(config))
+        from serfd.agent.addresses import has_host_names, resolve_gossip_addresses
+        from serfd.agent.config import derived_paths_comment
+
+        resolved = ""
+        if has_host_names(config):  # resolved as a start would (which exits 1 instead)
+            try:
+                bind, advertise = resolve_gossip_addresses(config)
+            except ConfigError as e:
+                for line in e.errors:
+                    print(line, file=sys.stderr)
+                return 2
+            rows = [("bind", config.bind[0], bind[0])]
+            if config.advertise is not None and advertise is not None:
+                rows.append(("advertise", config.advertise[0], advertise[0]))
+            resolved = "".join(f"# {key} {name} resolves to {ip}\n"
+                               for key, name, ip in rows if name != ip)
+        sys.stdout.write(config_to_toml(config) + "\n" + resolved
+                         + derived_paths_comment(config, Path(args.config_dir).absolute()))
         return 0
 
     # One serfd per state directory, checked before anything is bound.

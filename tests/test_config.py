@@ -53,6 +53,8 @@ def test_empty_dir_is_all_defaults(tmp_path: Path) -> None:
     assert cfg.retry_max_attempts == 0
     assert cfg.log_level == "info"
     assert cfg.leave_on_terminate is True
+    assert cfg.skip_leave_on_interrupt is False
+    assert cfg.replay_on_join is False
     assert cfg.enable_compression is True
     assert cfg.broadcast_timeout == 5.0
     assert cfg.reconnect_interval == 30.0
@@ -346,7 +348,7 @@ def test_bad_values(tmp_path: Path) -> None:
         "a.toml",
         f"""
 node_name = "{"n" * 129}"
-bind = "localhost:7946"
+bind = "300.1.2.3:7946"
 advertise = "0.0.0.0:7946"
 profile = "datacenter"
 join = ["10.0.0.1", 7, "[::1]:99999", "", "h:x"]
@@ -368,10 +370,7 @@ auth_key = ""
     )
     assert errors_of(tmp_path) == [
         f"{p}: node_name: too long (129 characters, max 128)",
-        (
-            f'{p}: bind: "localhost:7946": "localhost" is not an IP address literal '
-            "(host names are not allowed here)"
-        ),
+        f'{p}: bind: "300.1.2.3:7946": "300.1.2.3" is neither an IP address nor a host name',
         f'{p}: advertise: "0.0.0.0:7946": cannot advertise the unspecified address 0.0.0.0',
         f'{p}: profile: "datacenter" is not one of lan, wan, local',
         f"{p}: join[1]: expected a string, got integer",
@@ -411,6 +410,10 @@ auth_key = ""
         ("bind", '"[::1"', "\"[::1\": missing ']' after an IPv6 address"),
         ("bind", '":7946"', '":7946": missing host'),
         ("advertise", '"[::]:7946"', "cannot advertise the unspecified address ::"),
+        ("bind", '"-web.example:7946"', '"-web.example" is neither an IP address nor a host name'),
+        ("advertise", '"a..b"', '"a..b" is neither an IP address nor a host name'),
+        ("advertise", '"10.0.0.256"', '"10.0.0.256" is neither an IP address nor a host name'),
+        ("bind", f'"{"a" * 64}.example"', "is neither an IP address nor a host name"),
         ("advertise", '"10.0.0.1:0"', "port 0 is out of range 1..65535"),
         ("rpc.tcp", '"localhost:7373"', '"localhost" is not an IP address literal'),
         ("rpc.socket_mode", "0o660", "a TOML integer loses its octal meaning"),
@@ -455,7 +458,7 @@ def test_tags_at_the_limit_are_fine(tmp_path: Path) -> None:
 
 
 def test_bad_value_reported_even_when_overridden(tmp_path: Path) -> None:
-    p1 = write(tmp_path, "10.toml", 'bind = "nowhere"\n')
+    p1 = write(tmp_path, "10.toml", 'bind = "no where"\n')
     write(tmp_path, "20.toml", 'bind = "10.0.0.1"\n')
     (err,) = errors_of(tmp_path)
     assert err.startswith(f"{p1}: bind: ")
@@ -504,6 +507,8 @@ retry_interval = "1m30s"
 retry_max_attempts = 3
 log_level = "trace"
 leave_on_terminate = false
+skip_leave_on_interrupt = true
+replay_on_join = true
 enable_compression = false
 broadcast_timeout = "1500ms"
 reconnect_interval = "10s"
@@ -566,6 +571,8 @@ _configs = st.builds(
     retry_max_attempts=st.integers(0, 2**40),
     log_level=st.sampled_from(["trace", "debug", "info", "warn", "error"]),
     leave_on_terminate=st.booleans(),
+    skip_leave_on_interrupt=st.booleans(),
+    replay_on_join=st.booleans(),
     enable_compression=st.booleans(),
     broadcast_timeout=_dur,
     reconnect_interval=_dur,
@@ -619,3 +626,16 @@ def test_render_load_round_trip_property(cfg: Config) -> None:
         loaded = load_config(Path(d))
     assert loaded == cfg
     assert isinstance(loaded.tags, MappingProxyType)
+
+
+def test_bind_and_advertise_may_name_hosts(tmp_path: Path) -> None:
+    """Kept as written (resolved at start, serfd.agent.addresses); the port rules are the
+    same as for an IP; the printed config loads back equal."""
+    write(tmp_path, "a.toml", 'bind = "gossip.example.org.:7000"\nadvertise = "web-1_a"\n')
+    cfg = load_config(tmp_path)
+    assert cfg.bind == ("gossip.example.org.", 7000)
+    assert cfg.advertise == ("web-1_a", 7000)  # the bind port
+    out = tmp_path / "out"
+    out.mkdir()
+    write(out, "check.toml", config_to_toml(cfg))
+    assert load_config(out) == cfg

@@ -226,3 +226,17 @@ def test_join_after_reload_logs_either_way(caplog: pytest.LogCaptureFixture) -> 
     assert "reload: joined 1 node(s) of the new join list" in lines
     assert any(m.startswith("reload: joining the new join list failed: 1 error occurred: "
                             "* Failed to join 10.0.0.4") for m in lines)
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_configured_joins_ignore_old_events_unless_replay(replay: bool) -> None:
+    """Serf's replay_on_join: the start (retry) join and the reload join of the configured
+    list are Serf joins with ignoreOld = not replay."""
+    async def main() -> None:
+        _clock, driver, joiner = make({("10.0.0.1", 7946)})
+        assert await joiner.retry_join(["10.0.0.1"], retry_interval=30.0, max_attempts=0,
+                                       replay=replay)
+        await joiner.join_after_reload(["10.0.0.1"], replay=replay)
+        assert [ignore for _, _, ignore, _ in driver.calls] == [not replay, not replay]
+
+    run(main)

@@ -118,3 +118,60 @@ def test_check_config_shows_gossip_timings(tmp_path: Path) -> None:
     assert merged["gossip"]["gossip_nodes"] == 5
     assert "probe_timeout" not in merged["gossip"]  # the profile's, shown as a comment:
     assert '\n# probe_timeout = "3s"\n' in r.stdout
+
+
+def _paths_block(stdout: str) -> dict[str, str]:
+    """The "# Paths in use" comment block of --check-config: what -> path."""
+    lines = stdout.splitlines()
+    start = lines.index("# Paths in use (defaults resolved):")
+    rows = {}
+    for line in lines[start + 1:]:
+        what, _, path = line.removeprefix("#   ").partition("  ")
+        rows[what.strip()] = path.strip()
+    return rows
+
+
+def test_check_config_shows_every_derived_path(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    (d / "10-base.toml").write_text(base_config(tmp_path))
+    r = run_serfd(d, "--check-config")
+    assert r.returncode == 0, r.stderr
+    state = f"{tmp_path}/state"
+    assert _paths_block(r.stdout) == {
+        "state_dir": state,
+        "state lock": f"{state}/serfd.lock",
+        "snapshot_path": f"{state}/snapshot",
+        "keyring_file": "none (no encryption: neither encrypt_key nor keyring_file is set)",
+        "tags_file": f"{state}/tags",
+        "handlers_dir": f"{d}/handlers",
+        "rpc.socket": f"{tmp_path}/serfd.sock",
+    }
+    # Set keys are shown as set; encryption puts the keyring under state_dir.
+    (d / "20-paths.toml").write_text(
+        'encrypt_key = "6hRTJPebtwdfvbZB72SW+nNMkVu1HVCgZLu9MmArzeg="\n'
+        'snapshot_path = "/srv/snap"\nhandlers_dir = "/srv/h"\ntags_file = ""\n')
+    r = run_serfd(d, "--check-config")
+    assert r.returncode == 0, r.stderr
+    paths = _paths_block(r.stdout)
+    assert paths["keyring_file"] == f"{state}/keyring"
+    assert (paths["snapshot_path"], paths["handlers_dir"]) == ("/srv/snap", "/srv/h")
+    assert paths["tags_file"] == "none (runtime tag changes are kept in memory only)"
+    # Comments only: the output still loads back as the same configuration.
+    d2 = tmp_path / "again"
+    d2.mkdir()
+    (d2 / "serfd.toml").write_text(r.stdout)
+    assert tomllib.loads(run_serfd(d2, "--check-config").stdout) == tomllib.loads(r.stdout)
+
+
+def test_check_config_keeps_host_names_and_shows_what_they_resolve_to(tmp_path: Path) -> None:
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    (d / "10-base.toml").write_text(base_config(tmp_path))
+    (d / "20-names.toml").write_text('bind = "localhost:17946"\nadvertise = "localhost"\n')
+    r = run_serfd(d, "--check-config")
+    assert r.returncode == 0, r.stderr
+    merged = tomllib.loads(r.stdout)
+    assert (merged["bind"], merged["advertise"]) == ("localhost:17946", "localhost:17946")
+    assert "# bind localhost resolves to 127.0.0.1\n" in r.stdout
+    assert "# advertise localhost resolves to 127.0.0.1\n" in r.stdout

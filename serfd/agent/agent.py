@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from serfd import __version__
+from serfd.agent.addresses import has_host_names, resolve_gossip_addresses
 from serfd.agent.clock import Clock, LoopClock
 from serfd.agent.config import Config, ConfigError, load_config
 from serfd.agent.events import EventsService
@@ -117,6 +118,9 @@ class Agent:
     def __init__(self, config: Config, *, config_dir: Path | None = None,
                  notifier: Notifier | None = None, clock: Clock | None = None) -> None:
         self.config = config
+        # bind and advertise as IPs: host names are resolved by start() (addresses.py).
+        self.bind_addr: tuple[str, int] = config.bind
+        self.advertise_addr: tuple[str, int] | None = config.advertise
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.config_dir = config_dir  # where reload() re-reads the drop-ins
         self.notifier = notifier if notifier is not None else Notifier()
@@ -151,10 +155,9 @@ class Agent:
     # ------------------------------------------------------------------ setup
 
     def _advertise(self) -> tuple[str, int]:
-        cfg = self.config
-        if cfg.advertise is not None:
-            return cfg.advertise
-        host, port = cfg.bind
+        if self.advertise_addr is not None:
+            return self.advertise_addr
+        host, port = self.bind_addr
         if host in ("0.0.0.0", "::"):
             ip = _private_ipv4()
             if ip is None:
@@ -212,7 +215,19 @@ class Agent:
         this the agent is 'ready'."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        host, port = self.config.bind
+        if has_host_names(self.config):  # DNS off the loop, once (Serf resolves at start)
+            try:
+                self.bind_addr, self.advertise_addr = await loop.run_in_executor(
+                    None, resolve_gossip_addresses, self.config)
+            except ConfigError as e:
+                for line in e.errors:
+                    log.error("cannot start: %s", line)
+                raise SystemExit("serfd: " + "\nserfd: ".join(e.errors)) from None
+            log.info("bind %s resolved to %s; advertise %s resolved to %s",
+                     self.config.bind[0], self.bind_addr[0],
+                     self.config.advertise[0] if self.config.advertise else "(unset)",
+                     self.advertise_addr[0] if self.advertise_addr else "(derived from bind)")
+        host, port = self.bind_addr
         try:
             self.keyring, self.keyring_path = keyring_from_config(
                 self.config.encrypt_key, self.config.keyring_file, self.config.state_dir, log)
@@ -314,8 +329,16 @@ class Agent:
             return
         name = signal.Signals(sig).name
         self.notifier.stopping()
+        # Serf's choice: SIGINT leaves unless skip_leave_on_interrupt, SIGTERM leaves if
+        # leave_on_terminate (serfd's default: true, so systemctl stop leaves).
         if sig == signal.SIGTERM and not self.config.leave_on_terminate:
-            log.info("caught %s: stopping without leaving (leave_on_terminate = false)", name)
+            why = "leave_on_terminate = false"
+        elif sig == signal.SIGINT and self.config.skip_leave_on_interrupt:
+            why = "skip_leave_on_interrupt = true"
+        else:
+            why = ""
+        if why:
+            log.info("caught %s: stopping without leaving (%s)", name, why)
             self._stop.set()
             return
         log.info("caught %s: leaving the cluster gracefully", name)
@@ -374,7 +397,8 @@ class Agent:
     async def _retry_join(self) -> None:
         cfg = self.config
         joined = await self.joins.retry_join(list(cfg.join), retry_interval=cfg.retry_interval,
-                                             max_attempts=cfg.retry_max_attempts)
+                                             max_attempts=cfg.retry_max_attempts,
+                                             replay=cfg.replay_on_join)
         if not joined and self.serf.state is SerfState.ALIVE:  # gave up (not: we left)
             self._exit_code = 1
             self._stop.set()
@@ -496,7 +520,8 @@ class Agent:
         except (TagsError, SerfError) as e:
             errors.append(f"tags: {e}")
         if new.join != old.join and new.join:
-            self._spawn(self.joins.join_after_reload(list(new.join)))
+            self._spawn(self.joins.join_after_reload(list(new.join),
+                                                     replay=self.config.replay_on_join))
         for hook in list(self.reload_hooks):
             try:
                 hook(old, self.config)

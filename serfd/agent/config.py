@@ -49,7 +49,12 @@ __all__ = [
     "Config",
     "ConfigError",
     "config_to_toml",
+    "derived_paths",
+    "derived_paths_comment",
+    "handlers_directory",
+    "is_host_name",
     "load_config",
+    "snapshot_file",
 ]
 
 DEFAULT_CONFIG_DIR = Path("/etc/serfd.d")
@@ -104,6 +109,10 @@ class Config:
     retry_max_attempts: int = 0  # 0 = retry forever
     log_level: str = "info"
     leave_on_terminate: bool = True
+    # Serf's agent options: the configured joins (start, retry, reload) replay the
+    # cluster's recent user events; SIGINT stops without leaving (peers see failed).
+    replay_on_join: bool = False
+    skip_leave_on_interrupt: bool = False
     enable_compression: bool = True
     broadcast_timeout: float = 5.0
     reconnect_interval: float = 30.0
@@ -304,14 +313,45 @@ def _ip_literal(host: str, whole: str) -> str:
         ) from None
 
 
+# RFC 1123 host names: dot-separated labels of letters, digits, "-" (not at either end)
+# and, as DNS allows in practice, "_"; at most 253 characters, an optional final dot.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def is_host_name(host: str) -> bool:
+    """A syntactically valid DNS host name, and not an IP address lookalike: a name whose
+    last label is all digits ("300.1.2.3") is a bad IP address, not a name."""
+    if _HOST_NAME.fullmatch(host) is None:
+        return False
+    return not host.rstrip(".").rsplit(".", 1)[-1].isdigit()
+
+
+def _ip_or_host_name(host: str, whole: str) -> str:
+    if host == "":
+        raise ValueError(f"{_q(whole)}: missing host")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not is_host_name(host):
+        raise ValueError(f"{_q(whole)}: {_q(host)} is neither an IP address nor a host name")
+    return host  # resolved at start (serfd.agent.addresses)
+
+
 def _address(
-    *, default_port: int | None, min_port: int, unspecified_ok: bool
+    *, default_port: int | None, min_port: int, unspecified_ok: bool, names_ok: bool = False,
 ) -> Callable[[object], tuple[str, int]]:
     def parse(value: object) -> tuple[str, int]:
         text = _nonempty_string(value)
         host_text, port_text = _split_host_port(text)
-        host = _ip_literal(host_text, text)
-        if not unspecified_ok and ipaddress.ip_address(host).is_unspecified:
+        if names_ok and ":" not in host_text:
+            host = _ip_or_host_name(host_text, text)
+        else:
+            host = _ip_literal(host_text, text)
+        if is_host_name(host):
+            pass  # its address is checked once resolved
+        elif not unspecified_ok and ipaddress.ip_address(host).is_unspecified:
             raise ValueError(f"{_q(text)}: cannot advertise the unspecified address {host}")
         if port_text is None:
             if default_port is None:
@@ -442,15 +482,16 @@ def _render_duration(seconds: float) -> str:
 
 _KEYS: dict[str, _Key] = {
     "node_name": _Key("node_name", _node_name),
+    # bind and advertise may name a host: resolved at start (serfd.agent.addresses).
     "bind": _Key(
         "bind",
-        _address(default_port=DEFAULT_PORT, min_port=1, unspecified_ok=True),
+        _address(default_port=DEFAULT_PORT, min_port=1, unspecified_ok=True, names_ok=True),
         _format_address,
     ),
     # The advertise port defaults to the bind port (see _merge), so parse with a marker.
     "advertise": _Key(
         "advertise",
-        _address(default_port=0, min_port=1, unspecified_ok=False),
+        _address(default_port=0, min_port=1, unspecified_ok=False, names_ok=True),
         _format_address,
     ),
     "profile": _Key("profile", _choice(PROFILES)),
@@ -459,6 +500,8 @@ _KEYS: dict[str, _Key] = {
     "retry_max_attempts": _Key("retry_max_attempts", _integer(0, None)),
     "log_level": _Key("log_level", _choice(LOG_LEVELS)),
     "leave_on_terminate": _Key("leave_on_terminate", _boolean),
+    "replay_on_join": _Key("replay_on_join", _boolean),
+    "skip_leave_on_interrupt": _Key("skip_leave_on_interrupt", _boolean),
     "enable_compression": _Key("enable_compression", _boolean),
     "broadcast_timeout": _Key("broadcast_timeout", _duration(1e-9, "1ns"), _render_duration),
     "reconnect_interval": _Key("reconnect_interval", _duration(1e-9, "1ns"), _render_duration),
@@ -773,6 +816,48 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
         end = text.index("\n\n", start + 1) + 1  # the blank line before the next table
         text = text[:end] + "".join(lines) + text[end:]
     return header + "\n" + text
+
+
+# --- paths derived from the configuration --------------------------------------------
+
+
+def snapshot_file(cfg: Config) -> Path:
+    """The snapshot: ``snapshot_path``, else ``<state_dir>/snapshot``."""
+    return cfg.snapshot_path or cfg.state_dir / "snapshot"
+
+
+def handlers_directory(cfg: Config, config_dir: Path | None) -> Path:
+    """Where bare handler commands are found: ``handlers_dir``, else ``<config dir>/handlers``."""
+    if cfg.handlers_dir is not None:
+        return cfg.handlers_dir
+    return (config_dir if config_dir is not None else DEFAULT_CONFIG_DIR) / "handlers"
+
+
+def derived_paths(cfg: Config, config_dir: Path | None) -> list[tuple[str, str]]:
+    """Every file and directory serfd uses, defaults resolved: (what, path or why none)."""
+    from serfd.agent.statelock import LOCK_NAME
+    from serfd.wire.keyring import keyring_path
+
+    keyring = keyring_path(cfg.encrypt_key, cfg.keyring_file, cfg.state_dir)
+    return [
+        ("state_dir", str(cfg.state_dir)),
+        ("state lock", str(cfg.state_dir / LOCK_NAME)),
+        ("snapshot_path", str(snapshot_file(cfg))),
+        ("keyring_file", str(keyring) if keyring is not None
+         else "none (no encryption: neither encrypt_key nor keyring_file is set)"),
+        ("tags_file", str(cfg.tags_file) if cfg.tags_file is not None
+         else "none (runtime tag changes are kept in memory only)"),
+        ("handlers_dir", str(handlers_directory(cfg, config_dir))),
+        ("rpc.socket", str(cfg.rpc_socket)),
+    ]
+
+
+def derived_paths_comment(cfg: Config, config_dir: Path | None) -> str:
+    """:func:`derived_paths` as TOML comments, for ``--check-config`` (loads back as nothing)."""
+    rows = derived_paths(cfg, config_dir)
+    width = max(len(what) for what, _ in rows)
+    lines = [f"#   {what:<{width}}  {path}" for what, path in rows]
+    return "\n".join(["# Paths in use (defaults resolved):", *lines]) + "\n"
 
 
 def _check_tables() -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from serfd.agent.clock import Clock
-from serfd.agent.config import Config, ConfigError
+from serfd.agent.config import Config, ConfigError, handlers_directory
 from serfd.agent.dispatch import Dispatcher
 from serfd.agent.handlers import Handler, HandlerRunner, parse_handlers
 from serfd.agent.monitor import LogRing
@@ -135,11 +135,7 @@ class EventsService:
 
     def handlers_dir(self) -> Path:
         """``handlers_dir``, else ``<config dir>/handlers``."""
-        if self.config.handlers_dir is not None:
-            return self.config.handlers_dir
-        if self.config_dir is not None:
-            return self.config_dir / "handlers"
-        return DEFAULT_HANDLERS_DIR
+        return handlers_directory(self.config, self.config_dir)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -16,13 +16,14 @@ on a fake one:
 
 * :meth:`Joiner.retry_join`: the configured ``join`` list at start, retried with a
   backoff from 1 s up to ``retry_interval`` until one address is joined, or given up
-  after ``retry_max_attempts`` (the agent then exits 1);
+  after ``retry_max_attempts`` (the agent then exits 1); old user events are ignored
+  unless ``replay_on_join`` (Serf's ``-replay`` for its start and retry joins);
 * :meth:`Joiner.rejoin`: the members the snapshot knew (serf.go handleRejoin: a
   memberlist join, no join intent), one at a time, until one answers or someone
   joined us; unlike Serf, retried with the same backoff, so a whole cluster restarting
   together finds itself again;
 * :meth:`Joiner.join_after_reload`: a reload that changed ``join`` joins the new list
-  once.
+  once (replaying as ``replay_on_join`` says).
 
 ``last_join`` says how the last attempt went, for the agent's status line.
 """
@@ -163,17 +164,19 @@ class Joiner:
         raise JoinFailed(join_error_text(errors))
 
     async def retry_join(self, texts: list[str], *, retry_interval: float,
-                         max_attempts: int) -> bool:
+                         max_attempts: int, replay: bool = False) -> bool:
         """Join ``texts`` until one is joined (True), backing off from 1 s up to
         ``retry_interval``; False once ``max_attempts`` (0: no limit) failed or Serf
-        stopped being alive."""
+        stopped being alive. ``replay``: Serf's ``replay_on_join`` (old user events are
+        delivered again)."""
         attempts = 0
         delay = min(1.0, retry_interval)
         while self.driver.alive():
             attempts += 1
             try:
-                n = await self.join(list(texts), replay=False)
-                log.info("joined %d of the configured nodes", n)
+                n = await self.join(list(texts), replay=replay)
+                log.info("joined %d of the configured nodes (replay: %s)", n,
+                         "yes" if replay else "no")
                 return True
             except (JoinFailed, SerfError) as e:
                 log.warning("join attempt %d failed: %s", attempts,
@@ -215,10 +218,10 @@ class Joiner:
             delay = min(delay * 2, retry_interval)
         return False
 
-    async def join_after_reload(self, texts: list[str]) -> None:
+    async def join_after_reload(self, texts: list[str], *, replay: bool = False) -> None:
         """A reload changed ``join``: join the new list once (logged either way)."""
         try:
-            n = await self.join(texts, replay=False)
+            n = await self.join(texts, replay=replay)
             log.info("reload: joined %d node(s) of the new join list", n)
         except (JoinFailed, SerfError) as e:
             log.warning("reload: joining the new join list failed: %s", " ".join(str(e).split()))

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from serfd.agent.clock import Clock, Timer
-from serfd.agent.config import Config
+from serfd.agent.config import Config, snapshot_file
 from serfd.agent.snapshot import (
     SnapshotFault,
     SnapshotState,
@@ -85,7 +85,7 @@ class SnapshotRecorder:
     def __init__(self, config: Config, core: SnapshotSource, *, clock: Clock) -> None:
         """Uses ``snapshot_path`` (default ``<state_dir>/snapshot``), ``node_name`` and
         ``rejoin_after_leave`` from ``config`` (all restart-only)."""
-        self.path: Path = config.snapshot_path or config.state_dir / "snapshot"
+        self.path: Path = snapshot_file(config)
         self.node_name = config.node_name
         self.rejoin_after_leave = config.rejoin_after_leave
         self._core = core

@@ -6,7 +6,8 @@ A reload builds a whole new :class:`~serfd.agent.config.Config` from the drop-in
 (``Agent._reload``: tags, log level, join list, RPC auth key), the events reload hook
 applies the handler ones (``Agent._reload_events``: ``EventsService.reload`` for routes,
 handlers directory, concurrency and timeout, then the core's size limits), and the rest
-are read from the running config each time they are used (retries, leave on SIGTERM).
+are read from the running config each time they are used (retries, replay, leave on
+SIGTERM or SIGINT).
 Every other field needs a restart: :data:`RESTART_FIELDS` lists the ones known to
 (sockets, identity, protocol, timings and keys built at start, as in Serf's own reload),
 and a field added to Config later is restart-only until it is listed live, so a reload
@@ -41,7 +42,7 @@ LIVE_FIELDS = frozenset({
     # Applied by Agent._reload.
     "tags",  # Serf.set_tags: a member-update goes out
     "log_level",  # logsetup.set_level
-    "join",  # the new list is joined (no replay)
+    "join",  # the new list is joined (replaying as replay_on_join says)
     "rpc_auth_key",  # the RPC server's key for new handshakes
     # Applied by the events reload hook (Agent._reload_events: EventsService.reload, then
     # the core's size limits).
@@ -56,6 +57,8 @@ LIVE_FIELDS = frozenset({
     "retry_interval",  # the join retry and reconnect back-off
     "retry_max_attempts",
     "leave_on_terminate",  # at SIGTERM
+    "skip_leave_on_interrupt",  # at SIGINT
+    "replay_on_join",  # by the configured joins started after the reload
 })
 
 # Config fields known to take effect only at the next start (documentation and the

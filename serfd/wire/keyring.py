@@ -64,6 +64,7 @@ __all__ = [
     "encode_key",
     "generate_key",
     "keyring_from_config",
+    "keyring_path",
     "read_keyring_file",
     "write_keyring_file",
 ]
@@ -310,6 +311,15 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def keyring_path(encrypt_key: str | None, keyring_file: Path | None,
+                 state_dir: Path) -> Path | None:
+    """The keyring file the configuration names: ``keyring_file``, else
+    ``<state_dir>/keyring`` when ``encrypt_key`` is set; None: no encryption."""
+    if keyring_file is not None:
+        return keyring_file
+    return Path(state_dir) / "keyring" if encrypt_key else None
+
+
 def keyring_from_config(
     encrypt_key: str | None, keyring_file: Path | None, state_dir: Path,
     log: logging.Logger | None = None,
@@ -325,9 +335,7 @@ def keyring_from_config(
     Raises :class:`KeyringFileError` for a file that cannot be used.
     """
     log = log or logging.getLogger("serfd.keyring")
-    path = keyring_file
-    if path is None and encrypt_key:
-        path = Path(state_dir) / "keyring"
+    path = keyring_path(encrypt_key, keyring_file, state_dir)
     if path is None:
         return None, None
     if path.exists():

@@ -62,7 +62,9 @@ class NodeStateType(IntEnum):
 
 # memberlist protocol versions: min 1, max 5, and Serf pins the current one to 2.
 # Serf's delegate protocol: min 2, max 5, current 5 (the agent default).
-DEFAULT_VSN = bytes([1, 5, 2, 2, 5, 5])
+SERF_PROTOCOL_MIN = 2  # Serf's ProtocolVersionMin ("Understands back to" in `version`)
+SERF_PROTOCOL_MAX = 5  # Serf's ProtocolVersionMax ("Agent Protocol")
+DEFAULT_VSN = bytes([1, 5, 2, SERF_PROTOCOL_MIN, SERF_PROTOCOL_MAX, SERF_PROTOCOL_MAX])
 META_MAX_SIZE = 512  # memberlist MetaMaxSize
 
 

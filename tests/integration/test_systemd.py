@@ -287,6 +287,7 @@ def test_apt_install_starts_serfd_and_waits_for_ready(seed: nspawn.Container) ->
     assert "# merged from: /etc/serfd.d/50-test.toml\n" in effective
     for page in ("man8/serfd.8.gz", "man1/serfctl.1.gz", "man5/serfd.toml.5.gz"):
         seed.run(f"test -f /usr/share/man/{page}")
+    seed.run("bash -n /usr/share/bash-completion/completions/serfctl")
     seed.run("test -x /etc/serfd.d/handlers/example-handler"
              " && test -f /etc/serfd.d/handlers/README")
     # The package carries the C LZW, and the distribution's python3 loads it.

@@ -1,0 +1,83 @@
+"""Host names in ``bind`` and ``advertise``, resolved once at start, as Serf does.
+
+Theory of operation
+-------------------
+The configuration keeps what the operator wrote (an IP literal or a host name; see
+``serfd.agent.config``), so a reload compares names, not whatever they resolve to
+today. :func:`resolve_gossip_addresses` turns both keys into IPs the way Serf's agent
+does (``net.ResolveTCPAddr``: the first IPv4 address of the name, else its first
+address). ``Agent.start`` calls it before anything is built (off the loop, and only
+when a name is configured), and ``serfd --check-config`` calls it too, so the check
+and the start agree. A name that does not resolve is reported as ``FILE: KEY:
+reason``: ``--check-config`` exits 2, a start exits 1 (under systemd the unit is
+restarted, for a resolver that is not up yet). The node keeps the addresses it
+started with until it is restarted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+
+from serfd.agent.config import Config, ConfigError, is_host_name
+
+__all__ = ["Lookup", "has_host_names", "resolve_gossip_addresses", "resolve_host"]
+
+# host -> getaddrinfo's answers ((family, type, proto, canonname, sockaddr), ...)
+Lookup = Callable[[str], list[tuple[object, object, object, object, tuple[object, ...]]]]
+
+
+def _getaddrinfo(host: str) -> list[tuple[object, object, object, object, tuple[object, ...]]]:
+    return list(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
+
+
+def has_host_names(cfg: Config) -> bool:
+    """Whether ``bind`` or ``advertise`` names a host (a DNS lookup is needed)."""
+    return any(addr is not None and is_host_name(addr[0]) for addr in (cfg.bind, cfg.advertise))
+
+
+def resolve_host(host: str, lookup: Lookup | None = None) -> str:
+    """An IP stays itself; a name becomes its first IPv4 address, else its first address
+    (Go's ResolveTCPAddr). OSError (with the resolver's reason) when it has none."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    ips: list[str] = []
+    for family, _, _, _, sockaddr in (lookup or _getaddrinfo)(host):
+        if family in (socket.AF_INET, socket.AF_INET6):
+            ips.append(str(sockaddr[0]).split("%", 1)[0])  # no IPv6 zone
+    if not ips:
+        raise OSError(f"no IP address for {host}")
+    v4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
+    return (v4 or ips)[0]
+
+
+def resolve_gossip_addresses(
+    cfg: Config, lookup: Lookup | None = None,
+) -> tuple[tuple[str, int], tuple[str, int] | None]:
+    """(bind, advertise) with host names resolved; ConfigError with one ``FILE: KEY:
+    reason`` line per key that cannot be used."""
+    errors: list[str] = []
+    out: dict[str, tuple[str, int] | None] = {"bind": cfg.bind, "advertise": cfg.advertise}
+    for key, addr in list(out.items()):
+        if addr is None or not is_host_name(addr[0]):
+            continue
+        where = cfg.sources.get(key, "serfd")
+        try:
+            ip = resolve_host(addr[0], lookup)
+        except (OSError, UnicodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            errors.append(f'{where}: {key}: cannot resolve host name "{addr[0]}": {reason}')
+            continue
+        if key == "advertise" and ipaddress.ip_address(ip).is_unspecified:
+            errors.append(f'{where}: {key}: "{addr[0]}" resolves to the unspecified address '
+                          f"{ip}, which cannot be advertised")
+            continue
+        out[key] = (ip, addr[1])
+    if errors:
+        raise ConfigError(errors)
+    bind = out["bind"]
+    assert bind is not None
+    return bind, out["advertise"]
