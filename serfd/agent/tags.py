@@ -33,15 +33,14 @@ file), dropping every runtime change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from serfd.agent.config import META_MAX_SIZE
+from serfd.base.atomicfile import replace_file
 from serfd.wire.serf_messages import encode_tags
 
 __all__ = [
@@ -171,33 +170,7 @@ def write_tags_file(path: Path, overrides: Mapping[str, str | None]) -> None:
     data = encode_tags_file(overrides)
     if len(data) > TAGS_FILE_MAX:  # what we write we must be able to read back
         raise OSError(f"the runtime tags would take {len(data)} bytes, over {TAGS_FILE_MAX}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, TAGS_FILE_MODE)
-    try:
-        os.fchmod(fd, TAGS_FILE_MODE)  # O_CREAT's mode does not apply to a leftover file
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself made durable
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    replace_file(path, data, TAGS_FILE_MODE)
 
 
 def load_runtime_tags(base: Mapping[str, str],

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Three small pure modules, each a leaf of the import graph:
+Small modules, each a leaf of the import graph:
 
 * ``ratelog``: :class:`~serfd.base.ratelog.DropLog`, the one way serfd cuts what a peer
   or client sends. Each cut bumps a named counter (shown as ``dropped_<reason>`` in
@@ -13,6 +13,9 @@ Three small pure modules, each a leaf of the import graph:
   expressions, so no backtracking engine ever sees them.
 * ``duration``: Go's ``time.ParseDuration`` syntax ("1h30m", "250ms") for the config and
   the CLI.
+* ``atomicfile``: ``replace_file``, the one way a small state file (the keyring, the
+  runtime tags) is rewritten: temporary file, fsync, rename, directory fsync.
 
-Time, when needed, is a ``now`` float passed in; nothing here does IO.
+Time, when needed, is a ``now`` float passed in; nothing here but ``atomicfile`` does
+IO, and that only on the file it is given.
 """

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serfd.base.atomicfile import replace_file
 from serfd.wire.codec import DecodeError
 
 if TYPE_CHECKING:
@@ -283,32 +283,7 @@ def write_keyring_file(path: Path, keys: Iterable[bytes]) -> None:
     """Atomically replace ``path`` with these keys (2-space JSON as Serf writes, mode 0600)."""
     path = Path(path)
     data = json.dumps([encode_key(k) for k in keys], indent=2).encode("ascii")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover temp file
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    replace_file(path, data, 0o600)
 
 
 def keyring_path(encrypt_key: str | None, keyring_file: Path | None,
