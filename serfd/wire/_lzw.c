@@ -56,6 +56,25 @@ static inline void put_code(bitwriter *w, uint32_t code, int width)
     }
 }
 
+/* A code went out: the decoder's dictionary grows by one entry, and so does ours. True
+   when that filled it: a clear code went out too, and the dictionary must be emptied. */
+static inline int grow_dictionary(bitwriter *w, uint32_t *hi, int *width, uint32_t *overflow)
+{
+    *hi += 1;
+    if (*hi == *overflow) {
+        *width += 1;
+        *overflow <<= 1;
+    }
+    if (*hi == MAX_CODE) {
+        put_code(w, CLEAR_CODE, *width);
+        *width = LIT_WIDTH + 1;
+        *hi = EOF_CODE;
+        *overflow = 1u << *width;
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *lzw_compress(PyObject *self, PyObject *arg)
 {
     Py_buffer in;
@@ -105,16 +124,7 @@ static PyObject *lzw_compress(PyObject *self, PyObject *arg)
             }
             put_code(&w, code, width);
             code = byte;
-            hi += 1;
-            if (hi == overflow) {
-                width += 1;
-                overflow <<= 1;
-            }
-            if (hi == MAX_CODE) {
-                put_code(&w, CLEAR_CODE, width);
-                width = LIT_WIDTH + 1;
-                hi = EOF_CODE;
-                overflow = 1u << width;
+            if (grow_dictionary(&w, &hi, &width, &overflow)) {
                 memset(table, 0, TABLE_SLOTS * sizeof(uint32_t));
                 continue;
             }
@@ -123,15 +133,7 @@ static PyObject *lzw_compress(PyObject *self, PyObject *arg)
         PyMem_Free(table);
         /* Close(): the pending code, then the counter bump that may force a clear. */
         put_code(&w, code, width);
-        hi += 1;
-        if (hi == overflow) {
-            width += 1;
-            overflow <<= 1;
-        }
-        if (hi == MAX_CODE) {
-            put_code(&w, CLEAR_CODE, width);
-            width = LIT_WIDTH + 1;
-        }
+        grow_dictionary(&w, &hi, &width, &overflow);
     }
     PyBuffer_Release(&in);
     put_code(&w, EOF_CODE, width);
