@@ -80,6 +80,7 @@ from serfd.core.serf import (
 )
 from serfd.memberlist.swim import MemberlistConfig
 from serfd.wire.keyring import Keyring, KeyringFileError, keyring_from_config
+from serfd.wire.messages import DEFAULT_VSN
 
 log = logging.getLogger("serfd.agent")
 
@@ -181,7 +182,7 @@ class Agent:
             gossip_verify_incoming=cfg.gossip_verify_incoming,
             gossip_verify_outgoing=cfg.gossip_verify_outgoing,
             # memberlist 1..5 speaking 2 (Serf pins it); Serf's delegate 2..5 at `protocol`.
-            vsn=bytes([1, 5, 2, 2, 5, cfg.protocol]),
+            vsn=DEFAULT_VSN[:5] + bytes([cfg.protocol]),
             # News (joins, suspicions, deaths, tag changes, user events, queries) goes
             # out at once, in a gossip round run early (within the retransmit budget;
             # [gossip] eager).
