@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory of TOML drop-ins (default: /etc/serfd.d)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate, print the merged effective config as TOML, and exit")
+    parser.add_argument("--import-serf-config", action="append", metavar="FILE|DIR",
+                        help="print the TOML drop-in equivalent to a Serf JSON config (a "
+                        "file, or DIR/*.json merged as serf agent does; repeatable) and exit: "
+                        "0 all mapped, 3 some options named on stderr were not, 2 bad input")
     parser.add_argument("--daemonize", action="store_true",
                         help="run in the background as a classic daemon (hosts without "
                         "systemd); returns once serfd is ready. Default: foreground")
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pidfile and not args.daemonize:
         parser.error("--pidfile needs --daemonize (under systemd, the unit tracks the PID)")
+
+    if args.import_serf_config:
+        return _import_serf_config([Path(p) for p in args.import_serf_config])
 
     from serfd.agent.config import ConfigError, config_to_toml, load_config
 
@@ -132,6 +139,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         lock.release()
+
+
+def _import_serf_config(paths: list[Path]) -> int:
+    from serfd.agent import importserf
+
+    try:
+        merged, _files = importserf.read_serf_config(paths)
+    except importserf.SerfConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return importserf.EXIT_BAD_INPUT
+    imported = importserf.import_serf_config(merged)
+    sys.stdout.write(imported.toml)
+    for key, reason in imported.unmapped:
+        print(f"serfd: not imported: {key}: {reason}", file=sys.stderr)
+    return importserf.EXIT_UNMAPPED if imported.unmapped else importserf.EXIT_OK
 
 
 if __name__ == "__main__":

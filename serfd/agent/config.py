@@ -48,6 +48,7 @@ __all__ = [
     "TIMING_KEYS",
     "Config",
     "ConfigError",
+    "check_setting",
     "config_to_toml",
     "derived_paths",
     "derived_paths_comment",
@@ -589,6 +590,19 @@ def _handler(route: str, value: object) -> str | tuple[str, ...]:
     raise ValueError(
         f"expected a command string or an array of strings, got {_type_name(value)}"
     )
+
+
+def check_setting(dotted: str, value: object) -> None:
+    """ValueError(reason) unless `value` is valid for the TOML key `dotted` in a drop-in
+    (``tags.NAME`` and ``handlers.ROUTE`` included), as `load_config` checks it."""
+    if dotted.startswith("tags."):
+        _parse_tag(value)
+    elif dotted.startswith("handlers."):
+        _handler(dotted[9:], value)
+    elif dotted in _KEYS:
+        _KEYS[dotted].parse(value)
+    else:
+        raise ValueError(_unknown(dotted, _SUGGESTIONS))
 
 
 # --- loading -------------------------------------------------------------------------
