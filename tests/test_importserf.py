@@ -63,9 +63,11 @@ def test_fixture_imports_to_a_dropin_load_config_accepts(tmp_path: Path) -> None
     assert cfg.log_level == "debug"  # the later file's DEBUG
     assert cfg.protocol == 4
     assert cfg.rpc_tcp == ("127.0.0.1", 7373) and cfg.rpc_auth_key == "s3cret-rpc-token"
-    assert cfg.encrypt_key == "6hRTJPebtwdfvbZB72SW+nNMkVu1HVCgZLu9MmArzeg="
+    # serf agent refuses encrypt_key with keyring_file, and tags with tags_file: the
+    # fixture has the first of each pair empty (covered below)
+    assert cfg.encrypt_key is None
     assert str(cfg.keyring_file) == "/var/lib/serf/keyring.json"
-    assert str(cfg.tags_file) == "/var/lib/serf/tags.json"
+    assert cfg.tags_file == cfg.state_dir / "tags"  # serfd's default
     assert str(cfg.snapshot_path) == "/var/lib/serf/snapshot"
     assert (cfg.leave_on_terminate, cfg.skip_leave_on_interrupt, cfg.rejoin_after_leave) == (
         True, True, True)
@@ -137,6 +139,30 @@ def test_values_serfd_refuses_are_named_not_dropped(tmp_path: Path) -> None:
     assert "absolute" in reasons["snapshot_path"]
     assert "rpc_auth" in reasons["rpc_addr"]
     _load_dropin(tmp_path, imported.toml)  # what was printed still loads
+
+
+def test_key_and_tags_files(tmp_path: Path) -> None:
+    key = "6hRTJPebtwdfvbZB72SW+nNMkVu1HVCgZLu9MmArzeg="
+    imported = import_serf_config(merge_serf_configs([{
+        "encrypt_key": key, "tags_file": "/var/lib/serf/tags.json"}]))
+    assert imported.unmapped == []
+    cfg = _load_dropin(tmp_path, imported.toml)
+    assert cfg.encrypt_key == key
+    assert str(cfg.tags_file) == "/var/lib/serf/tags.json"
+
+
+@pytest.mark.parametrize(("docs", "message"), [
+    (['{"tags": {"a": "b"}}', '{"tags_file": "/t"}'], "tags_file: serf agent refuses"),
+    (['{"role": "web", "tags_file": "/t"}'], "tags_file: serf agent refuses"),
+    (['{"encrypt_key": "x"}', '{"keyring_file": "/k"}'], "keyring_file: serf agent refuses"),
+])
+def test_pairs_serf_refuses_at_start(tmp_path: Path, docs: list[str], message: str) -> None:
+    for i, doc in enumerate(docs):
+        (tmp_path / f"{i}.json").write_text(doc)
+    with pytest.raises(SerfConfigError) as exc:
+        read_serf_config([tmp_path])
+    assert len(exc.value.errors) == 1
+    assert exc.value.errors[0].startswith(f"{tmp_path}: ") and message in exc.value.errors[0]
 
 
 def test_remote_rpc_with_auth_is_mapped(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ merges them as Serf's ``MergeConfig`` does: a later file overrides a string, num
 ``true`` it sets (an empty string, 0 or ``false`` leaves the earlier value), ``tags``
 merge key by key, and ``start_join``, ``retry_join`` and ``event_handlers`` are
 concatenated. Input that ``serf agent`` refuses (unreadable, not JSON, not an object, a
-key Serf does not know, a value of the wrong JSON type) raises `SerfConfigError`, one
-``FILE: reason`` line per problem.
+key Serf does not know, a value of the wrong JSON type, tags or role with a tags_file,
+encrypt_key with a keyring_file) raises `SerfConfigError`, one ``FILE: reason`` line per
+problem.
 
 `import_serf_config(merged)` maps the merged options onto serfd's keys (`SERF_KEYS`
 says where each goes) and checks every value with serfd's own parser
@@ -210,7 +211,18 @@ def read_serf_config(paths: Sequence[Path]) -> tuple[dict[str, Any], list[Path]]
                 read.append(file)
     if errors:
         raise SerfConfigError(errors)
-    return merge_serf_configs(docs), read
+    merged = merge_serf_configs(docs)
+    where = ", ".join(str(p) for p in paths)
+    # serf agent refuses these pairs at start (agent.go loadTagsFile, loadKeyringFile).
+    if merged.get("tags_file") and (merged.get("tags") or merged.get("role")):
+        errors.append(f"{where}: tags_file: serf agent refuses tags or role with a tags file "
+                      "(\"Tags config not allowed while using tag files\")")
+    if merged.get("keyring_file") and merged.get("encrypt_key"):
+        errors.append(f"{where}: keyring_file: serf agent refuses encrypt_key with a keyring "
+                      "file (\"Encryption key not allowed while using a keyring\")")
+    if errors:
+        raise SerfConfigError(errors)
+    return merged, read
 
 
 def merge_serf_configs(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
