@@ -145,12 +145,12 @@ def _import_serf_config(paths: list[Path]) -> int:
     from serfd.agent import importserf
 
     try:
-        merged, _files = importserf.read_serf_config(paths)
+        merged, files = importserf.read_serf_config(paths)
     except importserf.SerfConfigError as e:
         for line in e.errors:
             print(line, file=sys.stderr)
         return importserf.EXIT_BAD_INPUT
-    imported = importserf.import_serf_config(merged)
+    imported = importserf.import_serf_config(merged, files)
     sys.stdout.write(imported.toml)
     for key, reason in imported.unmapped:
         print(f"serfd: not imported: {key}: {reason}", file=sys.stderr)

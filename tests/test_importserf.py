@@ -196,6 +196,7 @@ def test_cli_exit_codes_and_stderr(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["--import-serf-config", str(FIXTURE)]) == EXIT_UNMAPPED
     out, err = capsys.readouterr()
     assert "serfd: not imported: discover:" in err
+    assert f"# from: {FIXTURE / '10-base.json'}, {FIXTURE / '20-site.json'}\n" in out
     _load_dropin(tmp_path, out)
 
     one = tmp_path / "one.json"

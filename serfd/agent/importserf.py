@@ -284,8 +284,9 @@ def _is_loopback(addr: str) -> bool:
         return False  # a bad address: check_setting names the problem
 
 
-def import_serf_config(merged: Mapping[str, Any]) -> Imported:
-    """Map Serf's merged options onto serfd keys; unmappable ones come back with a reason."""
+def import_serf_config(merged: Mapping[str, Any], sources: Sequence[Path] = ()) -> Imported:
+    """Map Serf's merged options onto serfd keys; unmappable ones come back with a reason.
+    `sources` (the files read) are named in the drop-in's header."""
     settings: dict[str, Any] = {}
     unmapped: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -342,11 +343,11 @@ def import_serf_config(merged: Mapping[str, Any]) -> Imported:
     for route, script in routes.items():
         settings[f"handlers.{route}"] = script
 
-    return Imported(_render(settings, unmapped, notes), settings, unmapped)
+    return Imported(_render(settings, unmapped, notes, sources), settings, unmapped)
 
 
 def _render(settings: Mapping[str, Any], unmapped: Sequence[tuple[str, str]],
-            notes: Sequence[str]) -> str:
+            notes: Sequence[str], sources: Sequence[Path]) -> str:
     import tomli_w
 
     top: dict[str, Any] = {}
@@ -358,6 +359,8 @@ def _render(settings: Mapping[str, Any], unmapped: Sequence[tuple[str, str]],
         else:
             top[dotted] = value
     lines = ["# serfd drop-in imported from a Serf 0.9.4 JSON configuration"]
+    if sources:
+        lines.append("# from: " + ", ".join(str(p) for p in sources))
     lines += [f"# note: {note}" for note in notes]
     lines += [f"# not imported: {key}: {reason}" for key, reason in unmapped]
     body = tomli_w.dumps({**top, **{name: tables[name] for name in ("tags", "rpc", "handlers")
