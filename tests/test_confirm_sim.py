@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from serfd.memberlist.swim import Memberlist
+from serfd.testing.detection import memberlist_of
 from serfd.testing.sim import Sim
 from serfd.testing.slow import SlowCore
 from serfd.wire.messages import NodeStateType
@@ -42,12 +43,7 @@ GOSSIP_INTERVAL = 0.2  # LAN GossipInterval
 POLL = 0.05  # how often the test looks at every member's view (simulated seconds)
 
 
-def _ml(sim: Sim, name: str) -> Memberlist:
-    core = sim.nodes[name].core
-    if isinstance(core, SlowCore):
-        core = core.inner
-    assert isinstance(core, Memberlist)
-    return core
+_ml = memberlist_of  # the memberlist core of a node, under a SlowCore if wrapped
 
 
 def _cluster(n: int, seed: int, loss: float, confirm: bool) -> Sim:
