@@ -60,3 +60,17 @@ def test_peer_chosen_names_are_bounded_in_number_and_length() -> None:
     assert m.bounded_name("deploy") == "deploy"  # known names stay
     assert m.bounded_name("brand-new") == "_other"
     assert m.dynamic_overflow == 1
+
+
+def test_a_serf_core_counts_a_member_join_under_serfs_name() -> None:
+    from serfd.testing.serf_sim import SerfSim
+
+    recs = {name: Recorder() for name in ("a", "b")}
+    sim = SerfSim(seed=3)
+    for name, rec in recs.items():
+        sim.add_serf(name, metrics=Metrics("serf-agent", name, sinks=[rec]))
+    sim.join_serf("b", "a")
+    sim.run_for(1.0)
+    for rec in recs.values():
+        joins = [c for c in rec.calls if c[1] == ("serf-agent", "serf", "member", "join")]
+        assert len(joins) == 2  # itself and the other

@@ -156,6 +156,7 @@ from typing import Any
 import msgpack
 
 from serfd.base.goregexp import WORK_PER_SECOND, RegexCache
+from serfd.base.metrics import NULL_METRICS, Metrics
 from serfd.base.ratelog import DropLog
 from serfd.core.lamport import MAX_LTIME, LamportClock
 from serfd.core.member import Member, MemberStatus
@@ -285,6 +286,8 @@ class SerfConfig:
     max_pending_events: int = 4096  # user events + queries not yet drained by the agent
     max_queue_depth: int = 4096  # each broadcast queue (Serf MaxQueueDepth)
     max_message_size: int = 64 * 1024  # one Serf message from a peer (a UDP datagram)
+    # Where Serf's metrics go (serf.* keys, serfd.base.metrics); none by default.
+    metrics: Metrics = NULL_METRICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -992,6 +995,7 @@ class Serf:
             if m in self._left:
                 self._left.remove(m)
         log.info("EventMemberJoin: %s %s", m.name, m.addr)
+        self.config.metrics.incr(("serf", "member", "join"))
         self._events.append(MemberEvent(EventType.MEMBER_JOIN, (m.snapshot(),)))
 
     def notify_leave(self, node: Node, now: float) -> None:

@@ -97,6 +97,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
+from serfd.base.metrics import NULL_METRICS, Metrics
 from serfd.base.ratelog import DropLog
 from serfd.memberlist.broadcast import TransmitLimitedQueue, retransmit_limit
 from serfd.memberlist.profiles import LAN, Profile, get_profile
@@ -246,6 +247,8 @@ class MemberlistConfig:
     # intervals later, so that what the join burst's gossip missed is not left to the
     # periodic push/pull (see _join_follow_up).
     join_follow_up: bool = True
+    # Where memberlist's metrics go (memberlist.* keys, serfd.base.metrics); none by default.
+    metrics: Metrics = NULL_METRICS
 
     @classmethod
     def from_profile(cls, profile: str | Profile, **overrides: Any) -> MemberlistConfig:
