@@ -46,6 +46,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ from serfd.agent.rpc_server import RPCServer
 from serfd.agent.systemd import Notifier
 from serfd.agent.tags import TagsError, TagService, TagsFileError, load_runtime_tags
 from serfd.agent.tasks import TaskSet
+from serfd.base.metrics import Metrics
 from serfd.core.member import MemberStatus
 from serfd.core.query import default_query_timeout
 from serfd.core.serf import (
@@ -136,6 +138,11 @@ class Agent:
         self._tasks = TaskSet(log, "internal")
         self._started = False  # start() finished: the Serf layer and sockets exist
         self.loop_lag = LoopLag()
+        # Metrics under Serf's names (serfd.base.metrics): the cores and the services
+        # report to it; the sinks (in-memory, statsd, statsite, Prometheus) hang off it.
+        # go-metrics names gauges with the machine's host name, not the node name.
+        self.metrics: Metrics = Metrics("serf-agent", socket.gethostname(),
+                                        perf=time.perf_counter)
         self._stop = asyncio.Event()
         self._exit_code = 0
         # The core and the services around it, made by start() (module docstring).
@@ -194,6 +201,7 @@ class Agent:
             # After a join, more push/pulls with random members while they teach us
             # members (catches what the burst's gossip missed, [gossip]).
             join_follow_up=cfg.gossip_join_follow_up,
+            metrics=self.metrics,
         )
         sc = SerfConfig(
             node_name=cfg.node_name,
@@ -208,6 +216,7 @@ class Agent:
             query_size_limit=cfg.query_size_limit,
             query_response_size_limit=cfg.query_response_size_limit,
             max_query_timeout=max_query_timeout(cfg),
+            metrics=self.metrics,
         )
         return Serf(sc, random.Random(), now)
 
