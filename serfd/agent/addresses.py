@@ -11,7 +11,8 @@ when a name is configured), and ``serfd --check-config`` calls it too, so the ch
 and the start agree. A name that does not resolve is reported as ``FILE: KEY:
 reason``: ``--check-config`` exits 2, a start exits 1 (under systemd the unit is
 restarted, for a resolver that is not up yet). The node keeps the addresses it
-started with until it is restarted.
+started with until it is restarted. ``statsd_addr`` and ``statsite_addr`` are resolved
+the same way (:func:`resolve_sink_addresses`), at the same moments.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from collections.abc import Callable
 
 from serfd.agent.config import Config, ConfigError, is_host_name
 
-__all__ = ["Lookup", "has_host_names", "resolve_gossip_addresses", "resolve_host"]
+__all__ = [
+    "Lookup",
+    "has_host_names",
+    "resolve_gossip_addresses",
+    "resolve_host",
+    "resolve_sink_addresses",
+    "sink_host_names",
+]
 
 # host -> getaddrinfo's answers ((family, type, proto, canonname, sockaddr), ...)
 Lookup = Callable[[str], list[tuple[object, object, object, object, tuple[object, ...]]]]
@@ -81,3 +89,41 @@ def resolve_gossip_addresses(
     bind = out["bind"]
     assert bind is not None
     return bind, out["advertise"]
+
+
+SINK_KEYS = ("statsd_addr", "statsite_addr")
+
+
+def sink_host_names(cfg: Config) -> bool:
+    """Whether ``statsd_addr`` or ``statsite_addr`` names a host."""
+    return any((addr := getattr(cfg, key)) is not None and is_host_name(addr[0])
+               for key in SINK_KEYS)
+
+
+def resolve_sink_addresses(
+    cfg: Config, lookup: Lookup | None = None,
+) -> dict[str, tuple[str, int] | None]:
+    """``statsd_addr`` and ``statsite_addr`` (None: unset) with host names resolved as
+    :func:`resolve_host` does; ConfigError with one ``FILE: KEY: reason`` line each."""
+    errors: list[str] = []
+    out: dict[str, tuple[str, int] | None] = {}
+    for key in SINK_KEYS:
+        addr: tuple[str, int] | None = getattr(cfg, key)
+        out[key] = addr
+        if addr is None or not is_host_name(addr[0]):
+            continue
+        try:
+            ip = resolve_host(addr[0], lookup)
+        except (OSError, UnicodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            errors.append(f'{cfg.sources.get(key, "serfd")}: {key}: cannot resolve host name '
+                          f'"{addr[0]}": {reason}')
+            continue
+        if ipaddress.ip_address(ip).is_unspecified:
+            errors.append(f'{cfg.sources.get(key, "serfd")}: {key}: "{addr[0]}" resolves to '
+                          "the unspecified address, which cannot be sent to")
+            continue
+        out[key] = (ip, addr[1])
+    if errors:
+        raise ConfigError(errors)
+    return out

@@ -163,6 +163,12 @@ class Config:
     user_event_size_limit: int = 512  # Serf's agent default; at most 9216 (Serf's hard limit)
     query_size_limit: int = 1024  # Serf's QuerySizeLimit
     query_response_size_limit: int = 1024  # Serf's QueryResponseSizeLimit
+    # Telemetry (serfd.agent.telemetry): Serf's statsd_addr / statsite_addr (host names
+    # resolved at start, as bind), and [telemetry]: the Prometheus endpoint, host names.
+    statsd_addr: tuple[str, int] | None = None
+    statsite_addr: tuple[str, int] | None = None
+    telemetry_prometheus_bind: tuple[str, int] | None = None
+    telemetry_disable_hostname: bool = False
     # Dotted TOML key ("rpc.tcp", "tags.role") -> file that set it; keys left at their
     # default are absent. Not part of equality: the same settings from other files
     # are the same configuration.
@@ -463,6 +469,13 @@ def _format_address(addr: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _sink_address(value: object) -> tuple[str, int] | None:
+    """statsd_addr / statsite_addr: "host:port" (a name resolved at start); "" = off."""
+    if value == "":
+        return None  # Serf's default: no sink
+    return _address(default_port=None, min_port=1, unspecified_ok=False, names_ok=True)(value)
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -558,16 +571,24 @@ _KEYS: dict[str, _Key] = {
     "user_event_size_limit": _Key("user_event_size_limit", _integer(1, 9216)),
     "query_size_limit": _Key("query_size_limit", _integer(1, 65535)),
     "query_response_size_limit": _Key("query_response_size_limit", _integer(1, 65535)),
+    "statsd_addr": _Key("statsd_addr", _sink_address, _format_address),
+    "statsite_addr": _Key("statsite_addr", _sink_address, _format_address),
+    "telemetry.prometheus_bind": _Key(
+        "telemetry_prometheus_bind",
+        _address(default_port=None, min_port=1, unspecified_ok=True),
+        _format_address,
+    ),
+    "telemetry.disable_hostname": _Key("telemetry_disable_hostname", _boolean),
 }
 
-_TABLES = ("gossip", "rpc", "tags", "handlers", "handler_limits")
+_TABLES = ("gossip", "rpc", "tags", "handlers", "handler_limits", "telemetry")
 _FREE_TABLES = ("tags", "handlers")  # tables whose keys are the user's own names
 
 #: Every dotted key serfd knows (tags/handlers hold free-form `tags.NAME` keys besides these).
 KNOWN_KEYS: tuple[str, ...] = (*_KEYS, "tags", "handlers")
 
 # What an unknown key may have been meant as: any key, or a table name.
-_SUGGESTIONS: list[str] = [*KNOWN_KEYS, "gossip", "rpc", "handler_limits"]
+_SUGGESTIONS: list[str] = [*KNOWN_KEYS, "gossip", "rpc", "handler_limits", "telemetry"]
 
 
 def _handler(route: str, value: object) -> str | tuple[str, ...]:
@@ -788,6 +809,7 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
     gossip: dict[str, Any] = {}
     rpc: dict[str, Any] = {}
     limits: dict[str, Any] = {}
+    telemetry: dict[str, Any] = {}
     for dotted, spec in _KEYS.items():
         value = getattr(cfg, spec.field)
         if value is None and spec.unset is None:
@@ -801,6 +823,8 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
             rpc[dotted[4:]] = rendered
         elif dotted.startswith("handler_limits."):
             limits[dotted[15:]] = rendered
+        elif dotted.startswith("telemetry."):
+            telemetry[dotted[10:]] = rendered
         else:
             top[dotted] = rendered
     top["gossip"] = gossip
@@ -808,6 +832,7 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
     top["rpc"] = rpc
     top["handlers"] = {k: v if isinstance(v, str) else list(v) for k, v in cfg.handlers.items()}
     top["handler_limits"] = limits
+    top["telemetry"] = telemetry
     files = sorted(set(cfg.sources.values()))
     header = "# serfd effective configuration\n"
     if files:

@@ -103,6 +103,11 @@ RESTART_FIELDS = frozenset({
     "rpc_socket_mode",
     "rpc_tcp",
     "rpc_socket_group",
+    # Telemetry: the sinks are built at start, as Serf builds its metrics.
+    "statsd_addr",
+    "statsite_addr",
+    "telemetry_prometheus_bind",
+    "telemetry_disable_hostname",
 })
 
 # Not configuration: where each value came from (never compared).
