@@ -92,9 +92,18 @@ def test_fixture_names_what_it_cannot_map() -> None:
     imported = import_serf_config(merged)
     assert {key for key, _ in imported.unmapped} == {
         "discover", "interface", "disable_name_resolution", "enable_syslog",
-        "syslog_facility", "statsite_addr", "statsd_addr"}
+        "syslog_facility"}
     for key, reason in imported.unmapped:
         assert f"# not imported: {key}: {reason}" in imported.toml
+
+
+def test_statsd_and_statsite_are_imported_under_serfs_names(tmp_path: Path) -> None:
+    merged, _ = read_serf_config([FIXTURE])
+    cfg = _load_dropin(tmp_path, import_serf_config(merged).toml)
+    assert cfg.statsite_addr == ("127.0.0.1", 8125)
+    assert cfg.statsd_addr == ("127.0.0.1", 8126)
+    bad = import_serf_config(merge_serf_configs([{"statsd_addr": "nope"}]))
+    assert [key for key, _ in bad.unmapped] == ["statsd_addr"]
 
 
 def test_serf_defaults_that_differ_from_serfds_are_stated(tmp_path: Path) -> None:

@@ -92,8 +92,8 @@ SERF_KEYS: dict[str, tuple[type, str]] = {
     "retry_interval": (str, "retry_interval"),
     "rejoin_after_leave": (bool, "rejoin_after_leave"),
     "enable_compression": (bool, "enable_compression"),
-    "statsite_addr": (str, "-"),
-    "statsd_addr": (str, "-"),
+    "statsite_addr": (str, "statsite_addr"),
+    "statsd_addr": (str, "statsd_addr"),
     "broadcast_timeout": (str, "broadcast_timeout"),
 }
 
@@ -105,8 +105,6 @@ _REASONS: dict[str, str] = {
     "disable_name_resolution": "serfd always resolves node name conflicts, as Serf's default",
     "enable_syslog": "serfd logs to stderr (the journal under systemd), not to syslog",
     "syslog_facility": "serfd logs to stderr (the journal under systemd), not to syslog",
-    "statsite_addr": "serfd sends no telemetry (statsite)",
-    "statsd_addr": "serfd sends no telemetry (statsd)",
 }
 
 # Keys Serf merges by concatenation, and the one it takes from the last file as is.
