@@ -54,7 +54,7 @@ import re
 import shlex
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +65,8 @@ from serfd.core.member import Member
 from serfd.core.query import IncomingQuery
 from serfd.core.serf import MemberEvent, UserEvent
 
-__all__ = ["Handler", "HandlerRunner", "event_env", "event_stdin", "parse_handlers"]
+__all__ = ["Handler", "HandlerRunner", "event_env", "event_stdin", "handler_stats",
+           "parse_handlers"]
 
 log = logging.getLogger("serfd.handlers")
 
@@ -108,6 +109,18 @@ def parse_handlers(table: Mapping[str, str | tuple[str, ...] | list[str]]) -> tu
                 raise ValueError(f"{route}: empty command")
             out.append(Handler(route, filters, argv))
     return tuple(out)
+
+
+def handler_stats(handlers: Iterable[Handler]) -> dict[str, str]:
+    """The ``event_handlers`` section of RPC ``stats`` as Serf's agent fills it: one
+    entry per filter, ``EVENT:NAME`` (NAME empty but for user:/query:) -> the command (a
+    later handler for the same filter wins, as in Serf's map)."""
+    out: dict[str, str] = {}
+    for h in handlers:
+        cmd = h.command if isinstance(h.command, str) else shlex.join(h.command)
+        for f in h.filters:
+            out[f"{f.event}:{f.name}"] = cmd
+    return out
 
 
 def _clean(v: str) -> str:
