@@ -52,11 +52,17 @@ from pathlib import Path
 from typing import Any
 
 from serfd import __version__
-from serfd.agent.addresses import has_host_names, resolve_gossip_addresses
+from serfd.agent.addresses import (
+    has_host_names,
+    resolve_gossip_addresses,
+    resolve_sink_addresses,
+    sink_host_names,
+)
 from serfd.agent.clock import Clock, LoopClock
 from serfd.agent.config import Config, ConfigError, load_config
 from serfd.agent.events import EventsService
 from serfd.agent.gossip import GossipDriver
+from serfd.agent.handlers import handler_stats
 from serfd.agent.joins import Joiner, parse_join_addr
 from serfd.agent.keys import KeyService
 from serfd.agent.logsetup import set_level
@@ -68,6 +74,7 @@ from serfd.agent.rpc_server import RPCServer
 from serfd.agent.systemd import Notifier
 from serfd.agent.tags import TagsError, TagService, TagsFileError, load_runtime_tags
 from serfd.agent.tasks import TaskSet
+from serfd.agent.telemetry import Telemetry
 from serfd.base.metrics import Metrics
 from serfd.core.member import MemberStatus
 from serfd.core.query import default_query_timeout
@@ -143,6 +150,10 @@ class Agent:
         # go-metrics names gauges with the machine's host name, not the node name.
         self.metrics: Metrics = Metrics("serf-agent", socket.gethostname(),
                                         perf=time.perf_counter)
+        # The sinks (serfd.agent.telemetry): in-memory always (SIGUSR1 dumps it), the
+        # others as the config says; hung off the front by start().
+        self.telemetry = Telemetry(self.metrics, clock=self.clock, counters=self.counters,
+                                   member_statuses=self._member_statuses)
         self._stop = asyncio.Event()
         self._exit_code = 0
         # The core and the services around it, made by start() (module docstring).
@@ -237,6 +248,18 @@ class Agent:
                      self.config.bind[0], self.bind_addr[0],
                      self.config.advertise[0] if self.config.advertise else "(unset)",
                      self.advertise_addr[0] if self.advertise_addr else "(derived from bind)")
+        sinks = {"statsd_addr": self.config.statsd_addr,
+                 "statsite_addr": self.config.statsite_addr}
+        if sink_host_names(self.config):  # the same way, at the same moment
+            try:
+                sinks = await loop.run_in_executor(None, resolve_sink_addresses, self.config)
+            except ConfigError as e:
+                for line in e.errors:
+                    log.error("cannot start: %s", line)
+                raise SystemExit("serfd: " + "\nserfd: ".join(e.errors)) from None
+        # Before the core exists, so that it reports from its first event.
+        self.telemetry.start_sinks(self.config, statsd=sinks["statsd_addr"],
+                                   statsite=sinks["statsite_addr"])
         host, port = self.bind_addr
         try:
             self.keyring, self.keyring_path = keyring_from_config(
@@ -293,6 +316,13 @@ class Agent:
             raise SystemExit(f"serfd: {e}") from None
         if self.config.rpc_tcp is not None:
             await self.rpc.start_tcp(*self.config.rpc_tcp)
+        try:
+            await self.telemetry.start_endpoint(self.config)
+        except OSError as e:
+            bind = self.config.telemetry_prometheus_bind
+            log.error("cannot listen for Prometheus on %s: %s", bind, e.strerror or e)
+            raise SystemExit(f"serfd: telemetry.prometheus_bind: cannot listen on {bind}: "
+                             f"{e.strerror or e}") from None
         adv = self._advertise()
         log.info("serfd %s: node %s bound to %s:%d, advertising %s:%d", __version__,
                  self.config.node_name, host, port, adv[0], adv[1])
@@ -306,6 +336,7 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
         await self.start()
         if self._stop.is_set():  # a signal came while we were starting: no cluster to leave
             await self._shutdown()
@@ -326,6 +357,14 @@ class Agent:
             log.warning("caught SIGHUP while starting: the configuration is being read anyway")
             return
         self._spawn(self.reload())
+
+    def _on_sigusr1(self) -> None:
+        """go-metrics' DefaultInmemSignal: the in-memory metrics to the log, on the loop."""
+        n = self.telemetry.dump()
+        log.info("caught SIGUSR1: %d metrics lines written (finished 10 s intervals)", n)
+
+    def _member_statuses(self) -> list[str]:
+        return [m.status.label for m in self.serf.members()] if self._started else []
 
     def _on_signal(self, sig: int) -> None:
         if not self._started:
@@ -374,6 +413,7 @@ class Agent:
                 log.exception("closing the RPC server failed")
         if self.gossip is not None:
             await self.gossip.close()
+        await self.telemetry.close()  # what is queued goes out first
         self._tasks.cancel_all()
         log.info("serfd stopped")
 
@@ -460,10 +500,12 @@ class Agent:
             },
             "serf": {**self.serf.stats(), "encrypted": str(self.keyring is not None).lower()},
             "tags": dict(self.serf.tags),
+            "event_handlers": handler_stats(self.events.handler_runner.handlers),
             "runtime_tags": self.tags.stats(),
             "serfd": {"version": __version__, **self.recorder.stats(),
                       **self.loop_lag.stats(self._now()),
                       "tags_file": str(self.tags.path or ""),
+                      "telemetry": self.telemetry.describe(),
                       **{k: str(v) for k, v in sorted(core.activity.items())},
                       **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
         }
