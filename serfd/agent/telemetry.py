@@ -567,6 +567,16 @@ class PrometheusSink:
             yield m
 
 
+def _allow_ssl() -> None:
+    """prometheus_client imports ssl (for its push and HTTPS helpers, unused here), which
+    ``python -m serfd`` keeps out of the process to save OpenSSL's RSS: let it in, since
+    the endpoint is configured (about 4 MiB more)."""
+    import sys
+
+    if "ssl" in sys.modules and sys.modules["ssl"] is None:
+        del sys.modules["ssl"]
+
+
 class PrometheusEndpoint:
     """``GET /metrics`` on the loop: the sink's families (and the process's own) as the
     Prometheus text format; at most HTTP_MAX_CONNECTIONS at once, each bounded in size
@@ -574,6 +584,7 @@ class PrometheusEndpoint:
 
     def __init__(self, sink: PrometheusSink, *, clock: Clock, drops: DropLog,
                  before_scrape: Callable[[], None] | None = None) -> None:
+        _allow_ssl()
         from prometheus_client import CollectorRegistry, ProcessCollector
 
         self.sink = sink
