@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             print(e, file=sys.stderr)
             return 2
     if args.check_config:
-        from serfd.agent.addresses import has_host_names, resolve_gossip_addresses
+        from serfd.agent.addresses import (
+            has_host_names,
+            resolve_gossip_addresses,
+            resolve_sink_addresses,
+            sink_host_names,
+        )
         from serfd.agent.config import derived_paths_comment
 
         resolved = ""
@@ -98,6 +103,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(("advertise", config.advertise[0], advertise[0]))
             resolved = "".join(f"# {key} {name} resolves to {ip}\n"
                                for key, name, ip in rows if name != ip)
+        if sink_host_names(config):  # statsd_addr, statsite_addr: the same way
+            try:
+                sinks = resolve_sink_addresses(config)
+            except ConfigError as e:
+                for line in e.errors:
+                    print(line, file=sys.stderr)
+                return 2
+            for key, addr in sinks.items():
+                written = getattr(config, key)
+                if addr is not None and written is not None and written[0] != addr[0]:
+                    resolved += f"# {key} {written[0]} resolves to {addr[0]}\n"
         sys.stdout.write(config_to_toml(config) + "\n" + resolved
                          + derived_paths_comment(config, Path(args.config_dir).absolute()))
         return 0

@@ -74,3 +74,23 @@ def test_the_config_file_keeps_the_name(tmp_path: Path) -> None:
     cfg = load_config(tmp_path)
     assert cfg.bind == ("dual.example", 7001)
     assert resolve_gossip_addresses(cfg, lookup)[0] == ("192.0.2.7", 7001)
+
+
+def test_statsd_and_statsite_names_are_resolved_as_bind() -> None:
+    from serfd.agent.addresses import resolve_sink_addresses, sink_host_names
+
+    assert not sink_host_names(Config(statsd_addr=("127.0.0.1", 8125)))
+    cfg = Config(statsd_addr=("dual.example", 8125), statsite_addr=("10.0.0.1", 8126))
+    assert sink_host_names(cfg)
+    assert resolve_sink_addresses(cfg, lookup) == {
+        "statsd_addr": ("192.0.2.7", 8125), "statsite_addr": ("10.0.0.1", 8126)}
+    bad = Config(statsd_addr=("nowhere.example", 1), statsite_addr=("zero.example", 2),
+                 sources={"statsd_addr": "/etc/serfd.d/50-a.toml"})
+    with pytest.raises(ConfigError) as e:
+        resolve_sink_addresses(bad, lookup)
+    assert e.value.errors == [
+        ('/etc/serfd.d/50-a.toml: statsd_addr: cannot resolve host name "nowhere.example": '
+         "Name or service not known"),
+        ('serfd: statsite_addr: "zero.example" resolves to the unspecified address, which '
+         "cannot be sent to"),
+    ]

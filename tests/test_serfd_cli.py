@@ -168,10 +168,13 @@ def test_check_config_keeps_host_names_and_shows_what_they_resolve_to(tmp_path: 
     d = tmp_path / "serfd.d"
     d.mkdir()
     (d / "10-base.toml").write_text(base_config(tmp_path))
-    (d / "20-names.toml").write_text('bind = "localhost:17946"\nadvertise = "localhost"\n')
+    (d / "20-names.toml").write_text('bind = "localhost:17946"\nadvertise = "localhost"\n'
+                                     'statsd_addr = "localhost:8125"\n')
     r = run_serfd(d, "--check-config")
     assert r.returncode == 0, r.stderr
     merged = tomllib.loads(r.stdout)
     assert (merged["bind"], merged["advertise"]) == ("localhost:17946", "localhost:17946")
     assert "# bind localhost resolves to 127.0.0.1\n" in r.stdout
     assert "# advertise localhost resolves to 127.0.0.1\n" in r.stdout
+    assert merged["statsd_addr"] == "localhost:8125"
+    assert "# statsd_addr localhost resolves to 127.0.0.1\n" in r.stdout
