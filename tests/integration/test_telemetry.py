@@ -7,11 +7,13 @@ goes on answering RPC and gossiping; ``serfctl info`` shows Serf's event_handler
 from __future__ import annotations
 
 import collections
+import json
 import re
 import signal
 import socket
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -122,3 +124,53 @@ def test_sigusr1_logs_the_metrics_and_the_agent_carries_on(cluster: Cluster) -> 
     info = a.serfctl("info")
     assert info.returncode == 0, info.stderr
     assert "event_handlers:\n\tmember-join: = true\n\tuser:deploy = true\n" in info.stdout
+
+
+# go-metrics' dump line for a counter; real Serf adds the monotonic reading (" m=+1.5")
+# to LastUpdated, which serfd leaves out.
+DUMP_JOIN = re.compile(
+    r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} \w+)\]\[C\] 'serf-agent\.serf\.member\.join': "
+    r"Count: (\d+) (?:Sum|Min): [0-9.]+ .*LastUpdated: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? "
+    r"[+-]\d{4} \w+")
+
+
+def test_the_same_statsd_line_dump_line_and_event_handlers_as_a_real_serf_agent(
+        cluster: Cluster, tmp_path: Path) -> None:
+    listeners = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        listeners.append(s)
+    try:
+        conf = tmp_path / "serf.json"
+        conf.write_text(json.dumps({
+            "statsd_addr": f"127.0.0.1:{listeners[0].getsockname()[1]}",
+            "event_handlers": ["member-join,user:deploy=true", "query:uptime=uptime"]}))
+        serf = cluster.serf("serf", extra_args=["-config-file", str(conf)])
+        serfd = cluster.serfd("serfd", join=[serf.bind_addr], extra_toml=(
+            f'statsd_addr = "127.0.0.1:{listeners[1].getsockname()[1]}"\n'
+            '[handlers]\n"member-join,user:deploy" = "true"\n"query:uptime" = "uptime"'))
+        cluster.wait_all_alive([serf, serfd])
+        got: list[list[bytes]] = [[], []]
+        # Both count both joins, in the same line.
+        for sock, lines in zip(listeners, got, strict=True):
+            wait_until(lambda s=sock, ls=lines: _lines(s, ls).count(JOIN) == 2,
+                       desc=lambda ls=lines: f"lines {ls}")
+        # serfctl info / serf info: the same event_handlers section.
+        assert serfd.stats()["event_handlers"] == serf.stats()["event_handlers"] == {
+            "member-join:": "true", "user:deploy": "true", "query:uptime": "uptime"}
+
+        def dumped(agent: object) -> bool:
+            agent.interrupt(signal.SIGUSR1)  # type: ignore[attr-defined]
+            text = agent.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+            per_interval = dict(DUMP_JOIN.findall(text))
+            return sum(int(n) for n in per_interval.values()) == 2
+
+        for agent in (serf, serfd):
+            wait_until(lambda a=agent: dumped(a), timeout=25, interval=1.0,
+                       desc=lambda a=agent: a.log_tail(20))
+        cluster.wait_all_alive([serf, serfd])
+    finally:
+        for s in listeners:
+            s.close()
