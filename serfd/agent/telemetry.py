@@ -405,6 +405,12 @@ class StatsiteSink(_LineSink):
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("statsite: sender stopped: %r; no more metrics to %s:%d", exc,
+                      *self.addr)
 
     async def _run(self) -> None:
         wait = self.retry
