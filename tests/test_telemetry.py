@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serfd.agent.config import Config, ConfigError, load_config
+from serfd.agent.config import Config, ConfigError, config_to_toml, load_config
 from serfd.agent.handlers import handler_stats, parse_handlers
 from serfd.agent.telemetry import (
     InmemSink,
@@ -451,6 +451,16 @@ def test_telemetry_keys_load(tmp_path: Path) -> None:
     assert cfg.telemetry_disable_hostname is True
     (tmp_path / "a.toml").write_text('statsd_addr = ""\n')  # Serf's "": off
     assert load_config(tmp_path) == Config()
+
+
+def test_telemetry_keys_render_and_load_back(tmp_path: Path) -> None:
+    cfg = Config(statsd_addr=("stats.example", 8125), statsite_addr=("::1", 8126),
+                 telemetry_prometheus_bind=("127.0.0.1", 9946), telemetry_disable_hostname=True)
+    text = config_to_toml(cfg)
+    assert 'statsite_addr = "[::1]:8126"' in text
+    assert '[telemetry]\nprometheus_bind = "127.0.0.1:9946"\ndisable_hostname = true\n' in text
+    (tmp_path / "check.toml").write_text(text)
+    assert load_config(tmp_path) == cfg
 
 
 @pytest.mark.parametrize(("line", "error"), [
