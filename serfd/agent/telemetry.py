@@ -94,10 +94,13 @@ HTTP_MAX_REQUEST = 8192  # request line and headers
 HTTP_TIMEOUT = 5.0
 
 
+_F32 = struct.Struct("f")
+
+
 def f32(value: float) -> float:
     """``value`` as the float32 go-metrics passes to every sink."""
     try:
-        return float(struct.unpack("f", struct.pack("f", value))[0])
+        return float(_F32.unpack(_F32.pack(value))[0])
     except OverflowError:
         return math.copysign(math.inf, value)
 
@@ -206,15 +209,28 @@ class InmemSink:
         self._now = now
         self._drops = drops
         self.intervals: list[IntervalMetrics] = []
+        self._end_ns = 0  # when the last interval ends
+        self._names: dict[Key, str] = {}  # flattened names, a cache (bounded below)
 
     def _current(self, now_ns: int) -> IntervalMetrics:
+        if now_ns < self._end_ns and now_ns >= self._end_ns - self.interval_ns:
+            return self.intervals[-1]  # the common case: no new interval
         start = now_ns - now_ns % self.interval_ns
         if self.intervals and self.intervals[-1].start_ns == start:
-            return self.intervals[-1]
+            return self.intervals[-1]  # (the wall clock stepped back into it)
         cur = IntervalMetrics(start)
         self.intervals.append(cur)
         del self.intervals[:-self.max_intervals]
+        self._end_ns = start + self.interval_ns
+        if len(self._names) > 4 * self.max_keys:
+            self._names.clear()
         return cur
+
+    def _name(self, key: Key) -> str:
+        name = self._names.get(key)
+        if name is None:
+            name = self._names[key] = inmem_name(key)
+        return name
 
     def _room(self, intv: IntervalMetrics, name: str) -> bool:
         if intv.size() < self.max_keys:
@@ -228,27 +244,29 @@ class InmemSink:
     def set_gauge(self, key: Key, value: float) -> None:
         now_ns = self._wall_ns()
         intv = self._current(now_ns)
-        name = inmem_name(key)
+        name = self._name(key)
         if name in intv.gauges or self._room(intv, name):
             intv.gauges[name] = f32(value)
 
     def incr_counter(self, key: Key, value: float) -> None:
-        self._aggregate(key, value, "counters")
-
-    def add_sample(self, key: Key, value: float) -> None:
-        self._aggregate(key, value, "samples")
-
-    def _aggregate(self, key: Key, value: float, table: str) -> None:
         now_ns = self._wall_ns()
         intv = self._current(now_ns)
-        aggs: dict[str, AggregateSample] = getattr(intv, table)
-        name = inmem_name(key)
+        self._aggregate(intv, intv.counters, key, value, now_ns)
+
+    def add_sample(self, key: Key, value: float) -> None:
+        now_ns = self._wall_ns()
+        intv = self._current(now_ns)
+        self._aggregate(intv, intv.samples, key, value, now_ns)
+
+    def _aggregate(self, intv: IntervalMetrics, aggs: dict[str, AggregateSample], key: Key,
+                   value: float, now_ns: int) -> None:
+        name = self._name(key)
         agg = aggs.get(name)
         if agg is None:
             if not self._room(intv, name):
                 return
             agg = aggs[name] = AggregateSample()
-        agg.ingest(f32(value), now_ns)
+        agg.ingest(value if value == 1.0 else f32(value), now_ns)  # (most are incr by 1)
 
     def data(self) -> list[IntervalMetrics]:
         """The retained intervals, oldest first; the last is the current one (created now
