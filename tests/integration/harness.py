@@ -680,7 +680,9 @@ class SerfdAgent(Agent):
         return path
 
     def command(self) -> list[str]:
-        return [self.python, "-m", "serfd", "--config-dir", str(self.config_dir)]
+        # -P: the agent's working directory (the cluster's tmpdir, where a node named
+        # "serfd" has a directory) must not shadow the installed package.
+        return [self.python, "-P", "-m", "serfd", "--config-dir", str(self.config_dir)]
 
     def start(self) -> Agent:
         self.write_config()
