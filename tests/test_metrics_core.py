@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from serfd.agent.agent import Agent
+from serfd.agent.config import Config
 from serfd.agent.handlers import HandlerRunner, parse_handlers
 from serfd.agent.snapshot import SnapshotState, Snapshotter
+from serfd.agent.systemd import Notifier
 from serfd.base.metric_names import CATALOGUE, kind_of
 from serfd.base.metrics import Metrics
 from serfd.base.ratelog import DropCounters, DropLog
@@ -39,7 +42,7 @@ from serfd.wire.serf_messages import (
     MessageUserEvent,
     decode_serf_message,
 )
-from tests.support import Raw, wait_until
+from tests.support import Raw, until, wait_until
 from tests.test_gossip_driver import nodes, run_until_done
 from tests.test_serf import FakeMemberlist
 from tests.test_swim import alive, feed
@@ -471,3 +474,35 @@ def test_gossip_streams_count_accepts_connects_and_bytes_sent() -> None:
         "memberlist", "tcp", "sent")
     assert len(sent_a) == 1 and len(sent_b) == 1  # our state, and its reply
     assert sent_a[0] > 0 and sent_b[0] > 0
+
+
+def test_the_agent_hands_its_front_to_the_cores_and_every_service(tmp_path: Path) -> None:
+    rec = Recorder()
+
+    async def main() -> Agent:
+        cfg = Config(node_name="a", bind=("127.0.0.1", 0), state_dir=tmp_path,
+                     rpc_socket=tmp_path / "s.sock", log_level="warn")
+        agent = Agent(cfg, notifier=Notifier())
+        agent.metrics.add_sink(rec)
+        run = asyncio.ensure_future(agent.run())
+        await until(lambda: agent._started, "the agent started")
+        try:
+            front = agent.metrics
+            assert agent.gossip is not None and agent.gossip.metrics is front
+            assert agent.events.handler_runner.metrics is front
+            assert agent.rpc.metrics is front and agent.recorder.metrics is front
+            for counters in (agent.counters, agent.events.counters, agent.recorder.counters,
+                             agent.rpc.counters):
+                assert isinstance(counters, DropCounters) and counters.metrics is front
+            agent._count("test_reason")
+        finally:
+            agent._stop.set()
+            await asyncio.wait_for(run, 30)
+        return agent
+
+    agent = asyncio.run(main())
+    host = agent.metrics.hostname
+    assert ("counter", ("serf-agent", "serf", "member", "join"), 1.0) in rec.calls
+    assert ("gauge", ("serf-agent", host, "serfd", "members", "alive"), 1) in rec.calls
+    assert ("counter", ("serf-agent", "serfd", "dropped", "test_reason"), 1) in rec.calls
+    assert ("counter", ("serf-agent", "memberlist", "msg", "alive"), 1.0) in rec.calls
