@@ -92,7 +92,8 @@ CATALOGUE: tuple[MetricName, ...] = (
     MetricName("serf.msgs.received", "sample", "serf.notify_msg",
                "length of each Serf message received"),
     MetricName("serf.queue.Intent", "sample", "serf._check_queue_depth",
-               "intent broadcasts queued, every QueueCheckInterval (30 s)"),
+               "intent broadcasts queued, every QueueCheckInterval (30 s, at the first "
+               "timer due then)"),
     MetricName("serf.queue.Event", "sample", "serf._check_queue_depth",
                "user event broadcasts queued, every QueueCheckInterval"),
     MetricName("serf.queue.Query", "sample", "serf._check_queue_depth",

@@ -609,8 +609,11 @@ class Serf:
             self._next_reconnect = now + self.config.reconnect_interval
             self._reconnect(now)
         if now >= self._next_queue_check:
+            # No wake-up of its own: the first timer at or after it (probes every
+            # ProbeInterval, the reap every ReapInterval) takes the samples.
             self._next_queue_check = now + self.config.queue_check_interval
-            self._check_queue_depth()
+            if self._metrics.enabled:
+                self._check_queue_depth()
         if self._prunes:
             due = [name for name, t in self._prunes.items() if t <= now]
             for name in due:
@@ -680,8 +683,6 @@ class Serf:
     def get_timer(self) -> float | None:
         """The next absolute time Serf or memberlist has work to do."""
         times = [self._next_reap, self._next_reconnect]
-        if self._metrics.enabled:
-            times.append(self._next_queue_check)
         ml = self._memberlist.get_timer()
         if ml is not None:
             times.append(ml)
