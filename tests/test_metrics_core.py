@@ -505,3 +505,18 @@ def test_the_agent_hands_its_front_to_the_cores_and_every_service(tmp_path: Path
     assert ("gauge", ("serf-agent", host, "serfd", "members", "alive"), 1) in rec.calls
     assert ("counter", ("serf-agent", "serfd", "dropped", "test_reason"), 1) in rec.calls
     assert ("counter", ("serf-agent", "memberlist", "msg", "alive"), 1.0) in rec.calls
+
+
+def test_a_handler_backlog_drop_is_a_serfd_dropped_counter(tmp_path: Path) -> None:
+    rec, metrics = recording()
+
+    async def main() -> None:
+        runner = HandlerRunner(
+            parse_handlers({"user": "true"}), tmp_path, max_concurrent=1, timeout=30.0,
+            self_member=lambda: SELF, respond=lambda q, out, label: None,
+            spawn=lambda coro: None, clock=FakeClock(), backlog=0, metrics=metrics,
+            drops=DropLog(logging.getLogger("test.metrics"), DropCounters(metrics)))
+        runner.dispatch(UserEvent(1, "deploy", b"", False))  # no room: dropped
+
+    asyncio.run(main())
+    assert rec.values("serfd", "dropped", "handler_backlog_user") == [1.0]
