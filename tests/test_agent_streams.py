@@ -50,7 +50,8 @@ def test_outbound_streams_and_reconnects_are_capped() -> None:
             started: list[tuple[str, int]] = []
 
             async def stalled(host: str, port: int, plain: bytes, expect_reply: bool,
-                              timeout: float) -> bytes | None:  # noqa: ASYNC109 - as _exchange
+                              timeout: float,  # noqa: ASYNC109 - as _exchange
+                              kind: StreamKind = StreamKind.USER) -> bytes | None:
                 started.append((host, port))
                 await gate.wait()
                 return None

@@ -76,6 +76,7 @@ from serfd.agent.tags import TagsError, TagService, TagsFileError, load_runtime_
 from serfd.agent.tasks import TaskSet
 from serfd.agent.telemetry import Telemetry
 from serfd.base.metrics import Metrics
+from serfd.base.ratelog import DropCounters
 from serfd.core.member import MemberStatus
 from serfd.core.query import default_query_timeout
 from serfd.core.serf import (
@@ -140,7 +141,6 @@ class Agent:
         self.restart_needed: tuple[str, ...] = ()  # keys changed on disk, not yet in effect
         self.last_reload_error: str = ""
         self._reload_lock = asyncio.Lock()
-        self.counters: dict[str, int] = {}  # the agent's drops (serfctl info: dropped_<key>)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks = TaskSet(log, "internal")
         self._started = False  # start() finished: the Serf layer and sockets exist
@@ -150,6 +150,8 @@ class Agent:
         # go-metrics names gauges with the machine's host name, not the node name.
         self.metrics: Metrics = Metrics("serf-agent", socket.gethostname(),
                                         perf=time.perf_counter)
+        # The agent's drops (serfctl info: dropped_<key>; metrics serfd.dropped.<key>).
+        self.counters: dict[str, int] = DropCounters(self.metrics)
         # The sinks (serfd.agent.telemetry): in-memory always (SIGUSR1 dumps it), the
         # others as the config says; hung off the front by start().
         self.telemetry = Telemetry(self.metrics, clock=self.clock, counters=self.counters,
@@ -285,14 +287,15 @@ class Agent:
             verify_incoming=cfg.gossip_verify_incoming,
             verify_outgoing=cfg.gossip_verify_outgoing, counters=self.counters,
             on_event=self._dispatch, on_conflict_lost=self._conflict_lost,
-            loop_lag=self.loop_lag)
+            loop_lag=self.loop_lag, metrics=self.metrics)
         self.joins = Joiner(self.gossip, clock=self.clock, default_port=port)
         self.tags = TagService(self.gossip, cfg.tags, cfg.tags_file, overrides)
         self.events = EventsService(cfg, self.gossip, clock=self.clock, spawn=self._spawn,
-                                    config_dir=self.config_dir, loop=loop)
+                                    config_dir=self.config_dir, loop=loop,
+                                    metrics=self.metrics)
         self.events.start()
         self.reload_hooks.append(self._reload_events)
-        self.recorder = SnapshotRecorder(cfg, self.serf, clock=self.clock)
+        self.recorder = SnapshotRecorder(cfg, self.serf, clock=self.clock, metrics=self.metrics)
         await self.recorder.open()
         self.gossip.on_pump = self.recorder.poke  # only the core's inputs move its clocks
         self.keys = KeyService(self.gossip, self.keyring, self.keyring_path,
@@ -305,7 +308,7 @@ class Agent:
         self.api = RPCAdapter(gossip=self.gossip, joins=self.joins, keys=self.keys,
                               tags=self.tags, events=self.events, leave=self.leave,
                               reload=self.reload, stats=self.stats)
-        self.rpc = RPCServer(self.api, auth_key=self.config.rpc_auth_key)
+        self.rpc = RPCServer(self.api, auth_key=self.config.rpc_auth_key, metrics=self.metrics)
         sock_path = self.config.rpc_socket
         sock_path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -39,7 +39,8 @@ from serfd.agent.dispatch import Dispatcher
 from serfd.agent.handlers import Handler, HandlerRunner, parse_handlers
 from serfd.agent.monitor import LogRing
 from serfd.agent.rpc_server import RPCError
-from serfd.base.ratelog import DropLog
+from serfd.base.metrics import NULL_METRICS, Metrics
+from serfd.base.ratelog import DropCounters, DropLog
 from serfd.core.filters import AnyEvent
 from serfd.core.member import Member
 from serfd.core.query import INTERNAL_PREFIX, IncomingQuery, QueryParam, QueryRecord
@@ -95,16 +96,18 @@ class EventsService:
         spawn: Callable[[Awaitable[None]], object],
         config_dir: Path | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        metrics: Metrics = NULL_METRICS,
     ) -> None:
         """``spawn`` starts (and supervises) handler runs; ``config_dir`` is where the
         handlers directory defaults to; ``loop`` is the loop monitor lines are handed out
-        on (default: the running one)."""
+        on (default: the running one); ``metrics`` gets the handler runs (agent.invoke.*)
+        and the drops counted here (serfd.dropped.*)."""
         self.config = config
         self.config_dir = config_dir
         self._gossip = gossip
         self._clock = clock
         # Drop and error counters (serfctl info: dropped_<key>), shared by the parts below.
-        self.counters: dict[str, int] = {}
+        self.counters: dict[str, int] = DropCounters(metrics)
         self.drops = DropLog(log, self.counters)
         self.listeners: list[Callable[[AnyEvent], None]] = []  # RPC stream subscribers
         self.log_ring = LogRing(loop=loop if loop is not None else asyncio.get_running_loop(),
@@ -120,6 +123,7 @@ class EventsService:
             spawn=spawn,
             drops=self.drops,
             clock=clock,
+            metrics=metrics,
         )
         self.dispatcher = Dispatcher(clock, self.handler_runner, self.listeners,
                                      counters=self.counters)

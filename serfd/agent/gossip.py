@@ -26,6 +26,10 @@ core produced:
 
 Nothing here polls: every wait is a future resolved by a core event.
 
+Metrics: memberlist's ``tcp.accept`` (each inbound stream), ``tcp.connect`` (each
+push/pull we connected: periodic, join, reconnect) and ``tcp.sent`` (bytes of each
+stream message we write) are counted here, where memberlist's transport counts them.
+
 Bounds (issue 8): inbound streams at most ``MAX_INBOUND_STREAMS`` (``tcp_too_many``),
 outbound ones ``MAX_OUTBOUND_STREAMS`` (``tcp_outbound_too_many``; the core sees the
 refused ones fail), all stream reads together at most ``STREAM_BYTES_BUDGET`` bytes
@@ -47,6 +51,7 @@ from typing import Any
 from serfd.agent.clock import Clock, Timer
 from serfd.agent.looplag import LoopLag
 from serfd.agent.tasks import TaskSet
+from serfd.base.metrics import NULL_METRICS, Metrics
 from serfd.base.ratelog import DropLog
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord, QueryRecordType
@@ -92,6 +97,8 @@ STREAM_BYTES_BUDGET = 64 * 1024 * 1024
 # Seconds a closing stream may take to hand its last bytes to the peer before it is
 # aborted (asyncio's close() waits for a peer that never reads forever).
 CLOSE_TIMEOUT = 1.0
+# The stream kinds that are push/pulls (memberlist's tcp.connect counts only those).
+_PUSH_PULL_KINDS = frozenset({StreamKind.PUSH_PULL, StreamKind.JOIN, StreamKind.RECONNECT})
 
 
 class _OverBudget(ConnectionError):
@@ -141,7 +148,8 @@ class GossipDriver:
                  on_event: Callable[[DeliveredEvent], None] | None = None,
                  on_conflict_lost: Callable[[ConflictLost], None] | None = None,
                  loop_lag: LoopLag | None = None,
-                 on_pump: Callable[[], None] | None = None) -> None:
+                 on_pump: Callable[[], None] | None = None,
+                 metrics: Metrics = NULL_METRICS) -> None:
         self.serf = serf
         self.clock = clock
         # The keyring is the one the core uses, mutated in place by key rotation.
@@ -160,6 +168,7 @@ class GossipDriver:
         self._timer_expected = 0.0  # when it should fire: its due time, or when armed if later
         self.loop_lag = loop_lag  # fed how late each firing of the timer came
         self.on_pump = on_pump  # called after each pump: the core handled an input
+        self.metrics = metrics  # memberlist.tcp.* (module docstring)
         self._tasks = TaskSet(log, "gossip", counters=self.counters, error_key="core_errors")
         self._inbound_streams = 0  # _on_stream tasks (MAX_INBOUND_STREAMS)
         self._outbound_streams = 0  # non-join _outbound_stream tasks (MAX_OUTBOUND_STREAMS)
@@ -490,6 +499,7 @@ class GossipDriver:
 
     async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
+        self.metrics.incr(("memberlist", "tcp", "accept"))
         if self._inbound_streams >= MAX_INBOUND_STREAMS:
             self.drops.drop("tcp_too_many", self.now(),
                             "refused a stream from %s: %d inbound streams already open",
@@ -507,7 +517,7 @@ class GossipDriver:
                 self.drops.drop("tcp_bad_message", self.now(),
                                 "refused stream from %s: %s", peer, e)
                 with contextlib.suppress(OSError):  # incl. TimeoutError: best effort
-                    writer.write(self._encode_stream(ErrResp(error=str(e)).encode()))
+                    self._write_stream(writer, ErrResp(error=str(e)).encode())
                     await asyncio.wait_for(writer.drain(), 1.0)
                 return
             except DecodeError as e:
@@ -530,7 +540,7 @@ class GossipDriver:
                 reply = None
             self.pump()
             if reply is not None:
-                writer.write(self._encode_stream(reply))
+                self._write_stream(writer, reply)
                 await asyncio.wait_for(writer.drain(), max(0.1, deadline - self.now()))
         except (TimeoutError, ConnectionError, OSError) as e:
             log.debug("stream with %s: %s", peer, e)
@@ -540,19 +550,25 @@ class GossipDriver:
             finally:
                 self._inbound_streams -= 1
 
-    def _encode_stream(self, plain: bytes) -> bytes:
+    def _write_stream(self, writer: asyncio.StreamWriter, plain: bytes) -> None:
+        """Write one stream message (compressed and encrypted as memberlist does)."""
         # memberlist encrypts streams when a keyring is set and GossipVerifyOutgoing.
         out = self._keyring if self._verify_outgoing else None
-        return encode_stream(plain, compress=self._compress, keyring=out)
+        data = encode_stream(plain, compress=self._compress, keyring=out)
+        self.metrics.incr(("memberlist", "tcp", "sent"), len(data))
+        writer.write(data)
 
     # The timeout is a deadline shared by connect, write and read: the write keeps a 50 ms
     # floor and the read uses the deadline per chunk, which asyncio.timeout() would not keep.
     async def _exchange(self, host: str, port: int, plain: bytes, expect_reply: bool,
-                        timeout: float) -> bytes | None:  # noqa: ASYNC109 - see above
+                        timeout: float,  # noqa: ASYNC109 - see above
+                        kind: StreamKind = StreamKind.USER) -> bytes | None:
         deadline = self.now() + timeout
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        if kind in _PUSH_PULL_KINDS:  # memberlist counts the connects of sendAndReceiveState
+            self.metrics.incr(("memberlist", "tcp", "connect"))
         try:
-            writer.write(self._encode_stream(plain))
+            self._write_stream(writer, plain)
             await asyncio.wait_for(writer.drain(), max(0.05, deadline - self.now()))
             if not expect_reply:
                 return None
@@ -578,7 +594,8 @@ class GossipDriver:
             # within the probe interval; a push/pull within TCPTimeout).
             timeout = max(0.05, min(req.deadline - self.now(),
                                     self.serf.config.memberlist.tcp_timeout))
-            reply = await self._exchange(host, port, req.plain, req.expect_reply, timeout)
+            reply = await self._exchange(host, port, req.plain, req.expect_reply, timeout,
+                                         req.kind)
         except _OverBudget as e:
             self.drops.drop("tcp_over_budget", self.now(),
                             "dropped the reply of %s:%d: %s", host, port, e)

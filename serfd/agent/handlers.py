@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serfd.agent.clock import Clock, LoopClock
+from serfd.base.metrics import NULL_METRICS, Metrics
 from serfd.base.ratelog import DropLog
 from serfd.core.filters import AnyEvent, EventFilter, event_type, matches_any, parse_filters
 from serfd.core.member import Member
@@ -189,6 +190,7 @@ class HandlerRunner:
         clock: Clock | None = None,
         backlog: int = BACKLOG,
         member_backlog: int = MEMBER_BACKLOG,
+        metrics: Metrics = NULL_METRICS,
     ) -> None:
         self.handlers = handlers
         self.handlers_dir = handlers_dir
@@ -207,6 +209,8 @@ class HandlerRunner:
         self._queued_runs = 0  # user-event/query runs in _backlog
         self.running = 0
         self.counters = {"runs": 0, "failed": 0, "timed_out": 0}
+        # agent.invoke.<command> per run (Serf's), serfd.handlers.timeout per kill.
+        self.metrics = metrics
 
     @property
     def queued(self) -> int:
@@ -312,6 +316,18 @@ class HandlerRunner:
         env = event_env(ev, self._self_member(), os.environ)
         cwd = str(self.handlers_dir) if self.handlers_dir.is_dir() else None
         self.counters["runs"] += 1
+        started = self._now()
+        try:
+            await self._run_process(h, ev, what, env, cwd)
+        finally:
+            metrics = self.metrics
+            if metrics.enabled:
+                script = h.command if isinstance(h.command, str) else shlex.join(h.command)
+                metrics.measure_since(("agent", "invoke", metrics.bounded_name(script)),
+                                      started, self._now())
+
+    async def _run_process(self, h: Handler, ev: AnyEvent, what: str, env: dict[str, str],
+                          cwd: str | None) -> None:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(h),
@@ -341,6 +357,7 @@ class HandlerRunner:
             if not await self._within(self.timeout, [exited]):
                 timed_out = True
                 self.counters["timed_out"] += 1
+                self.metrics.incr(("serfd", "handlers", "timeout"))
                 log.error("handler %s: timed out after %gs for %s; killing its process group %d",
                           h.label, self.timeout, what, proc.pid)
                 _kill_group(proc.pid)

@@ -46,6 +46,8 @@ from serfd.agent.snapshot import (
     format_addr,
     read_snapshot,
 )
+from serfd.base.metrics import NULL_METRICS, Metrics
+from serfd.base.ratelog import DropCounters
 from serfd.core.filters import AnyEvent
 from serfd.core.lamport import LamportClock
 from serfd.core.member import Member, MemberStatus
@@ -82,15 +84,19 @@ class SnapshotSource(Protocol):
 class SnapshotRecorder:
     """Records the core's members and clocks in the snapshot (see the module docstring)."""
 
-    def __init__(self, config: Config, core: SnapshotSource, *, clock: Clock) -> None:
+    def __init__(self, config: Config, core: SnapshotSource, *, clock: Clock,
+                 metrics: Metrics = NULL_METRICS) -> None:
         """Uses ``snapshot_path`` (default ``<state_dir>/snapshot``), ``node_name`` and
-        ``rejoin_after_leave`` from ``config`` (all restart-only)."""
+        ``rejoin_after_leave`` from ``config`` (all restart-only); ``metrics`` gets the
+        writer's timers (serf.snapshot.*) and drops (serfd.dropped.*)."""
         self.path: Path = snapshot_file(config)
         self.node_name = config.node_name
         self.rejoin_after_leave = config.rejoin_after_leave
         self._core = core
         self._clock = clock
-        self.counters: dict[str, int] = {}  # the writer's drops (serfctl info: dropped_<key>)
+        self.metrics = metrics
+        # The writer's drops (serfctl info: dropped_<key>; metrics serfd.dropped.<key>).
+        self.counters: dict[str, int] = DropCounters(metrics)
         self.writer: Snapshotter | None = None  # from open() on (after close(): its last word)
         self._closed = False
         self._previous: list[tuple[str, str]] = []
@@ -118,7 +124,7 @@ class SnapshotRecorder:
         # in STATUS= and stats) and catches up by itself once the disk takes writes again.
         writer = Snapshotter(path, state, rejoin_after_leave=rejoin, logger=log,
                              counters=self.counters, state_fn=self.state,
-                             post=loop.call_soon_threadsafe)
+                             post=loop.call_soon_threadsafe, metrics=self.metrics)
         writer.start(rewrite=bool(warnings))
         self.writer = writer
         self._arm_ticker()  # the first tick records the clocks as restored

@@ -53,7 +53,8 @@ import msgpack
 from serfd.agent.monitor import MONITOR_LEVELS
 from serfd.agent.tasks import TaskSet
 from serfd.base.goregexp import GoRegexpError
-from serfd.base.ratelog import DropLog
+from serfd.base.metrics import NULL_METRICS, Metrics
+from serfd.base.ratelog import DropCounters, DropLog
 from serfd.core.filters import matches_any, parse_filters
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord
@@ -368,15 +369,18 @@ class RPCServer:
         write_timeout: float = WRITE_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        metrics: Metrics = NULL_METRICS,
     ) -> None:
         self.agent = agent
+        self.metrics = metrics  # agent.ipc.accept / agent.ipc.command, as Serf's agent
         self.max_connections = max_connections
         self.auth_key = auth_key or None
         self.log = log
         self.max_request_size = max_request_size
         self.write_timeout = write_timeout
         self.request_timeout = request_timeout
-        self.counters: dict[str, int] = dict.fromkeys(COUNTER_KEYS, 0)
+        self.counters: dict[str, int] = DropCounters(metrics)  # also serfd.dropped.*
+        self.counters.update(dict.fromkeys(COUNTER_KEYS, 0))
         self.activity: dict[str, int] = dict.fromkeys(ACTIVITY_KEYS, 0)
         self.drops = DropLog(log, self.counters)  # rate-limited lines for counted drops
         self._servers: list[asyncio.Server] = []
@@ -474,6 +478,7 @@ class RPCServer:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
+        self.metrics.incr(("agent", "ipc", "accept"))
         if len(self._conns) >= self.max_connections:
             peer = writer.get_extra_info("peername")
             self.drops.drop("too_many_connections", self.now(),
@@ -521,6 +526,7 @@ class RPCServer:
             self.counters["handshake_required"] += 1
             self.log.debug("client %s: %r before handshake", conn.peer, command)
             return _Reply(ERR_HANDSHAKE_REQUIRED, close=True)
+        self.metrics.incr(("agent", "ipc", "command"))
         schema = REQUEST_SCHEMAS.get(command)
         if not conn.authed and command not in ("handshake", "auth"):
             self.counters["auth_required"] += 1

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serfd.base.metrics import NULL_METRICS, Metrics
 from serfd.base.ratelog import DropLog
 
 __all__ = [
@@ -412,7 +413,8 @@ class Snapshotter:
                  counters: dict[str, int] | None = None,
                  state_fn: Callable[[], SnapshotState] | None = None,
                  ops: FileOps | None = None,
-                 post: Callable[[Callable[[], object]], object] | None = None) -> None:
+                 post: Callable[[Callable[[], object]], object] | None = None,
+                 metrics: Metrics = NULL_METRICS) -> None:
         self.path = Path(path)
         self.log = logger or log
         self.min_compact_size = min_compact_size
@@ -421,6 +423,9 @@ class Snapshotter:
         self._wall = wall
         self._ops = ops or FileOps()
         self._post = post  # e.g. loop.call_soon_threadsafe, for log lines from the thread
+        # serf.snapshot.appendLine / compact timers (``clock`` time), reported through
+        # ``post`` like log lines: sinks run on the loop's thread.
+        self._metrics = metrics
         self._inbox = _Inbox(max_queue)
         # Written by the thread, read by the loop: replaced whole, never mutated.
         self.fault: SnapshotFault | None = None
@@ -747,7 +752,29 @@ class Snapshotter:
         while view:
             view = view[self._ops.write(fd, view):]
 
+    def _timed(self, key: tuple[str, ...], start: float) -> None:
+        """Report a timer from the writer thread (through ``post`` when set)."""
+        metrics = self._metrics
+        end = self._now()
+        if self._post is not None:
+            try:
+                self._post(functools.partial(metrics.measure_since, key, start, end))
+                return
+            except RuntimeError:  # the loop is closed (shutdown): nobody reads them now
+                return
+        metrics.measure_since(key, start, end)
+
     def _append(self, data: bytes, now: float) -> None:
+        if self._metrics.enabled:
+            start = self._now()
+            try:
+                self._append_untimed(data, now)
+            finally:
+                self._timed(("serf", "snapshot", "appendLine"), start)
+        else:
+            self._append_untimed(data, now)
+
+    def _append_untimed(self, data: bytes, now: float) -> None:
         try:
             self._write_all(self._fd, data)
         except OSError as e:
@@ -784,6 +811,16 @@ class Snapshotter:
         """Rewrite the file as alive members + clocks: temp file, fsync, atomic rename.
 
         Raises OSError, leaving the old file (and no temp file) in place."""
+        if not self._metrics.enabled:
+            self._compact()
+            return
+        start = self._now()
+        try:
+            self._compact()
+        finally:
+            self._timed(("serf", "snapshot", "compact"), start)
+
+    def _compact(self) -> None:
         ops = self._ops
         ops.mkdir(self.path.parent)
         lines = [f"alive: {n} {a}\n" for n, a in self._alive.items()]

@@ -7,15 +7,44 @@ too. The line after a quiet spell says how many were suppressed since the last o
 
 Pure: time is passed in as ``now``. Reasons are fixed strings chosen by our code, never
 by a peer, so the table stays as small as the set of reasons.
+
+:class:`DropCounters` is the dict those counters live in when metrics are wanted: each
+increment, whether it comes through :meth:`DropLog.drop` or a plain
+``counters[reason] += 1``, is also reported as the counter ``serfd.dropped.<reason>``
+(serfd.base.metric_names).
 """
 
 from __future__ import annotations
 
 import logging
 
-__all__ = ["DropLog"]
+from serfd.base.metrics import Metrics
+
+__all__ = ["DropCounters", "DropLog"]
 
 DEFAULT_INTERVAL = 10.0  # seconds between two log lines for one reason
+
+
+class DropCounters(dict[str, int]):
+    """Drop counters by reason that also count each increase as ``serfd.dropped.<reason>``.
+
+    Every place that counts a drop writes ``counters[reason] = old + n``; this dict turns
+    that write into ``metrics.incr(("serfd", "dropped", reason), n)`` too, so no counting
+    site needs to know about metrics. Writes that do not increase a count (a reset to 0,
+    ``update``, ``setdefault``) report nothing.
+    """
+
+    __slots__ = ("metrics",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def __setitem__(self, reason: str, value: int) -> None:
+        delta = value - self.get(reason, 0)
+        super().__setitem__(reason, value)
+        if delta > 0:
+            self.metrics.incr(("serfd", "dropped", reason), delta)
 
 
 class DropLog:

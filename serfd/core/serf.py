@@ -157,7 +157,7 @@ import msgpack
 
 from serfd.base.goregexp import WORK_PER_SECOND, RegexCache
 from serfd.base.metrics import NULL_METRICS, Metrics
-from serfd.base.ratelog import DropLog
+from serfd.base.ratelog import DropCounters, DropLog
 from serfd.core.lamport import MAX_LTIME, LamportClock
 from serfd.core.member import Member, MemberStatus
 from serfd.core.query import (
@@ -263,6 +263,8 @@ class SerfConfig:
     reconnect_timeout: float = 24 * 3600.0  # ReconnectTimeout
     tombstone_timeout: float = 24 * 3600.0  # TombstoneTimeout
     recent_intent_timeout: float = 300.0  # RecentIntentTimeout
+    flap_timeout: float = 60.0  # FlapTimeout: a failed member back sooner is a flap (metrics)
+    queue_check_interval: float = 30.0  # QueueCheckInterval: queue depth samples (metrics)
     event_buffer: int = 512  # EventBuffer
     query_buffer: int = 512  # QueryBuffer
     user_event_size_limit: int = 512  # UserEventSizeLimit (agent default)
@@ -540,7 +542,9 @@ class Serf:
         self._conflict_query: PendingQuery | None = None
         self._conflict_wanted = False
         self.conflict_lost = False  # we lost a name conflict vote: the agent must stop
-        self.counters: dict[str, int] = {}
+        # Serf's metrics (serfd.base.metric_names); drops also count as serfd.dropped.*
+        self._metrics = config.metrics
+        self.counters: dict[str, int] = DropCounters(config.metrics)
         self.drops = DropLog(log, self.counters)
         # Compiled query tag filters (Go syntax, linear time); refused ones counted here.
         # Peers choose these patterns: their engine work has a budget per second.
@@ -556,6 +560,9 @@ class Serf:
         # Timed work.
         self._next_reap = now + config.reap_interval
         self._next_reconnect = now + config.reconnect_interval
+        self._next_queue_check = now + config.queue_check_interval
+        self._members_dirty = True  # a status count may have changed (_report_members)
+        self._members_reported: tuple[int, ...] = ()
         self._prunes: dict[str, float] = {}  # member name -> when it is erased
         self._leave_phase = LeavePhase.NONE
         self._leave_deadline = 0.0
@@ -565,6 +572,7 @@ class Serf:
         # A hook returning bytes is answered at once; None means it answers later itself.
         self.internal_query_hooks: dict[str, Callable[[IncomingQuery, float], bytes | None]] = {}
         self._memberlist = memberlist_factory(config.memberlist, self, rng, now)
+        self._report_members()
 
     # ------------------------------------------------------------------ inputs
 
@@ -585,9 +593,9 @@ class Serf:
         if the exchange failed, with ``error`` the driver's text for why (Go's, such as
         ``dial tcp 10.0.0.1:7946: connect: connection refused``)."""
         js = self._join_streams.pop(token, None)
-        if js is None:
-            self._memberlist.stream_outcome(token, reply, now, error)
-        else:
+        # memberlist times every push/pull it started, joins included (pushPullNode).
+        self._memberlist.stream_outcome(token, reply, now, error)
+        if js is not None:
             self._join_outcome(js, reply, error, now)
         self._after_input(now)
 
@@ -600,6 +608,12 @@ class Serf:
         if now >= self._next_reconnect:
             self._next_reconnect = now + self.config.reconnect_interval
             self._reconnect(now)
+        if now >= self._next_queue_check:
+            # No wake-up of its own: the first timer at or after it (probes every
+            # ProbeInterval, the reap every ReapInterval) takes the samples.
+            self._next_queue_check = now + self.config.queue_check_interval
+            if self._metrics.enabled:
+                self._check_queue_depth()
         if self._prunes:
             due = [name for name, t in self._prunes.items() if t <= now]
             for name in due:
@@ -617,6 +631,42 @@ class Serf:
         # any input may make: advance it here, so no driver ever has to poll for it.
         if self._leave_phase is not LeavePhase.NONE:
             self._advance_leave(now)
+        self._report_members()
+
+    def _report_members(self) -> None:
+        """serfd.members.<status> gauges, when a count may have changed (one pass over
+        the members per input that changed one, only with a sink)."""
+        if not self._members_dirty or not self._metrics.enabled:
+            return
+        self._members_dirty = False
+        alive = leaving = left = failed = 0
+        for m in self._members.values():
+            st = m.status
+            if st is MemberStatus.ALIVE:
+                alive += 1
+            elif st is MemberStatus.FAILED:
+                failed += 1
+            elif st is MemberStatus.LEFT:
+                left += 1
+            elif st is MemberStatus.LEAVING:
+                leaving += 1
+        counts = (alive, leaving, left, failed)
+        if counts == self._members_reported:
+            return
+        self._members_reported = counts
+        gauge = self._metrics.gauge
+        gauge(("serfd", "members", "alive"), alive)
+        gauge(("serfd", "members", "leaving"), leaving)
+        gauge(("serfd", "members", "left"), left)
+        gauge(("serfd", "members", "failed"), failed)
+
+    def _check_queue_depth(self) -> None:
+        """Serf's checkQueueDepth: a sample of each broadcast queue's depth (pruning is
+        done as soon as a queue is over its limit, in _enqueue)."""
+        sample = self._metrics.sample
+        sample(("serf", "queue", "Intent"), len(self._intent_q))
+        sample(("serf", "queue", "Event"), len(self._event_q))
+        sample(("serf", "queue", "Query"), len(self._query_q))
 
     # ------------------------------------------------------------------ outputs
 
@@ -843,6 +893,7 @@ class Serf:
         else:
             self._start_memberlist_leave(now)
         self._advance_leave(now)
+        self._report_members()
 
     def _start_memberlist_leave(self, now: float) -> None:
         self._memberlist.leave(now)
@@ -879,6 +930,7 @@ class Serf:
         msg = MessageLeave(ltime=self.clock.time(), node=node, prune=prune)
         self.clock.increment()
         self._handle_leave_intent(msg, now)
+        self._report_members()
         if not self._has_alive_members():
             return None
         op_id = self._next_op()
@@ -917,6 +969,7 @@ class Serf:
         # its JoinDone still comes and nothing is kept past the request's deadline.
         for token in [t for t, js in self._join_streams.items() if now > js.deadline]:
             self._count("join_stream_lost")
+            self._memberlist.stream_outcome(token, None, now, "i/o timeout")
             self._join_outcome(self._join_streams.pop(token), None, "i/o timeout", now)
 
     def _reconnect(self, now: float) -> None:
@@ -934,6 +987,7 @@ class Serf:
                                                 m.name)
 
     def _erase(self, m: _MemberState) -> None:
+        self._members_dirty = True
         if self._members.get(m.name) is m:
             del self._members[m.name]
         if m in self._failed:
@@ -965,6 +1019,10 @@ class Serf:
             more = q.get_broadcasts(overhead, limit - used)
             used += sum(len(m) + overhead for m in more)
             msgs.extend(more)
+        if msgs and self._metrics.enabled:
+            sample = self._metrics.sample
+            for m in msgs:
+                sample(("serf", "msgs", "sent"), len(m))
         return msgs
 
     def notify_join(self, node: Node, now: float) -> None:
@@ -983,6 +1041,8 @@ class Serf:
             old = MemberStatus.NONE
         else:
             old = m.status
+            if old is MemberStatus.FAILED and now - m.leave_time < self.config.flap_timeout:
+                self._metrics.incr(("serf", "member", "flap"))
             m.status = MemberStatus.ALIVE
             m.leave_time = 0.0
             m.addr = _node_addr(node)
@@ -995,7 +1055,8 @@ class Serf:
             if m in self._left:
                 self._left.remove(m)
         log.info("EventMemberJoin: %s %s", m.name, m.addr)
-        self.config.metrics.incr(("serf", "member", "join"))
+        self._members_dirty = True
+        self._metrics.incr(("serf", "member", "join"))
         self._events.append(MemberEvent(EventType.MEMBER_JOIN, (m.snapshot(),)))
 
     def notify_leave(self, node: Node, now: float) -> None:
@@ -1018,6 +1079,8 @@ class Serf:
         log.info("Event%s: %s %s",
                  "MemberLeave" if kind is EventType.MEMBER_LEAVE else "MemberFailed",
                  m.name, m.addr)
+        self._members_dirty = True
+        self._metrics.incr(("serf", "member", m.status.label))  # left | failed
         self._events.append(MemberEvent(kind, (m.snapshot(),)))
 
     def notify_update(self, node: Node, now: float) -> None:
@@ -1029,6 +1092,7 @@ class Serf:
         m.tags = self._tags_of(node)
         m.versions = _node_versions(node)
         log.info("EventMemberUpdate: %s", m.name)
+        self._metrics.incr(("serf", "member", "update"))
         self._events.append(MemberEvent(EventType.MEMBER_UPDATE, (m.snapshot(),)))
 
     def notify_conflict(self, existing: Node, other: Node) -> None:
@@ -1100,6 +1164,7 @@ class Serf:
     def notify_msg(self, data: bytes, now: float) -> None:
         if not data:
             return
+        self._metrics.sample(("serf", "msgs", "received"), len(data))
         if len(data) > self.config.max_message_size:
             self.drops.drop("serf_message_too_large", now,
                             "dropping a %d-byte Serf message (type %d): over %d bytes",
@@ -1186,11 +1251,13 @@ class Serf:
         m.status_ltime = msg.ltime
         if m.status == MemberStatus.ALIVE:
             m.status = MemberStatus.LEAVING
+            self._members_dirty = True
             if msg.prune:
                 self._prune(m, now)
             return True
         if m.status == MemberStatus.FAILED:
             m.status = MemberStatus.LEFT
+            self._members_dirty = True
             if m in self._failed:
                 self._failed.remove(m)
             self._left.append(m)
@@ -1223,6 +1290,7 @@ class Serf:
         m.status_ltime = msg.ltime
         if m.status == MemberStatus.LEAVING:
             m.status = MemberStatus.ALIVE
+            self._members_dirty = True
         return True
 
     def _upsert_intent(self, node: str, kind: int, ltime: int, now: float) -> bool:
@@ -1302,6 +1370,10 @@ class Serf:
             return False
         self._event_bytes += cost - freed
         self._event_buffer[idx] = UserEvents(msg.ltime, events)
+        metrics = self._metrics
+        if metrics.enabled:
+            metrics.incr(("serf", "events"))
+            metrics.incr(("serf", "events", metrics.bounded_name(msg.name)))
         self._deliver(UserEvent(msg.ltime, msg.name, msg.payload or b"", msg.cc), now)
         return True
 
@@ -1495,6 +1567,10 @@ class Serf:
             slot[1].add(msg.id)
         else:
             self._query_buffer[idx] = (msg.ltime, {msg.id})
+        metrics = self._metrics
+        if metrics.enabled:
+            metrics.incr(("serf", "queries"))
+            metrics.incr(("serf", "queries", metrics.bounded_name(msg.name)))
         rebroadcast = not msg.flags & QUERY_FLAG_NO_BROADCAST
         if not filters_match(msg.filters, self.config.node_name, self.tags, self.regexes, now):
             return rebroadcast
@@ -1579,6 +1655,14 @@ class Serf:
             return
         if now > pq.deadline:
             return
+        metrics = self._metrics
+        if metrics.enabled:
+            is_ack = bool(resp.flags & QUERY_FLAG_ACK)
+            if resp.from_ in (pq.acks if is_ack else pq.responses):
+                metrics.incr(("serf", "query_duplicate_acks" if is_ack
+                              else "query_duplicate_responses"))
+            else:
+                metrics.incr(("serf", "query_acks" if is_ack else "query_responses"))
         cut = pq.cut
         pq.add(resp.from_, bool(resp.flags & QUERY_FLAG_ACK), resp.payload or b"")
         if pq.cut > cut:

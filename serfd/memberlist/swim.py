@@ -98,7 +98,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from serfd.base.metrics import NULL_METRICS, Metrics
-from serfd.base.ratelog import DropLog
+from serfd.base.ratelog import DropCounters, DropLog
 from serfd.memberlist.broadcast import TransmitLimitedQueue, retransmit_limit
 from serfd.memberlist.profiles import LAN, Profile, get_profile
 from serfd.memberlist.suspicion import (
@@ -508,9 +508,12 @@ class Memberlist:
         self.delegate = delegate
         self.rng = rng
         self.name = config.name
-        self.counters: dict[str, int] = {}
+        # memberlist's metrics (serfd.base.metric_names); drops also count as serfd.dropped.*
+        self._metrics = config.metrics
+        self.counters: dict[str, int] = DropCounters(config.metrics)
         self.activity: dict[str, int] = {}  # what we did beyond memberlist (not drops)
         self.drops = DropLog(log, self.counters)
+        self._push_pull_start: dict[int, float] = {}  # stream token -> start (pushPullNode)
         self._indirect = 0  # indirect pings served and not yet over (max_indirect_pings)
 
         self._map: dict[str, _Rec] = {}
@@ -676,6 +679,7 @@ class Memberlist:
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
         """Feed one received UDP datagram from ``addr``."""
         self._clock = max(self._clock, now)
+        self._metrics.incr(("memberlist", "udp", "received"), len(data))
         if self._checks:
             # A member we are checking that sends us anything is running, only late.
             for check in self._checks.values():
@@ -787,14 +791,19 @@ class Memberlist:
         token = self._open_stream(addr, plain, True, now + self.config.tcp_timeout,
                                   StreamKind.PUSH_PULL)
         self._pending_streams[token] = (StreamKind.PUSH_PULL, join)
+        if self._metrics.enabled:
+            self._push_pull_start[token] = now
         return token
 
     def start_join(self, addr: Addr, now: float, kind: StreamKind = StreamKind.JOIN) -> int:
         """memberlist Join's push/pull (Join=true) with ``addr``, for the layer above: its
-        outcome is not ours (``stream_outcome`` ignores the token); the caller merges the
-        reply with ``merge_push_pull``."""
-        return self._open_stream(addr, self.push_pull_payload(True), True,
-                                 now + self.config.tcp_timeout, kind)
+        outcome is not ours (``stream_outcome`` only times it, as pushPullNode); the
+        caller merges the reply with ``merge_push_pull``."""
+        token = self._open_stream(addr, self.push_pull_payload(True), True,
+                                  now + self.config.tcp_timeout, kind)
+        if self._metrics.enabled:
+            self._push_pull_start[token] = now
+        return token
 
     def push_pull_payload(self, join: bool) -> bytes:
         """Our full state as a plain push/pull message (memberlist sendLocalState)."""
@@ -876,6 +885,10 @@ class Memberlist:
         """The outcome of a stream we asked for: the reply, or None on failure/timeout
         (``error``, the driver's text for the failure, is only for the layer above)."""
         self._clock = max(self._clock, now)
+        if self._push_pull_start:
+            start = self._push_pull_start.pop(token, None)
+            if start is not None:
+                self._metrics.measure_since(("memberlist", "pushPullNode"), start, now)
         pending = self._pending_streams.pop(token, None)
         if pending is None:
             return
@@ -969,6 +982,7 @@ class Memberlist:
             if rec.state != _ALIVE:
                 rec.state = _ALIVE
                 rec.state_change = now
+        self._metrics.incr(("memberlist", "msg", "alive"))
 
         if old_state in (_DEAD, _LEFT):
             self._joins_heard += 1
@@ -993,6 +1007,7 @@ class Memberlist:
             self._refute(rec, s.incarnation)
             return
         self._enqueue(s.encode(), name=s.node)
+        self._metrics.incr(("memberlist", "msg", "suspect"))
         rec.incarnation = s.incarnation
         rec.state = _SUSPECT
         rec.state_change = now
@@ -1026,6 +1041,7 @@ class Memberlist:
             self._enqueue(d.encode(), name=d.node, on_finished=self._mark_leave_done)
         else:
             self._enqueue(d.encode(), name=d.node)
+        self._metrics.incr(("memberlist", "msg", "dead"))
         rec.incarnation = d.incarnation
         rec.state = _LEFT if d.node == d.from_ else _DEAD
         rec.state_change = now
@@ -1103,6 +1119,8 @@ class Memberlist:
         if rec is None or rec.state != _SUSPECT or rec.state_change != susp.start:
             return
         self._count("suspect_timeout")
+        if susp.k > 0 and susp.n < susp.k:
+            self._metrics.incr(("memberlist", "degraded", "timeout"))
         which = susp.shortened()
         if which is not None:  # verified_suspicions: our floor, not memberlist's
             self._count_activity(f"suspect_timeout_{which}")
@@ -1243,6 +1261,8 @@ class Memberlist:
         ping = Ping(self._next_seq(), rec.name, self._self_addr, cfg.advertise_port, self.name)
         probe = _Probe(rec, ping, now, now + period, check)
         probe.healthy = self._awareness == 0
+        if not check and self._awareness > 0:
+            self._metrics.incr(("memberlist", "degraded", "probe"))
 
         def on_ack(payload: bytes | None, t: float) -> None:
             self._probe_acked(probe, payload, t)
@@ -1366,6 +1386,7 @@ class Memberlist:
             if self._checks.get(probe.name) is probe:
                 del self._checks[probe.name]
             return
+        self._metrics.measure_since(("memberlist", "probeNode"), probe.start, now)
         self._apply_awareness(awareness_delta)
         if self._probe is probe:
             self._probe = None
@@ -1488,8 +1509,11 @@ class Memberlist:
         self._at(expires, expire)
 
     def _apply_awareness(self, delta: int) -> None:
-        score = self._awareness + delta
+        old = self._awareness
+        score = old + delta
         self._awareness = max(0, min(score, self.config.awareness_max_multiplier - 1))
+        if self._awareness != old:
+            self._metrics.gauge(("memberlist", "health", "score"), self._awareness)
 
     # ------------------------------------------------------------------ gossip, push/pull
 
@@ -1532,6 +1556,9 @@ class Memberlist:
         self._last_eager = now
         self._fresh = 0
         self._count_activity("eager_gossip_round")
+        self._timed_gossip(self._eager_round, now)
+
+    def _eager_round(self, now: float) -> None:
         me = self._self
         targets = self._k_random(
             self.config.gossip_nodes, lambda r: r is me or r.state != _ALIVE
@@ -1543,6 +1570,18 @@ class Memberlist:
                 return
             self._send_raw(msgs, rec.address, rec)
 
+    def _timed_gossip(self, round_: Callable[[float], None], now: float) -> None:
+        """Run a gossip round, timed as memberlist.gossip (CPU time, so only with the
+        front's perf clock: a simulation has none)."""
+        metrics = self._metrics
+        perf = metrics.perf if metrics.enabled else None
+        if perf is None:
+            round_(now)
+            return
+        start = perf()
+        round_(now)
+        metrics.measure_since(("memberlist", "gossip"), start, perf())
+
     def _gossip_tick(self, now: float) -> None:
         """The gossip tick due at or before ``now``: a round if anything is queued.
 
@@ -1552,7 +1591,7 @@ class Memberlist:
         """
         self._gossip_at = now + self.config.gossip_interval
         if not self._gossip_idle and self._has_broadcasts():
-            self._gossip_round(now)
+            self._timed_gossip(self._gossip_round, now)
 
     def _next_gossip_tick(self, t: float) -> float:
         """The first tick at or after ``t`` of the gossip ticker's phase."""
@@ -1660,6 +1699,7 @@ class Memberlist:
             crc=crc,
             keyring=self._keyring_out,
         )
+        self._metrics.incr(("memberlist", "udp", "sent"), len(data))
         self._out_datagrams.append((data, addr))
 
     def _open_stream(

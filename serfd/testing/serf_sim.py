@@ -50,6 +50,8 @@ class SerfSim(Sim):
             i = len(self.by_addr) + 1
             addr = (f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}", 7946)
         values = {"enable_compression": False, **self.config}
+        if "metrics" in serf_overrides:  # one front for both layers, as the agent has
+            values["metrics"] = serf_overrides["metrics"]
         mlc = MemberlistConfig(name=name, advertise_addr=addr[0], advertise_port=addr[1],
                                **values)
         cfg = SerfConfig(node_name=name, memberlist=mlc, tags=dict(tags or {}), **serf_overrides)
