@@ -39,8 +39,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from serfd.wire.codec import DecodeError, pack_gossip
 
 __all__ = [
+    "PING_VERSION",
     "ZERO_THRESHOLD",
     "Client",
     "ClientStats",
@@ -48,7 +54,10 @@ __all__ = [
     "CoordinateConfig",
     "CoordinateError",
     "DimensionalityConflictError",
+    "decode_ack_payload",
+    "decode_coordinate",
     "duration_seconds",
+    "encode_ack_payload",
     "format_go_duration",
     "to_duration",
 ]
@@ -330,3 +339,63 @@ class Client:
         ratio = dist / self.config.gravity_rho
         force = -1.0 * (ratio * ratio)  # math.Pow(x, 2) is x*x in Go
         self._coord = self._coord.apply_force(self.config, force, self._origin, self._rng)
+
+
+# ---------------------------------------------------------------------------
+# The ack payload (serf/ping_delegate.go): [PING_VERSION][Coordinate in go-msgpack's
+# gossip dialect], a map of the four fields in Go's name order, every number a float64.
+
+PING_VERSION = 1  # Serf's PingVersion, the payload's first byte
+
+
+def encode_ack_payload(coord: Coordinate) -> bytes:
+    """What Serf puts in a ping ack: the version byte and the coordinate."""
+    return bytes([PING_VERSION]) + pack_gossip({
+        b"Adjustment": float(coord.adjustment),
+        b"Error": float(coord.error),
+        b"Height": float(coord.height),
+        b"Vec": [float(v) for v in coord.vec],
+    })
+
+
+def _number(name: str, v: Any) -> float:
+    # go-msgpack decodes a float64 field from float32/64 or any integer; nil is zero.
+    if v is None:
+        return 0.0
+    if isinstance(v, float):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and -(1 << 63) <= v < (1 << 64):
+        return float(v)
+    raise DecodeError(f"coordinate field {name}: expected a number, got {type(v).__name__}")
+
+
+def decode_coordinate(obj: Any) -> Coordinate:
+    """A decoded coordinate map as Go reads it into its struct: unknown keys ignored,
+    missing ones zero; :class:`~serfd.wire.codec.DecodeError` for wrong types."""
+    if not isinstance(obj, dict):
+        raise DecodeError(f"coordinate: expected a map, got {type(obj).__name__}")
+    fields = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k): v
+              for k, v in obj.items()}
+    vec = fields.get("Vec")
+    if vec is None:
+        vec = []
+    if not isinstance(vec, list):
+        raise DecodeError(f"coordinate field Vec: expected an array, got {type(vec).__name__}")
+    return Coordinate([_number("Vec", v) for v in vec], _number("Error", fields.get("Error")),
+                      _number("Adjustment", fields.get("Adjustment")),
+                      _number("Height", fields.get("Height")))
+
+
+def decode_ack_payload(payload: bytes) -> Coordinate:
+    """The coordinate in a peer's ack payload (after the version byte, which the caller
+    checked). Like Serf's stream decoder it reads one object and ignores what follows."""
+    unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, use_list=True,
+                                max_buffer_size=len(payload) + 1)
+    unpacker.feed(payload[1:])
+    try:
+        obj = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise DecodeError("coordinate: truncated msgpack") from None
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
+        raise DecodeError(f"coordinate: bad msgpack: {e.__class__.__name__}") from None
+    return decode_coordinate(obj)
