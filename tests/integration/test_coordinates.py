@@ -13,8 +13,11 @@ from typing import Any
 
 import msgpack
 
+from serfd.wire.messages import Ack, Ping, decode_message
+from serfd.wire.packet import decode_packet, encode_packet
 from tests.integration.harness import Cluster, SerfAgent, SerfdAgent, serf_cli
 from tests.support import wait_until
+from tests.test_serf_coordinates import FRESH_ACK
 
 RTT_LINE = re.compile(r"^Estimated (\S+) <-> (\S+) rtt: (\d+\.\d{3}) ms\n$")
 
@@ -120,3 +123,48 @@ def test_coordinates_between_serf_and_serfd(cluster: Cluster) -> None:
     assert mine.stdout == theirs.stdout and RTT_LINE.match(mine.stdout), (mine, theirs)
     out = serfctl("--rpc-addr", serf.rpc_addr, "rtt", "nope")
     assert (out.returncode, out.stderr) == (1, 'Could not find a coordinate for node "nope"\n')
+
+
+def _ack_payload(ip: str, node: str) -> bytes:
+    """Ping ``node`` at ``ip``:7946 over UDP from the same /24; the payload of its ack
+    (b"" for none). Tries a few times: a ping or its ack may be lost."""
+    for _ in range(10):
+        got = _ping_once(ip, node)
+        if got is not None:
+            return got
+    raise AssertionError(f"no ack from {node} at {ip}")
+
+
+def _ping_once(ip: str, node: str) -> bytes | None:
+    peer_ip = ip.rsplit(".", 1)[0] + ".250"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((peer_ip, 0))
+        s.settimeout(0.5)
+        ping = Ping(seq_no=4242, node=node, source_addr=socket.inet_aton(peer_ip),
+                    source_port=s.getsockname()[1], source_node="pyping")
+        s.sendto(encode_packet([ping.encode()], compress=False, crc=False), (ip, 7946))
+        while True:
+            try:
+                data, _ = s.recvfrom(65536)
+            except TimeoutError:
+                return None
+            for m in decode_packet(data):
+                msg = decode_message(m)
+                if isinstance(msg, Ack) and msg.seq_no == 4242:
+                    return msg.payload or b""
+
+
+def test_fresh_ack_payloads_are_byte_identical(cluster: Cluster) -> None:
+    """A lone serf agent and a lone serfd (both still at the origin) ack a ping with the
+    same bytes; with disable_coordinates serfd's ack carries nothing and get-coordinate
+    knows no coordinate, not even its own."""
+    serf = cluster.serf("lone-serf")
+    serfd = cluster.serfd("lone-serfd")
+    off = cluster.serfd("off-serfd", extra_toml="disable_coordinates = true")
+    cluster.wait_ready()
+    theirs = _ack_payload(serf.ip, serf.name)
+    assert theirs == FRESH_ACK  # the unit tests' vector is the real agent's
+    assert _ack_payload(serfd.ip, serfd.name) == theirs
+    assert _ack_payload(off.ip, off.name) == b""  # memberlist's ack without a payload
+    assert raw_get_coordinate(off.rpc_addr, off.name)[-1] == 0xC2  # Ok false
+    assert raw_get_coordinate(serfd.rpc_addr, serfd.name)[-1] == 0xC3
