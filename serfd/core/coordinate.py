@@ -387,8 +387,9 @@ def decode_coordinate(obj: Any) -> Coordinate:
 
 
 def decode_ack_payload(payload: bytes) -> Coordinate:
-    """The coordinate in a peer's ack payload (after the version byte, which the caller
-    checked). Like Serf's stream decoder it reads one object and ignores what follows."""
+    """The coordinate in a peer's whole ack payload (its version byte, which the caller
+    checked, is skipped). Like Serf's stream decoder it reads one object and ignores what
+    follows."""
     unpacker = msgpack.Unpacker(raw=True, strict_map_key=False, use_list=True,
                                 max_buffer_size=len(payload) + 1)
     unpacker.feed(payload[1:])
