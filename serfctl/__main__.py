@@ -266,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reachability", parents=[common], help="ping every member via a query")
     p.add_argument("--verbose", action="store_true", help="print each ack and the timing")
 
+    p = sub.add_parser("rtt", parents=[common],
+                       help="estimate the round-trip time between two nodes (default: this "
+                       "one) from their network coordinates")
+    p.add_argument("nodes", nargs="*", metavar="NODE", help="one or two node names")
+    p.set_defaults(rtt_help=p.format_help())
+
     p = sub.add_parser("keys", parents=[common],
                        help="install, use, remove or list the cluster's encryption keys")
     g = p.add_mutually_exclusive_group(required=True)
@@ -399,6 +405,35 @@ def _reload(c: RPCClient, args: argparse.Namespace) -> str:
     except ClientError as e:
         raise ClientError(f"Error reloading: {e}") from None
     return "Configuration reloaded"
+
+
+def _rtt(c: RPCClient, args: argparse.Namespace) -> str:
+    """``serf rtt``: the second node defaults to the agent's own name."""
+    nodes = list(args.nodes)
+    if len(nodes) == 1:
+        try:
+            stats = c.stats()
+        except ClientError as e:
+            raise ClientError(f"Error querying agent: {e}") from None
+        nodes.append(stats.get("agent", {}).get("name", ""))
+    elif len(nodes) != 2:
+        print(f"One or two node names must be specified\n\n{args.rtt_help}", file=sys.stderr,
+              end="")
+        raise SystemExit(1)
+    coords = []
+    for node in nodes:
+        try:
+            coord = c.get_coordinate(node)
+        except ClientError as e:
+            raise ClientError(f"Error getting coordinates: {e}") from None
+        if coord is None:
+            raise ClientError(f"Could not find a coordinate for node {json.dumps(node)}")
+        coords.append(coord)
+    try:
+        ms = coords[0].distance_seconds(coords[1]) * 1000.0
+    except ValueError as e:  # other dimensionality (Serf's client panics)
+        raise ClientError(f"Error getting coordinates: {e}") from None
+    return f"Estimated {nodes[0]} <-> {nodes[1]} rtt: {ms:.3f} ms"
 
 
 def _bool(text: str) -> bool:
@@ -652,6 +687,7 @@ _COMMANDS: dict[str, Callable[[RPCClient, argparse.Namespace], str | None]] = {
     "stream": _stream,
     "reachability": _reachability,
     "keys": _keys,
+    "rtt": _rtt,
 }
 
 

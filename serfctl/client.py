@@ -18,7 +18,10 @@ from serfd.rpc.protocol import (
     DEFAULT_RPC_PORT,
     ERRORS_WITHOUT_BODY,
     IPC_VERSION,
+    BadRequest,
     Command,
+    Coordinate,
+    decode_coordinate_response,
     pack_request,
 )
 
@@ -317,6 +320,15 @@ class RPCClient:
         """The agent's stats map."""
         resp = self.call(Command.STATS, expect_body=True)
         return resp if isinstance(resp, dict) else {}
+
+    def get_coordinate(self, node: str) -> Coordinate | None:
+        """The agent's cached coordinate for ``node``; None when it has none (Serf's
+        client reads Ok)."""
+        resp = self.call(Command.GET_COORDINATE, {"Node": node}, expect_body=True)
+        try:
+            return decode_coordinate_response(resp)
+        except BadRequest as e:
+            raise ClientError(f"bad get-coordinate answer: {e}") from None
 
     def event(self, name: str, payload: bytes, coalesce: bool) -> None:
         """Send a user event."""

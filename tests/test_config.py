@@ -320,6 +320,7 @@ retry_interval = 30
 retry_max_attempts = "3"
 leave_on_terminate = "yes"
 enable_compression = 1
+disable_coordinates = "yes"
 protocol = true
 state_dir = ["/x"]
 rpc = "x"
@@ -336,6 +337,7 @@ env = ["a"]
         f"{p}: retry_max_attempts: expected an integer, got string",
         f"{p}: leave_on_terminate: expected a boolean (true or false), got string",
         f"{p}: enable_compression: expected a boolean (true or false), got integer",
+        f"{p}: disable_coordinates: expected a boolean (true or false), got string",
         f"{p}: protocol: expected an integer, got boolean",
         f"{p}: state_dir: expected a string, got array",
         f"{p}: rpc: expected a table, got string",

@@ -77,6 +77,9 @@ def test_fixture_imports_to_a_dropin_load_config_accepts(tmp_path: Path) -> None
     assert (cfg.query_response_size_limit, cfg.query_size_limit,
             cfg.user_event_size_limit) == (2048, 2048, 1024)
     assert cfg.profile == "lan"
+    # Serf's agent reads disable_coordinates without applying it; serfd applies it
+    assert cfg.disable_coordinates is True
+    assert "# note: disable_coordinates: Serf 0.9.4's agent" in imported.toml
     # both files' handlers, in order; a second script for member-join gets its own route
     routes = list(cfg.handlers.items())
     assert routes == [

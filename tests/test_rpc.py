@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serfd.agent.rpc_server import RPCServer
+from serfd.core.coordinate import Coordinate
 from serfd.core.member import Member, MemberStatus
 from serfd.rpc.protocol import encode_member, filter_members
 from serfd.testing.fake_agent import FakeAgent, ServerThread
@@ -406,7 +407,6 @@ def test_leave_replies_then_calls_agent(srv: ServerThread) -> None:
 @pytest.mark.parametrize(
     ("command", "body"),
     [
-        ("get-coordinate", {"Node": "node1"}),
         ("no-such-command", None),
         ("", None),
     ],
@@ -755,3 +755,36 @@ def test_counters_start_at_zero_and_activity_is_separate(srv: ServerThread) -> N
     assert set(srv.server.activity) == set(ACTIVITY_KEYS)
     wait_until(lambda: srv.server.activity["connections"] == 2)
     assert srv.server.activity["requests"] == 4
+
+
+# ----------------------------------------------------------------------------------
+# get-coordinate, byte for byte against RPC-TRACES.md H2 (a known node) and H3 (unknown).
+
+TRACE_H2_REQ = H("82a7436f6d6d616e64ae6765742d636f6f7264696e617465a35365710681a44e6f6465"
+                 "a56e6f646531")
+TRACE_H2_RESP = H(
+    "82a54572726f72a0a353657106"
+    "82a5436f6f726484aa41646a7573746d656e74cb3f117340599acc66a54572726f72cb3ff8000000000000"
+    "a6486569676874cb3f486de5d6e8070da3566563"
+    "98cb3ee2ccb8cdb465f4cb3f23a20285fd8386cbbeb4d9452e8ca093cb3f22974b3583d47c"
+    "cbbf20afe0d7c6bc36cbbf101494cdf2c03dcbbf3359ee51620b90cb3f204adf73ec2f21a24f6bc3")
+TRACE_H3_REQ = H("82a7436f6d6d616e64ae6765742d636f6f7264696e617465a35365710781a44e6f6465"
+                 "a46e6f7065")
+TRACE_H3_RESP = H(
+    "82a54572726f72a0a353657107"
+    "82a5436f6f726484aa41646a7573746d656e74cb0000000000000000a54572726f72cb0000000000000000"
+    "a6486569676874cb0000000000000000a3566563c0a24f6bc2")
+
+
+def test_trace_h_get_coordinate_bytes(srv: ServerThread) -> None:
+    srv.agent.coordinates["node1"] = Coordinate(
+        [8.964393080779038e-06, 0.00014978676608292887, -1.2426800656915488e-06,
+         0.00014183800772796576, -0.00012731189407364098, -6.134184103490175e-05,
+         -0.00029527729328309663, 0.00012430169768894945],
+        1.5, 6.656723271696168e-05, 0.0007455227149082158)
+    c = Raw(srv.tcp)
+    c.handshake()
+    for req, resp in ((TRACE_H2_REQ, TRACE_H2_RESP), (TRACE_H3_REQ, TRACE_H3_RESP)):
+        c.send_bytes(req)
+        assert c.read_bytes(len(resp)) == resp
+    assert ("get-coordinate", "nope") in srv.agent.calls

@@ -575,3 +575,29 @@ def test_serfctl_against_real_serf_agent(
     )
     # force-leave of a left node is accepted by real Serf.
     assert ctl(capsys, "--rpc-addr", a.rpc_addr, "force-leave", "ctl2")[0] == 0
+
+
+# ----------------------------------------------------------------------------------
+# rtt: serf rtt's output, errors and exit codes.
+
+
+def test_rtt_prints_serfs_line_and_defaults_to_the_agents_own_node(
+        srv: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+    from serfd.core.coordinate import Coordinate
+
+    srv.agent.coordinates["node0"] = Coordinate([0.0] * 8, 1.5, 0.0, 0.0)
+    srv.agent.coordinates["node1"] = Coordinate([0.003, 0.004] + [0.0] * 6, 0.5, 0.0005,
+                                                0.0001)
+    sock = srv.socket_path
+    # 5 ms apart, plus the height 0.1 ms and the adjustment 0.5 ms.
+    assert ctl(capsys, "--socket", sock, "rtt", "node1", "node0") == (
+        0, "Estimated node1 <-> node0 rtt: 5.600 ms\n", "")
+    assert ctl(capsys, "--socket", sock, "rtt", "node1") == (
+        0, "Estimated node1 <-> node0 rtt: 5.600 ms\n", "")
+    assert ctl(capsys, "--socket", sock, "rtt", "node1", "nope") == (
+        1, "", 'Could not find a coordinate for node "nope"\n')
+    code, out, err = ctl(capsys, "--socket", sock, "rtt")
+    assert (code, out) == (1, "")
+    assert err.startswith("One or two node names must be specified\n\nusage: serfctl rtt")
+    code, _, err = ctl(capsys, "--socket", sock, "rtt", "a", "b", "c")
+    assert code == 1 and err.startswith("One or two node names must be specified")

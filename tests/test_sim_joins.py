@@ -24,7 +24,8 @@ N = 100
 GOSSIP_BOUND = 3.0
 
 
-def _star_join(layer: str, seed: int, loss: float, **config: object) -> tuple[float | None, Sim]:
+def _star_join(layer: str, seed: int, loss: float, serf: dict[str, object] | None = None,
+               **config: object) -> tuple[float | None, Sim]:
     """n1..n99 all join n0 at the same instant; the virtual seconds until every node
     knows every other alive (None: not within 20 s). Asserts on the way that every
     push/pull with Join=false opened until then was a join follow-up, not a periodic one."""
@@ -39,7 +40,7 @@ def _star_join(layer: str, seed: int, loss: float, **config: object) -> tuple[fl
     names = [f"n{i}" for i in range(N)]
     for i, name in enumerate(names):
         if isinstance(sim, SerfSim):
-            sim.add_serf(name)
+            sim.add_serf(name, **(serf or {}))
         else:
             sim.add_node(name)
         if i == 0:
@@ -88,8 +89,11 @@ def test_hundred_simultaneous_joins_converge_by_gossip(layer: str, seed: int,
 
 def test_without_the_follow_up_a_burst_can_leave_a_pair_to_push_pull() -> None:
     """The straggler is real: memberlist's rules alone (no follow-up) leave seed 38's
-    burst unconverged for 20 s, until the periodic push/pull would repair it."""
-    took, sim = _star_join("serf", 38, 0.05, join_follow_up=False)
+    burst unconverged for 20 s, until the periodic push/pull would repair it. (Found
+    before acks carried coordinates: the payload changes how gossip piggybacks on acks,
+    so the seed's packet sequence needs them off.)"""
+    took, sim = _star_join("serf", 38, 0.05, serf={"disable_coordinates": True},
+                           join_follow_up=False)
     assert took is None
     assert isinstance(sim, SerfSim)
     short = [x for x in sim.nodes if sim.serf(x).num_alive() < N]

@@ -230,6 +230,7 @@ class Agent:
             query_response_size_limit=cfg.query_response_size_limit,
             max_query_timeout=max_query_timeout(cfg),
             metrics=self.metrics,
+            disable_coordinates=cfg.disable_coordinates,
         )
         return Serf(sc, random.Random(), now)
 

@@ -123,6 +123,8 @@ class Config:
     state_dir: Path = Path("/var/lib/serfd")
     snapshot_path: Path | None = None  # None: <state_dir>/snapshot
     rejoin_after_leave: bool = False
+    # Serf's DisableCoordinates: no Vivaldi coordinate in our acks, none learnt from peers'.
+    disable_coordinates: bool = False
     encrypt_key: str | None = None  # base64 AES key (16/24/32 bytes)
     keyring_file: Path | None = None  # None: <state_dir>/keyring when encrypt_key is set
     # Runtime tag changes (serfctl tags) kept across restarts; None: not kept. A relative
@@ -525,6 +527,7 @@ _KEYS: dict[str, _Key] = {
     "state_dir": _Key("state_dir", _absolute_path, str),
     "snapshot_path": _Key("snapshot_path", _absolute_path, str),
     "rejoin_after_leave": _Key("rejoin_after_leave", _boolean),
+    "disable_coordinates": _Key("disable_coordinates", _boolean),
     "encrypt_key": _Key("encrypt_key", _encrypt_key),
     "keyring_file": _Key("keyring_file", _absolute_path, str),
     "tags_file": _Key("tags_file", _tags_file, str, unset=""),

@@ -53,6 +53,7 @@ from serfd.agent.looplag import LoopLag
 from serfd.agent.tasks import TaskSet
 from serfd.base.metrics import NULL_METRICS, Metrics
 from serfd.base.ratelog import DropLog
+from serfd.core.coordinate import Coordinate
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord, QueryRecordType
 from serfd.core.serf import (
@@ -411,6 +412,10 @@ class GossipDriver:
 
     def members(self) -> list[Member]:
         return self.serf.members()
+
+    def coordinate(self, node: str) -> Coordinate | None:
+        """The coordinate the core cached for ``node`` (None: unknown or disabled)."""
+        return self.serf.get_cached_coordinate(node)
 
     @property
     def tags(self) -> dict[str, str]:

@@ -58,7 +58,7 @@ SERF_RPC_DEFAULT = "127.0.0.1:7373"  # Serf's DefaultConfig RPCAddr
 SERF_KEYS: dict[str, tuple[type, str]] = {
     "node_name": (str, "node_name"),
     "role": (str, "tags.role"),
-    "disable_coordinates": (bool, "(nothing: serfd computes no coordinates)"),
+    "disable_coordinates": (bool, "disable_coordinates"),
     "tags": (dict, "[tags]"),
     "tags_file": (str, "tags_file"),
     "bind": (str, "bind"),
@@ -302,7 +302,10 @@ def import_serf_config(merged: Mapping[str, Any], sources: Sequence[Path] = ()) 
         if key in _REASONS:
             unmapped.append((key, _REASONS[key]))  # merged values are never "" or false
         elif key == "disable_coordinates":
-            notes.append("disable_coordinates: serfd computes no network coordinates anyway")
+            put(key, target, value)
+            notes.append("disable_coordinates: Serf 0.9.4's agent reads this key but still "
+                         "computes coordinates; serfd applies it (no coordinates, `rtt` "
+                         "finds none)")
         elif key == "tags":
             for name, tag in value.items():
                 put(f"tags.{name}", f"tags.{name}", tag)

@@ -73,6 +73,7 @@ RESTART_FIELDS = frozenset({
     "state_dir",
     "snapshot_path",
     "rejoin_after_leave",  # the snapshot is read and its writer set up at start
+    "disable_coordinates",  # the core is built with or without its Vivaldi client
     "encrypt_key",
     "keyring_file",
     "tags_file",  # the tag service reads it at start and keeps its path

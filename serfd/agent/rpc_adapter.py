@@ -21,6 +21,7 @@ from serfd.agent.events import EventsService
 from serfd.agent.joins import JoinFailed
 from serfd.agent.rpc_server import RPCError
 from serfd.agent.tags import TagsError
+from serfd.core.coordinate import Coordinate
 from serfd.core.filters import AnyEvent
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord
@@ -31,6 +32,7 @@ __all__ = ["RPCAdapter"]
 
 class _Gossip(Protocol):
     def members(self) -> list[Member]: ...
+    def coordinate(self, node: str) -> Coordinate | None: ...
     async def force_leave(self, node: str, prune: bool) -> None: ...
 
 
@@ -69,6 +71,9 @@ class RPCAdapter:
 
     def members(self) -> list[Member]:
         return self._gossip.members()
+
+    def coordinate(self, node: str) -> Coordinate | None:
+        return self._gossip.coordinate(node)
 
     async def join(self, addrs: list[str], replay: bool) -> int:
         try:

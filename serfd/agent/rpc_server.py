@@ -55,6 +55,7 @@ from serfd.agent.tasks import TaskSet
 from serfd.base.goregexp import GoRegexpError
 from serfd.base.metrics import NULL_METRICS, Metrics
 from serfd.base.ratelog import DropCounters, DropLog
+from serfd.core.coordinate import Coordinate
 from serfd.core.filters import matches_any, parse_filters
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery, QueryParam, QueryRecord
@@ -76,6 +77,7 @@ from serfd.rpc.protocol import (
     BadRequest,
     decode_body,
     decode_header,
+    encode_coordinate_response,
     encode_event_record,
     encode_member,
     encode_query_record,
@@ -170,6 +172,10 @@ class AgentAPI(Protocol):
 
     def stats(self) -> dict[str, dict[str, str]]:
         """Serf's stats map (agent, runtime, serf, tags, event_handlers, ...)."""
+        ...
+
+    def coordinate(self, node: str) -> Coordinate | None:
+        """The cached network coordinate of node (None: unknown, or disabled)."""
         ...
 
     async def reload(self) -> list[str]:
@@ -401,6 +407,7 @@ class RPCServer:
             "tags": self._tags,
             "reset-tags": self._reset_tags,
             "stats": self._stats,
+            "get-coordinate": self._get_coordinate,
             **{op: self._key_handler(op)
                for op in ("install-key", "use-key", "remove-key", "list-keys")},
             "stop": self._stop,
@@ -642,6 +649,10 @@ class RPCServer:
 
     async def _stats(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
         return _Reply(body=self.agent.stats())
+
+    async def _get_coordinate(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
+        # Serf answers every node, known or not: Ok says which.
+        return _Reply(body=encode_coordinate_response(self.agent.coordinate(req["Node"])))
 
     async def _reload(self, conn: _Conn, req: dict[str, Any]) -> _Reply:
         # Answers only once the reload is applied or refused (ExecReload waits on it).

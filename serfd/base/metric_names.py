@@ -91,6 +91,13 @@ CATALOGUE: tuple[MetricName, ...] = (
                "length of each Serf message handed to memberlist for gossip"),
     MetricName("serf.msgs.received", "sample", "serf.notify_msg",
                "length of each Serf message received"),
+    MetricName("serf.coordinate.rejected", "counter", "serf.notify_ping_complete",
+               "a peer's coordinate the Vivaldi update refused (invalid, bad RTT, "
+               "other dimensionality)"),
+    MetricName("serf.coordinate.zero-rtt", "counter", "serf.notify_ping_complete",
+               "a ping round trip measured as zero (raised to 1 ns before the update)"),
+    MetricName("serf.coordinate.adjustment-ms", "sample", "serf.notify_ping_complete",
+               "how far one update moved our coordinate (estimated distance, in ms)"),
     MetricName("serf.queue.Intent", "sample", "serf._check_queue_depth",
                "intent broadcasts queued, every QueueCheckInterval (30 s, at the first "
                "timer due then)"),

@@ -136,6 +136,14 @@ itself bounds none of these unless said.
 * Relays: Serf forwards any relayed message to any address; we forward only a query
   response (the only thing Serf relays) to the member the header names, at the
   address we know for it (``relay_refused``). Nothing is kept.
+* Network coordinates (``serfd.core.coordinate``): a peer's ack carries its coordinate;
+  one that is not Serf's version (``coordinate_bad_version``), not msgpack of the right
+  shape (``coordinate_decode_error``) or refused by the Vivaldi client (other
+  dimensionality, NaN or infinite, an RTT outside 0-10 s: ``coordinate_rejected``, and
+  Serf's ``serf.coordinate.rejected`` metric) is dropped. The cache of peers' coordinates
+  and the client's latency samples hold one entry per member and lose it when the member
+  is erased, as Serf's eraseNode does; an ack from a node that is not a member is
+  ignored (``coordinate_unknown_node``), so neither outgrows the member list.
 * The member list itself is Serf's design: any alive message adds a member, kept
   until reaped (failed: ``reconnect_timeout``; left: ``tombstone_timeout``). Name
   conflicts (an alive for a known name from another address) are counted by
@@ -158,6 +166,15 @@ import msgpack
 from serfd.base.goregexp import WORK_PER_SECOND, RegexCache
 from serfd.base.metrics import NULL_METRICS, Metrics
 from serfd.base.ratelog import DropCounters, DropLog
+from serfd.core.coordinate import (
+    PING_VERSION,
+    Client,
+    Coordinate,
+    CoordinateConfig,
+    CoordinateError,
+    decode_ack_payload,
+    encode_ack_payload,
+)
 from serfd.core.lamport import MAX_LTIME, LamportClock
 from serfd.core.member import Member, MemberStatus
 from serfd.core.query import (
@@ -290,6 +307,8 @@ class SerfConfig:
     max_message_size: int = 64 * 1024  # one Serf message from a peer (a UDP datagram)
     # Where Serf's metrics go (serf.* keys, serfd.base.metrics); none by default.
     metrics: Metrics = NULL_METRICS
+    # DisableCoordinates: no Vivaldi coordinate, no ack payload, nothing learnt from acks.
+    disable_coordinates: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +590,14 @@ class Serf:
         # More internal queries ("install-key" -> answer(q, now)), e.g. serfd.core.keymanager.
         # A hook returning bytes is answered at once; None means it answers later itself.
         self.internal_query_hooks: dict[str, Callable[[IncomingQuery, float], bytes | None]] = {}
+        # Network coordinates (Serf's pingDelegate): our Vivaldi client, the coordinates
+        # peers' acks carried (ours included), and our ack payload, encoded once per update.
+        self._coords: Client | None = None
+        self._coord_cache: dict[str, Coordinate] = {}
+        self._ack_payload: bytes | None = None
+        if not config.disable_coordinates:
+            self._coords = Client(CoordinateConfig(), rng)
+            self._coord_cache[config.node_name] = self._coords.get_coordinate()
         self._memberlist = memberlist_factory(config.memberlist, self, rng, now)
         self._report_members()
 
@@ -727,8 +754,9 @@ class Serf:
         return self._memberlist.num_alive()
 
     def stats(self) -> dict[str, str]:
-        """Serf's stats section (serf.go Stats), values as strings."""
-        return {
+        """Serf's stats section (serf.go Stats), values as strings; ``coordinate_resets``
+        only with coordinates, as Serf."""
+        out = {
             "members": str(len(self._members)),
             "failed": str(len(self._failed)),
             "left": str(len(self._left)),
@@ -740,8 +768,10 @@ class Serf:
             "event_queue": str(len(self._event_q)),
             "query_queue": str(len(self._query_q)),
             "encrypted": "false",
-            "coordinate_resets": "0",
         }
+        if self._coords is not None:
+            out["coordinate_resets"] = str(self._coords.stats.resets)
+        return out
 
     def counters_view(self) -> CoreCounters:
         """Drops counted by Serf and memberlist (one dict, by reason) and memberlist's
@@ -990,6 +1020,10 @@ class Serf:
         self._members_dirty = True
         if self._members.get(m.name) is m:
             del self._members[m.name]
+            if self._coords is not None:
+                # As Serf's eraseNode: the latency samples and the cached coordinate go.
+                self._coords.forget_node(m.name)
+                self._coord_cache.pop(m.name, None)
         if m in self._failed:
             self._failed.remove(m)
         if m in self._left:
@@ -1005,7 +1039,70 @@ class Serf:
         return meta
 
     def ack_payload(self) -> bytes | None:
-        return None
+        """Our coordinate for a direct ping's ack (Serf's AckPayload); None when
+        coordinates are disabled (Serf registers no ping delegate then)."""
+        if self._coords is None:
+            return None
+        if self._ack_payload is None:
+            self._ack_payload = encode_ack_payload(self._coords.get_coordinate())
+        return self._ack_payload
+
+    def notify_ping_complete(self, node: Node, rtt: float, payload: bytes | None,
+                             now: float) -> None:
+        """A direct probe of ``node`` was acked after ``rtt`` seconds with ``payload``:
+        learn from its coordinate as Serf's NotifyPingComplete does."""
+        if self._coords is None or not payload:
+            return
+        name = node.name
+        if payload[0] != PING_VERSION:
+            self.drops.drop("coordinate_bad_version", now,
+                            "unsupported ping version %d from %.64s", payload[0], name)
+            return
+        if name not in self._members:
+            # Every probed node is a member (notify_join came first); a race with an
+            # erase must not grow the samples or the cache past the member list.
+            self.drops.drop("coordinate_unknown_node", now,
+                            "coordinate from %.64s, not a member", name)
+            return
+        try:
+            coord = decode_ack_payload(payload)
+        except DecodeError as e:
+            self.drops.drop("coordinate_decode_error", now,
+                            "failed to decode coordinate from ping of %.64s: %s", name, e)
+            return
+        metrics = self.config.metrics
+        before = self._coords.get_coordinate()
+        rtt_ns = round(rtt * 1e9)
+        try:
+            after = self._coords.update(name, coord, rtt_ns)
+        except CoordinateError as e:
+            metrics.incr(("serf", "coordinate", "rejected"))
+            self.drops.drop("coordinate_rejected", now,
+                            "rejected coordinate from %.64s: %s", name, e)
+            return
+        if rtt_ns == 0:
+            metrics.incr(("serf", "coordinate", "zero-rtt"))
+        metrics.sample(("serf", "coordinate", "adjustment-ms"),
+                       before.distance_seconds(after) * 1.0e3)
+        self._ack_payload = None
+        self._coord_cache[name] = coord
+        self._coord_cache[self.config.node_name] = after
+
+    def get_coordinate(self) -> Coordinate:
+        """Our own coordinate; SerfError when coordinates are disabled."""
+        if self._coords is None:
+            raise SerfError("Coordinates are disabled")
+        return self._coords.get_coordinate()
+
+    def get_cached_coordinate(self, name: str) -> Coordinate | None:
+        """The last coordinate learnt for ``name`` (our own for our name); None when
+        unknown or coordinates are disabled (Serf's GetCachedCoordinate)."""
+        coord = self._coord_cache.get(name)
+        return None if coord is None else coord.clone()
+
+    def coordinate_cache_size(self) -> int:
+        """Entries in the coordinate cache (at most the members, ourselves included)."""
+        return len(self._coord_cache)
 
     def has_broadcasts(self) -> bool:
         """Whether get_broadcasts() may return anything (memberlist skips idle gossip

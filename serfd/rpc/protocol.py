@@ -31,6 +31,7 @@ import msgpack
 
 from serfd.base.goregexp import Regexp
 from serfd.base.goregexp import compile as go_compile
+from serfd.core.coordinate import Coordinate, decode_coordinate
 from serfd.core.member import Member
 from serfd.core.query import IncomingQuery
 from serfd.core.serf import UserEvent
@@ -42,8 +43,11 @@ __all__ = [
     "REQUEST_SCHEMAS",
     "BadRequest",
     "Command",
+    "Coordinate",
     "decode_body",
+    "decode_coordinate_response",
     "decode_header",
+    "encode_coordinate_response",
     "encode_event_record",
     "encode_member",
     "encode_query_record",
@@ -271,6 +275,30 @@ def encode_member(m: Member) -> dict[str, Any]:
         "Status": m.status.label,
         "Tags": dict(m.tags),
     }
+
+
+def encode_coordinate_response(coord: Coordinate | None) -> dict[str, Any]:
+    """The get-coordinate body ({Coord, Ok}); for an unknown node Go's zero Coordinate:
+    zero floats and a nil Vec, with Ok false."""
+    if coord is None:
+        return {"Coord": {"Adjustment": 0.0, "Error": 0.0, "Height": 0.0, "Vec": None},
+                "Ok": False}
+    return {"Coord": {"Adjustment": float(coord.adjustment), "Error": float(coord.error),
+                      "Height": float(coord.height), "Vec": [float(v) for v in coord.vec]},
+            "Ok": True}
+
+
+def decode_coordinate_response(body: Any) -> Coordinate | None:
+    """What Serf's client makes of a get-coordinate body: the coordinate when Ok, else
+    None; BadRequest when the body is not of that shape."""
+    if not isinstance(body, dict):
+        raise BadRequest("bad_field_type", f"body is a {type(body).__name__}, not a map")
+    if not _to_bool("Ok", body.get("Ok")):
+        return None
+    try:
+        return decode_coordinate(body.get("Coord"))
+    except ValueError as e:
+        raise BadRequest("bad_field_type", str(e)) from None
 
 
 def _anchored(expr: str) -> Regexp:

@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar, cast
 
 from serfd.agent.rpc_server import AgentAPI, RPCError, RPCServer
+from serfd.core.coordinate import Coordinate
 from serfd.core.member import Member, MemberStatus
 
 T = TypeVar("T")
@@ -36,6 +37,7 @@ class FakeAgent:
         self.calls: list[tuple[str, Any]] = []
         self.join_delay = 0.0
         self.left = threading.Event()
+        self.coordinates: dict[str, Coordinate] = {}
 
     def members(self) -> list[Member]:
         return list(self.member_list)
@@ -71,6 +73,10 @@ class FakeAgent:
 
     async def reset_tags(self, keys: list[str]) -> None:
         self.calls.append(("reset-tags", keys))
+
+    def coordinate(self, node: str) -> Coordinate | None:
+        self.calls.append(("get-coordinate", node))
+        return self.coordinates.get(node)
 
     def stats(self) -> dict[str, dict[str, str]]:
         return {

@@ -6,10 +6,12 @@ is their driver, as the agent's ``GossipDriver`` is on real sockets: it feeds th
 datagrams, inbound streams, stream outcomes and timers, and drains what they produce.
 
 One event heap drives everything: datagram deliveries, stream legs and each core's
-next timer. Loss, delay and partitions apply to datagrams; streams (TCP) are reliable
-but fail (reply None, with the error text a dialer would give, at their deadline)
-across a partition or to a crashed node. All randomness comes from one seeded
-``random.Random``, so a run is a pure function of its seed.
+next timer. Loss, delay (``delay`` for every pair, or per pair with
+:meth:`Sim.set_link_delay`) and partitions apply to datagrams, delays to stream legs
+too; streams (TCP) are reliable but fail (reply None, with the error text a dialer
+would give, at their deadline) across a partition or to a crashed node. All
+randomness comes from one seeded ``random.Random``, so a run is a pure function of its
+seed.
 
 By default a core handles each input the instant it arrives. With ``cpu=Machine(...)``
 (:mod:`serfd.testing.cpu`) every input is a job that costs CPU time, waits for its node
@@ -160,6 +162,8 @@ class Sim:
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._groups: dict[str, int] | None = None  # partition: name -> group id
+        # One-way delay range per pair of node names (both directions); else ``delay``.
+        self._links: dict[frozenset[str], tuple[float, float]] = {}
         self.on_event: Callable[[Event], None] | None = None
         # Sees every stream request a core makes: (requester's name, request).
         self.on_stream: Callable[[str, StreamRequest], None] | None = None
@@ -244,6 +248,22 @@ class Sim:
 
     def heal(self) -> None:
         self._groups = None
+
+    def set_link_delay(self, a: str, b: str, lo: float, hi: float | None = None) -> None:
+        """Between ``a`` and ``b`` (both ways) a datagram or stream leg takes ``lo`` to
+        ``hi`` seconds (``hi`` = ``lo``: fixed) instead of ``delay``. Draws stay one per
+        message, so a run remains a pure function of the seed."""
+        self._links[frozenset((a, b))] = (lo, lo if hi is None else hi)
+
+    def _delay(self, a: str, b: str | None) -> float:
+        lo, hi = self.delay
+        if self._links and b is not None:
+            lo, hi = self._links.get(frozenset((a, b)), (lo, hi))
+        return self.rng.uniform(lo, hi)
+
+    def _name_at(self, addr: Addr) -> str | None:
+        node = self.by_addr.get(addr)
+        return None if node is None else node.name
 
     # -------------------------------------------------------------- running
 
@@ -359,7 +379,6 @@ class Sim:
               shapes: list[tuple[int, int, bool]] | None) -> None:
         """Put what ``node`` produced on the network, now."""
         rng = self.rng
-        lo, hi = self.delay
         for i, (data, dst) in enumerate(datagrams):
             self.stats.datagrams += 1
             if self.on_datagram is not None:
@@ -373,12 +392,14 @@ class Sim:
                 self.stats.dropped += 1
                 continue
             shape = shapes[i] if shapes is not None else None
-            self._push(self.now + rng.uniform(lo, hi), 1, (target, data, node.addr, shape))
+            self._push(self.now + self._delay(node.name, target.name), 1,
+                       (target, data, node.addr, shape))
         for req in streams:
             self.stats.streams += 1
             if self.on_stream is not None:
                 self.on_stream(node.name, req)
-            self._push(self.now + rng.uniform(lo, hi), 2, (node, req, "request", None, ""))
+            self._push(self.now + self._delay(node.name, self._name_at(req.addr)), 2,
+                       (node, req, "request", None, ""))
 
     def _on_timer(self, node: SimNode, when: float) -> None:
         if when != node.wake or not node.up:
@@ -424,9 +445,8 @@ class Sim:
                 return
             out = target.core.receive_stream(req.plain, node.addr, self.now)
             self._service(target)
-            lo, hi = self.delay
             back = out if req.expect_reply else None
-            when = min(self.now + self.rng.uniform(lo, hi), req.deadline)
+            when = min(self.now + self._delay(node.name, target.name), req.deadline)
             self._push(when, 2, (node, req, "reply", back, ""))
         else:
             if not node.up or self.nodes.get(node.name) is not node:
@@ -541,9 +561,9 @@ class Sim:
                served: bool) -> None:
         """A served stream's reply (or, from a node that went away, a reset) leaves now;
         after the requester's deadline it is moot (see _on_stream_cpu)."""
-        lo, hi = self.delay
         error = "" if served else f"read tcp {req.addr[0]}:{req.addr[1]}: connection reset by peer"
-        self._push(self.now + self.rng.uniform(lo, hi), 2, (requester, req, "reply", out, error))
+        self._push(self.now + self._delay(requester.name, self._name_at(req.addr)), 2,
+                   (requester, req, "reply", out, error))
 
     def _on_stream_cpu(self, node: SimNode, req: StreamRequest, leg: str,
                        reply: bytes | None, error: str) -> None:
