@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from serfd.agent.systemd import Notifier
     from serfd.agent.tags import TagsFileError
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level,
+                  syslog_facility=config.syslog_facility if config.enable_syslog else None)
     agent = Agent(config, config_dir=Path(args.config_dir).absolute(),
                   notifier=Notifier.from_env())
     try:

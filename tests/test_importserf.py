@@ -77,6 +77,7 @@ def test_fixture_imports_to_a_dropin_load_config_accepts(tmp_path: Path) -> None
     assert (cfg.query_response_size_limit, cfg.query_size_limit,
             cfg.user_event_size_limit) == (2048, 2048, 1024)
     assert cfg.profile == "lan"
+    assert cfg.enable_syslog is True and cfg.syslog_facility == "LOCAL3"
     # both files' handlers, in order; a second script for member-join gets its own route
     routes = list(cfg.handlers.items())
     assert routes == [
@@ -91,8 +92,7 @@ def test_fixture_names_what_it_cannot_map() -> None:
     merged, _ = read_serf_config([FIXTURE])
     imported = import_serf_config(merged)
     assert {key for key, _ in imported.unmapped} == {
-        "discover", "interface", "disable_name_resolution", "enable_syslog",
-        "syslog_facility", "statsite_addr", "statsd_addr"}
+        "discover", "interface", "disable_name_resolution", "statsite_addr", "statsd_addr"}
     for key, reason in imported.unmapped:
         assert f"# not imported: {key}: {reason}" in imported.toml
 

@@ -83,6 +83,11 @@ TIMING_KEYS = (
     "tcp_timeout",
 )
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
+# The facilities Serf accepts for syslog_facility (go-syslog's facilityPriority, which
+# upper-cases the name first).
+SYSLOG_FACILITIES = ("KERN", "USER", "MAIL", "DAEMON", "AUTH", "SYSLOG", "LPR", "NEWS",
+                     "UUCP", "CRON", "AUTHPRIV", "FTP", "LOCAL0", "LOCAL1", "LOCAL2",
+                     "LOCAL3", "LOCAL4", "LOCAL5", "LOCAL6", "LOCAL7")
 
 
 class ConfigError(Exception):
@@ -109,6 +114,9 @@ class Config:
     retry_interval: float = 30.0
     retry_max_attempts: int = 0  # 0 = retry forever
     log_level: str = "info"
+    # Serf's syslog tee: records also go to /dev/log with this facility (logsetup).
+    enable_syslog: bool = False
+    syslog_facility: str = "LOCAL0"  # Serf's default
     leave_on_terminate: bool = True
     # Serf's agent options: the configured joins (start, retry, reload) replay the
     # cluster's recent user events; SIGINT stops without leaving (peers see failed).
@@ -263,6 +271,14 @@ def _duration(
         return seconds
 
     return parse
+
+
+def _syslog_facility(value: object) -> str:
+    s = _nonempty_string(value)
+    if s.upper() not in SYSLOG_FACILITIES:
+        raise ValueError(f"{_q(s)} is not a syslog facility: one of "
+                         f"{', '.join(SYSLOG_FACILITIES)}")
+    return s.upper()
 
 
 def _node_name(value: object) -> str:
@@ -500,6 +516,8 @@ _KEYS: dict[str, _Key] = {
     "retry_interval": _Key("retry_interval", _duration(1.0, "1s"), _render_duration),
     "retry_max_attempts": _Key("retry_max_attempts", _integer(0, None)),
     "log_level": _Key("log_level", _choice(LOG_LEVELS)),
+    "enable_syslog": _Key("enable_syslog", _boolean),
+    "syslog_facility": _Key("syslog_facility", _syslog_facility),
     "leave_on_terminate": _Key("leave_on_terminate", _boolean),
     "replay_on_join": _Key("replay_on_join", _boolean),
     "skip_leave_on_interrupt": _Key("skip_leave_on_interrupt", _boolean),

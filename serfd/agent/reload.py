@@ -103,6 +103,8 @@ RESTART_FIELDS = frozenset({
     "rpc_socket_mode",
     "rpc_tcp",
     "rpc_socket_group",
+    "enable_syslog",  # the syslog handler is set up with the logging, at start
+    "syslog_facility",
 })
 
 # Not configuration: where each value came from (never compared).
