@@ -98,6 +98,20 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(("advertise", config.advertise[0], advertise[0]))
             resolved = "".join(f"# {key} {name} resolves to {ip}\n"
                                for key, name, ip in rows if name != ip)
+        if config.interface is not None:  # checked as a start would (which exits 1 instead)
+            from serfd.agent.addresses import bind_from_interface, resolve_host
+
+            try:
+                bind_ip = resolve_host(config.bind[0])
+                derived = bind_from_interface(config, (bind_ip, config.bind[1]))
+            except ConfigError as e:
+                for line in e.errors:
+                    print(line, file=sys.stderr)
+                return 2
+            except OSError as e:
+                print(f"serfd: bind: {e}", file=sys.stderr)
+                return 2
+            resolved += f"# interface {config.interface} gives bind {derived[0]}\n"
         sys.stdout.write(config_to_toml(config) + "\n" + resolved
                          + derived_paths_comment(config, Path(args.config_dir).absolute()))
         return 0

@@ -120,7 +120,7 @@ def test_sample_lists_every_key_commented() -> None:
     # and nothing in it is active
     for line in SAMPLE.read_text(encoding="utf-8").splitlines():
         assert not line or line.startswith("#") or line in (
-            "[gossip]", "[tags]", "[rpc]", "[handlers]", "[handler_limits]"), line
+            "[gossip]", "[tags]", "[rpc]", "[handlers]", "[handler_limits]", "[mdns]"), line
 
 
 def test_sample_uncommented_values_are_the_defaults(tmp_path: Path) -> None:
@@ -129,7 +129,8 @@ def test_sample_uncommented_values_are_the_defaults(tmp_path: Path) -> None:
     cfg = load_config(tmp_path)
     # Keys without a fixed default show an example value instead.
     examples = {"node_name", "advertise", "rpc_tcp", "rpc_auth_key", "tags", "snapshot_path",
-                "encrypt_key", "keyring_file", "rpc_socket_group", "handlers_dir"}
+                "encrypt_key", "keyring_file", "rpc_socket_group", "handlers_dir",
+                "discover", "interface", "mdns_interface"}
     # The [gossip] timings are unset by default (the profile's): they show lan's values.
     timings = {f"gossip_{key}" for key in TIMING_KEYS}
     defaults = Config()

@@ -79,8 +79,8 @@ SERF_KEYS: dict[str, tuple[type, str]] = {
     "snapshot_path": (str, "snapshot_path"),
     "leave_on_terminate": (bool, "leave_on_terminate"),
     "skip_leave_on_interrupt": (bool, "skip_leave_on_interrupt"),
-    "discover": (str, "-"),
-    "interface": (str, "-"),
+    "discover": (str, "discover"),
+    "interface": (str, "interface"),
     "reconnect_interval": (str, "reconnect_interval"),
     "reconnect_timeout": (str, "reconnect_timeout"),
     "tombstone_timeout": (str, "tombstone_timeout"),
@@ -100,8 +100,6 @@ SERF_KEYS: dict[str, tuple[type, str]] = {
 # Why an unmappable key is not mapped (only reported when it asks for something serfd
 # does not do: `true`, or a non-empty string).
 _REASONS: dict[str, str] = {
-    "discover": "serfd has no mDNS discovery: list the peers in join",
-    "interface": "serfd binds an address, not an interface: set bind to its address",
     "disable_name_resolution": "serfd always resolves node name conflicts, as Serf's default",
     "statsite_addr": "serfd sends no telemetry (statsite)",
     "statsd_addr": "serfd sends no telemetry (statsd)",

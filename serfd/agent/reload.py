@@ -103,6 +103,11 @@ RESTART_FIELDS = frozenset({
     "rpc_socket_mode",
     "rpc_tcp",
     "rpc_socket_group",
+    "discover",  # the mDNS responder and its polls are set up at start
+    "interface",  # the bind address is derived from it at start
+    "mdns_interface",
+    "mdns_disable_ipv4",
+    "mdns_disable_ipv6",
     "enable_syslog",  # the syslog handler is set up with the logging, at start
     "syslog_facility",
 })
