@@ -18,6 +18,8 @@ on a fake clock:
   handler processes (``handlers``), RPC event streams and the log ring (``monitor``);
 * ``recorder``: :class:`~serfd.agent.recorder.SnapshotRecorder`, the snapshot file
   (``snapshot``: parser and writer thread), clocks restored at start, members to rejoin;
+* ``discovery``: :class:`~serfd.agent.discovery.Discovery`, Serf's mDNS discovery
+  (``discover``): advertise, poll, join what is found in bounded batches;
 * ``rpc_adapter`` + ``rpc_server``: the AgentAPI over these services, and Serf's msgpack
   RPC on the Unix socket and the optional TCP listener.
 
