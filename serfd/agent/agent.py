@@ -60,7 +60,7 @@ from serfd.agent.events import EventsService
 from serfd.agent.gossip import GossipDriver
 from serfd.agent.joins import Joiner, parse_join_addr
 from serfd.agent.keys import KeyService
-from serfd.agent.logsetup import set_level
+from serfd.agent.logsetup import SyslogHandler, set_level
 from serfd.agent.looplag import LoopLag
 from serfd.agent.recorder import SnapshotRecorder
 from serfd.agent.reload import plan_reload
@@ -492,8 +492,9 @@ class Agent:
 
         core = self.serf.counters_view()
         drops: dict[str, int] = {}
+        syslog = [h.dropped for h in logging.getLogger().handlers if isinstance(h, SyslogHandler)]
         for src in (self.counters, self.events.counters, self.recorder.counters, core.dropped,
-                    self.rpc.counters, self.notifier.counters):
+                    self.rpc.counters, self.notifier.counters, *syslog):
             for k, v in src.items():
                 drops[k] = drops.get(k, 0) + v
         tasks = len(self._tasks) + (self.gossip.task_count() if self.gossip else 0)
