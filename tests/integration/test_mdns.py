@@ -120,7 +120,8 @@ def serf_agent(net: Net, tmp: Path, i: int, discover: str) -> tuple[str, str]:
     return ns, name
 
 
-def serfd_node(net: Net, tmp: Path, i: int, discover: str, *, by_interface: bool) -> Path:
+def serfd_node(net: Net, tmp: Path, i: int, discover: str, *, by_interface: bool,
+               extra: str = "") -> Path:
     ns, ip = net.node(i)
     name = f"serfd{i}"
     home = tmp / name
@@ -129,7 +130,7 @@ def serfd_node(net: Net, tmp: Path, i: int, discover: str, *, by_interface: bool
     where = 'interface = "eth0"' if by_interface else f'bind = "{ip}:7946"'
     (home / "conf" / "50-test.toml").write_text(
         f'node_name = "{name}"\n{where}\ndiscover = "{discover}"\nlog_level = "debug"\n'
-        f'state_dir = "{home / "state"}"\n\n[rpc]\nsocket = "{home / "sock"}"\n')
+        f'state_dir = "{home / "state"}"\n\n[rpc]\nsocket = "{home / "sock"}"\n{extra}')
     net.spawn(ns, [sys.executable, "-m", "serfd", "--config-dir", str(home / "conf")],
               tmp / f"{name}.log")
     return home / "sock"
@@ -181,6 +182,21 @@ def test_serfd_finds_serf_agent(net: Net, tmp_path: Path) -> None:
     assert serf_statuses(ns) == want
     with RPCClient(str(sock), timeout=5.0) as client:
         assert client.stats()["serfd"]["mdns_joined"] == "1"
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_serfd_finds_serf_agent_over_one_family(net: Net, tmp_path: Path, family: str) -> None:
+    # Serf 0.10's [mdns] disable_ipv4 / disable_ipv6: the other family carries the query
+    # and the answer (the answer still names the agent's IPv4 gossip address).
+    off = "ipv6" if family == "ipv4" else "ipv4"
+    ns, _ = serf_agent(net, tmp_path, 0, "web")
+    wait_until(lambda: serf_ready(ns), timeout=CONVERGE_TIMEOUT, interval=0.2,
+               desc="the serf agent answers RPC")
+    sock = serfd_node(net, tmp_path, 1, "web", by_interface=False,
+                      extra=f'\n[mdns]\ninterface = "eth0"\ndisable_{off} = true\n')
+    want = {"serf0": "alive", "serfd1": "alive"}
+    wait_until(lambda: serfd_statuses(sock) == want, timeout=CONVERGE_TIMEOUT, interval=0.5,
+               desc=f"the serfd node found the serf agent over {family} mDNS")
 
 
 def test_serf_and_serfd_discover_each_other(net: Net, tmp_path: Path) -> None:
