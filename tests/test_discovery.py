@@ -96,9 +96,12 @@ class FakeJoiner:
         self.clock = clock
         self.calls: list[tuple[float, list[str], bool]] = []
         self.fail = False
+        self.takes = 0.0  # how long a join runs
 
     async def join(self, texts: list[str], replay: bool) -> int:
         self.calls.append((self.clock.now(), list(texts), replay))
+        if self.takes:
+            await self.clock.sleep(self.takes)
         if self.fail:
             raise JoinFailed("1 error occurred:\n\t* Failed to join 10.0.0.9: refused\n\n")
         return len(texts)
@@ -207,6 +210,25 @@ def test_batches_are_bounded_and_cut_counted() -> None:
         await clock.advance(0.2)
         assert [len(c[1]) for c in joiner.calls[before:]] == [MAX_BATCH]
         assert counters["mdns_batch_full"] == 10
+
+    run(body)
+
+
+def test_one_batch_join_at_a_time() -> None:
+    async def body(clock: FakeClock, backend: FakeBackend, joiner: FakeJoiner,
+                   d: Discovery, counters: dict[str, int]) -> None:
+        joiner.takes = 5.0  # e.g. addresses that do not answer
+        t0 = clock.now()
+        d.on_records(serf_answer("a", "10.0.0.1"))
+        await clock.advance(0.2)
+        d.on_records(serf_answer("b", "10.0.0.2"))
+        d.on_records(serf_answer("c", "10.0.0.3"))
+        await clock.advance(1.0)
+        assert [c[1] for c in joiner.calls] == [["10.0.0.1:7946"]]  # the second waits
+        await clock.advance(4.0)
+        assert [c[1] for c in joiner.calls] == [["10.0.0.1:7946"],
+                                                ["10.0.0.2:7946", "10.0.0.3:7946"]]
+        assert joiner.calls[1][0] == pytest.approx(t0 + 0.1 + 5.0)
 
     run(body)
 

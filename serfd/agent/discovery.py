@@ -23,8 +23,9 @@ same NAME find each other:
   ``replay_on_join``).
 
 Bounds (whatever a peer answers costs at most this): at most :data:`MAX_BATCH`
-addresses per batch, a batch joined at most :data:`MAX_BATCH_DELAY` after its first
-address even if answers keep coming, at most :data:`MAX_SEEN` addresses remembered;
+addresses per batch and one batch join at a time, a batch joined at most
+:data:`MAX_BATCH_DELAY` after its first address even if answers keep coming (or when
+the join in flight ends), at most :data:`MAX_SEEN` addresses remembered;
 what is cut is counted (``dropped_mdns_*`` in ``serfctl info``) and logged
 rate-limited. Like Serf, an address once tried is not tried again by discovery (the
 core's reconnect takes over a member it knew).
@@ -196,6 +197,7 @@ class Discovery:
         self._first_pending = 0.0
         self._quiet: Timer | None = None
         self._running = False
+        self._joining = False  # one batch join at a time
 
     async def start(self) -> None:
         """Start the backend (off the loop) and the poll loop."""
@@ -256,10 +258,13 @@ class Discovery:
 
     def _flush(self) -> None:
         self._quiet = None
+        if self._joining:
+            return  # the batch waits for the join in flight (re-armed when it ends)
         batch, self.pending = self.pending, []
         if not batch or not self._running:
             return
         self.seen.update(batch)  # Serf marks them seen whatever the join's outcome
+        self._joining = True
         self.spawn(self._join(batch))
 
     async def _join(self, batch: list[tuple[str, int]]) -> None:
@@ -271,9 +276,13 @@ class Discovery:
             n = await self.joiner.join(texts, self.replay())
         except (JoinFailed, SerfError) as e:
             log.error("mDNS: failed to join %s: %s", ", ".join(texts), e)
-            return
-        self.joined += n
-        log.info("mDNS: joined %d hosts", n)
+        else:
+            self.joined += n
+            log.info("mDNS: joined %d hosts", n)
+        finally:
+            self._joining = False
+            if self.pending and self._running:
+                self._flush()
 
     def stats(self) -> dict[str, str]:
         return {"mdns_service": self.stype, "mdns_polls": str(self.polls),
@@ -336,7 +345,9 @@ class ZeroconfBackend:
                         continue
                     out.append(Record(name, "A" if ":" not in addr else "AAAA",
                                       address=addr))
-            if any(r.kind in ("PTR", "SRV") for r in out):
+            # Only responses about our service cross to the agent's loop.
+            if any(r.kind == "PTR" or (r.kind == "SRV" and r.name.endswith("." + stype))
+                   for r in out):
                 on_records(out)
 
         listener = type("SerfListener", (zeroconf.RecordUpdateListener,),
