@@ -42,12 +42,13 @@ target to the instance), and zeroconf orders the additional records of an answer
 Python set, differently in every process; with target == instance, the order no longer
 matters (Serf itself uses the machine's host name, and orders its records SRV, A, TXT).
 
-zeroconf 0.47.3 also writes an NSEC record's window and bitmap length as 16-bit fields instead of
-one octet each (RFC 4034 4.1.2; fixed upstream in python-zeroconf#1326). zeroconf adds
-such an NSEC ("no AAAA here") to every answer for an IPv4-only service, and
-hashicorp/mdns (miekg/dns) then refuses the whole response, so a serf agent would
-never see a serfd node. :func:`fix_nsec_writer` detects the old writer and replaces
-it with one that writes the octets; a fixed zeroconf is left alone.
+zeroconf 0.47.3 also writes an NSEC record's window and bitmap length as 16-bit
+fields instead of one octet each (RFC 4034 4.1.2; fixed upstream in
+python-zeroconf#1326). zeroconf adds such an NSEC ("no AAAA here") to every answer
+for an IPv4-only service, and hashicorp/mdns (miekg/dns) then refuses the whole
+response, so a serf agent would never see a serfd node. :func:`fix_nsec_writer`
+detects the old writer and replaces it with one that writes the octets; a fixed
+zeroconf is left alone.
 """
 
 from __future__ import annotations
@@ -322,9 +323,10 @@ class ZeroconfBackend:
         zc = zeroconf.Zeroconf(interfaces=interfaces, ip_version=version)
         self.zc = zc
         txt = self.txt.encode()
-        self.info = zeroconf.ServiceInfo(self.stype, self.instance, port=self.advertise[1],
-                                properties=bytes([len(txt)]) + txt, server=self.instance,
-                                parsed_addresses=[self.advertise[0]])
+        self.info = zeroconf.ServiceInfo(
+            self.stype, self.instance, port=self.advertise[1],
+            properties=bytes([len(txt)]) + txt,  # one TXT string, as Serf's
+            server=self.instance, parsed_addresses=[self.advertise[0]])
 
         stype = self.stype.lower()
 
