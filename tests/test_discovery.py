@@ -79,7 +79,6 @@ class FakeBackend:
         self.on_records: Callable[[list[Record]], None] | None = None
         self.queries = 0
         self.closed = False
-        self.announced = 0
 
     def start(self, on_records: Callable[[list[Record]], None]) -> None:
         self.on_records = on_records

@@ -30,10 +30,22 @@ what is cut is counted (``dropped_mdns_*`` in ``serfctl info``) and logged
 rate-limited. Like Serf, an address once tried is not tried again by discovery (the
 core's reconnect takes over a member it knew).
 
-python-zeroconf 0.47.3 (Debian 12) refuses to *register* a service type with an
-underscore in it (RFC 6763 names; ``_serf_NAME`` has one), so the backend adds our
-service to zeroconf's registry and announces it itself, without the probe;
-hashicorp/mdns does not probe either, and node names are unique in a cluster.
+Serf's responder (hashicorp/mdns) never multicasts: it answers every question by
+unicast to the address and port that asked, and announces nothing. Its client reads
+*every* response it hears on 224.0.0.251/ff02::fb during its one-second query window,
+whatever the service, and joins each complete SRV + A/AAAA: a serfd node that
+multicast its records (as RFC 6762 and zeroconf do: announcements, answers, goodbyes)
+would be joined by the serf agents of *another* cluster that happen to be asking at
+that moment. So the backend answers the way Serf does: zeroconf chooses the records
+(:func:`_answer_by_unicast_only` replaces its multicast/unicast dispatch with one
+unicast reply to the asker: the legacy form, question and id echoed, for Serf's
+queries from an ephemeral port), the service is put in zeroconf's registry without
+the announcements (and taken out before closing, so no goodbye), and serfd nodes find
+each other by asking, at start and every 60 s, as serf agents do.
+
+python-zeroconf 0.47.3 (Debian 12) would not register the service anyway: it refuses
+a service type with an underscore in it (RFC 6763 names; ``_serf_NAME`` has one).
+hashicorp/mdns does not probe names either, and node names are unique in a cluster.
 
 The SRV record's target (the "host" of the service) is the instance name itself, so
 its A/AAAA record carries the instance name too. Serf's client ties an A record to a
@@ -54,6 +66,7 @@ zeroconf is left alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import ipaddress
 import logging
@@ -85,7 +98,7 @@ QUIET_INTERVAL = 0.1  # Serf's mdnsQuietInterval
 MAX_BATCH = 32  # addresses per join (Serf's hosts channel holds 32 entries)
 MAX_BATCH_DELAY = 1.0  # a batch is joined this long after its first address at the latest
 MAX_SEEN = 4096  # addresses remembered as tried
-ANNOUNCEMENTS = 2  # unsolicited announcements at start, 1 s apart (RFC 6762 8.3)
+MDNS_PORT = 5353
 DNS_FLAGS_QUERY = 0x0000  # a standard query (RFC 1035 4.1.1)
 DNS_TYPE_PTR = 12
 DNS_CLASS_IN = 1
@@ -157,8 +170,6 @@ def entries(records: Iterable[Record], stype: str) -> list[tuple[str, int]]:
 
 class Backend(Protocol):
     """The mDNS responder and querier (zeroconf, or a fake)."""
-
-    announced: int  # unsolicited announcements sent so far
 
     def start(self, on_records: Callable[[list[Record]], None]) -> None:
         """Bind and advertise (blocking; run off the loop). ``on_records`` is called, on
@@ -287,7 +298,6 @@ class Discovery:
 
     def stats(self) -> dict[str, str]:
         return {"mdns_service": self.stype, "mdns_polls": str(self.polls),
-                "mdns_announced": str(self.backend.announced),
                 "mdns_seen": str(len(self.seen)), "mdns_joined": str(self.joined)}
 
 
@@ -306,7 +316,6 @@ class ZeroconfBackend:
         self.ipv6 = ipv6
         self.zc: Any = None
         self.info: Any = None
-        self.announced = 0
 
     def start(self, on_records: Callable[[list[Record]], None]) -> None:
         zeroconf = _zeroconf()
@@ -355,17 +364,12 @@ class ZeroconfBackend:
         listener = type("SerfListener", (zeroconf.RecordUpdateListener,),
                         {"async_update_records": update_records})
         zc.add_listener(listener(), None)
+        _answer_by_unicast_only(zc)
         # zeroconf's register_service insists on RFC 6763 service names, which Serf's
-        # type is not (see the module docstring): answer for it and announce it directly.
-        info = self.info
-        asyncio.run_coroutine_threadsafe(_add_to_registry(zc, info), zc.loop).result(10)
-        for i in range(ANNOUNCEMENTS):  # 1 s apart, on zeroconf's loop
-            zc.loop.call_soon_threadsafe(zc.loop.call_later, float(i), self._announce)
-
-    def _announce(self) -> None:
-        # On zeroconf's loop.
-        self.zc.async_send(self.zc.generate_service_broadcast(self.info, None))
-        self.announced += 1
+        # type is not (see the module docstring), and would announce the service by
+        # multicast: put it in the registry, which is what zeroconf answers from.
+        asyncio.run_coroutine_threadsafe(_registry(zc, self.info, add=True),
+                                         zc.loop).result(10)
 
     def query(self) -> None:
         zeroconf = _zeroconf()
@@ -375,8 +379,14 @@ class ZeroconfBackend:
         self.zc.send(out)
 
     def close(self) -> None:
-        if self.zc is not None:
-            self.zc.close()  # goodbyes (TTL 0) for what is registered, then the threads
+        if self.zc is None:
+            return
+        # Out of the registry first: no goodbye is multicast (see the module docstring;
+        # hashicorp/mdns sends none either), then the sockets and the thread.
+        with contextlib.suppress(TimeoutError, RuntimeError):  # a loop already stopped
+            asyncio.run_coroutine_threadsafe(_registry(self.zc, self.info, add=False),
+                                             self.zc.loop).result(5)
+        self.zc.close()
 
 
 class _WriteProbe:
@@ -426,5 +436,32 @@ def _zeroconf() -> Any:
     return importlib.import_module("zeroconf")
 
 
-async def _add_to_registry(zc: Any, info: Any) -> None:
-    zc.registry.async_add(info)
+async def _registry(zc: Any, info: Any, *, add: bool) -> None:
+    # On zeroconf's loop, as its registry wants.
+    if add:
+        zc.registry.async_add(info)
+    else:
+        zc.registry.async_remove(info)
+
+
+def _answer_by_unicast_only(zc: Any) -> None:
+    """Make this Zeroconf answer every question by unicast to whoever asked (see the
+    module docstring): zeroconf's own choice of records (known answers, additionals),
+    but one unicast reply instead of multicast (and, for a legacy query, the unicast one
+    with the question and id echoed)."""
+    handlers = importlib.import_module("zeroconf._handlers")
+
+    def handle_assembled_query(packets: Any, addr: str, port: int, transport: Any,
+                               v6_flow_scope: Any = ()) -> None:
+        legacy = port != MDNS_PORT
+        answers = zc.query_handler.async_response(packets, legacy)
+        merged = {**answers.mcast_aggregate_last_second, **answers.mcast_aggregate,
+                  **answers.mcast_now, **answers.ucast}
+        if not merged:
+            return
+        first = packets[0]
+        out = handlers.construct_outgoing_unicast_answers(merged, legacy, first.questions,
+                                                           first.id if legacy else 0)
+        zc.async_send(out, addr, port, v6_flow_scope, transport)
+
+    zc.handle_assembled_query = handle_assembled_query

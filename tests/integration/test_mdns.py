@@ -18,6 +18,7 @@ killed by PID at teardown; the namespaces are deleted.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -90,6 +91,9 @@ class Net:
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
+_NETS = itertools.count(1)
+
+
 @pytest.fixture
 def net(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Net]:
     if os.geteuid() != 0:
@@ -99,7 +103,7 @@ def net(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Net]:
         pytest.skip("`ip netns` (iproute2) not available")
     if shutil.which("serf") is None:
         pytest.skip("real HashiCorp `serf` binary not found on PATH (Debian package `serf`)")
-    n = Net(f"sfm{os.getpid() % 100000}{len(request.node.name) % 10}")
+    n = Net(f"sfm{os.getpid()}-{next(_NETS)}")  # unique per test and run
     try:
         yield n
     finally:
@@ -109,6 +113,31 @@ def net(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Net]:
             for log in sorted(tmp_path.glob("*.log")):
                 sys.stderr.write(f"\n===== {log.name} =====\n"
                                  + log.read_text(errors="replace")[-4000:])
+
+
+# Prints the source and kind of every datagram sent to 224.0.0.251:5353 on its link.
+MULTICAST_LISTENER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("224.0.0.251", 5353))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             socket.inet_aton("224.0.0.251") + socket.inet_aton(sys.argv[1]))
+print("ready", flush=True)
+while True:
+    data, (ip, port) = s.recvfrom(9000)
+    if len(data) >= 12:
+        print(ip, port, "response" if data[2] & 0x80 else "query", flush=True)
+"""
+
+
+def multicast_listener(net: Net, tmp: Path, i: int) -> Path:
+    ns, ip = net.node(i)
+    out = tmp / "multicast.log"
+    net.spawn(ns, [sys.executable, "-c", MULTICAST_LISTENER, ip], out)
+    wait_until(lambda: out.read_text().startswith("ready"), timeout=CONVERGE_TIMEOUT,
+               interval=0.1, desc="the multicast listener is up")
+    return out
 
 
 def serf_agent(net: Net, tmp: Path, i: int, discover: str) -> tuple[str, str]:
@@ -136,12 +165,10 @@ def serfd_node(net: Net, tmp: Path, i: int, discover: str, *, by_interface: bool
     return home / "sock"
 
 
-def serfd_announced(sock: Path) -> bool:
-    """The node's mDNS responder is up and done announcing itself (so a serf agent
-    started now can only learn of it by asking)."""
+def serfd_advertising(sock: Path) -> bool:
+    """The node's mDNS responder is up (it answers from before its first query)."""
     with RPCClient(str(sock), timeout=5.0) as client:
-        stats = client.stats()["serfd"]
-    return int(stats.get("mdns_polls", "0")) >= 1 and int(stats["mdns_announced"]) >= 2
+        return int(client.stats()["serfd"].get("mdns_polls", "0")) >= 1
 
 
 def serf_ready(ns: str) -> bool:
@@ -162,8 +189,8 @@ def serfd_statuses(sock: Path) -> dict[str, str]:
 
 def test_serf_agent_finds_serfd(net: Net, tmp_path: Path) -> None:
     sock = serfd_node(net, tmp_path, 0, "web", by_interface=False)
-    wait_until(lambda: serfd_announced(sock), timeout=CONVERGE_TIMEOUT, interval=0.2,
-               desc="serfd advertises, its announcements sent")
+    wait_until(lambda: serfd_advertising(sock), timeout=CONVERGE_TIMEOUT, interval=0.2,
+               desc="serfd advertises")
     ns, _ = serf_agent(net, tmp_path, 1, "web")
     want = {"serfd0": "alive", "serf1": "alive"}
     wait_until(lambda: serf_statuses(ns) == want, timeout=CONVERGE_TIMEOUT, interval=0.5,
@@ -201,6 +228,11 @@ def test_serfd_finds_serf_agent_over_one_family(net: Net, tmp_path: Path, family
 
 def test_serf_and_serfd_discover_each_other(net: Net, tmp_path: Path) -> None:
     serfs = [serf_agent(net, tmp_path, i, "web") for i in (0, 1)]
+    # A serf agent asks once at its start (then in 60 s): if every node started at once,
+    # each might ask before the others answer. The agents' responders are up before
+    # their RPC (command.go), so the serfd nodes, started then, find them.
+    wait_until(lambda: all(serf_ready(ns) for ns, _ in serfs), timeout=CONVERGE_TIMEOUT,
+               interval=0.2, desc="the serf agents answer RPC")
     socks = [serfd_node(net, tmp_path, 2, "web", by_interface=False),
              serfd_node(net, tmp_path, 3, "web", by_interface=True)]
     want = {"serf0": "alive", "serf1": "alive", "serfd2": "alive", "serfd3": "alive"}
@@ -217,20 +249,29 @@ def test_serf_and_serfd_discover_each_other(net: Net, tmp_path: Path) -> None:
 
 
 def test_other_discover_name_stays_apart(net: Net, tmp_path: Path) -> None:
-    # "db" first: it hears every query, answer and announcement of the "web" nodes.
+    # "db" first: it hears every query of the "web" nodes, and answers none (nor does it
+    # multicast anything a serf agent, which joins whatever complete service it hears
+    # while it asks, could take for a "web" node).
+    heard = multicast_listener(net, tmp_path, 9)
     lonely = serfd_node(net, tmp_path, 3, "db", by_interface=False)
-    wait_until(lambda: serfd_announced(lonely), timeout=CONVERGE_TIMEOUT, interval=0.2,
+    wait_until(lambda: serfd_advertising(lonely), timeout=CONVERGE_TIMEOUT, interval=0.2,
                desc="the db node advertises")
     serfs = [serf_agent(net, tmp_path, i, "web") for i in (0, 1)]
+    wait_until(lambda: all(serf_ready(ns) for ns, _ in serfs), timeout=CONVERGE_TIMEOUT,
+               interval=0.2, desc="the serf agents answer RPC")
     sock = serfd_node(net, tmp_path, 2, "web", by_interface=False)
     want = {"serf0": "alive", "serf1": "alive", "serfd2": "alive"}
     wait_until(lambda: serfd_statuses(sock) == want and all(
         serf_statuses(ns) == want for ns, _ in serfs), timeout=CONVERGE_TIMEOUT, interval=0.5,
         desc="the three 'web' nodes form a cluster")
-    wait_until(lambda: serfd_announced(sock), timeout=CONVERGE_TIMEOUT, interval=0.2,
-               desc="serfd2 sent its announcements")
     with RPCClient(str(lonely), timeout=5.0) as client:
         assert {m.name for m in client.members()} == {"serfd3"}
         stats = client.stats()
     assert stats["serfd"]["mdns_service"] == "_serf_db._tcp.local."
     assert stats["serfd"]["mdns_seen"] == "0"
+    # As serf agents, serfd nodes answer by unicast only: nothing they multicast is a
+    # response (their queries, which the listener heard, are multicast).
+    lines = [line.split() for line in heard.read_text().splitlines()[1:]]
+    serfds = (f"{SUBNET}.3", f"{SUBNET}.4")
+    assert [ip for ip, _, kind in lines if kind == "query" and ip in serfds]
+    assert [(ip, kind) for ip, _, kind in lines if kind == "response" and ip in serfds] == []
