@@ -114,6 +114,20 @@ def main(argv: list[str] | None = None) -> int:
                 written = getattr(config, key)
                 if addr is not None and written is not None and written[0] != addr[0]:
                     resolved += f"# {key} {written[0]} resolves to {addr[0]}\n"
+        if config.interface is not None:  # checked as a start would (which exits 1 instead)
+            from serfd.agent.addresses import bind_from_interface, resolve_host
+
+            try:
+                bind_ip = resolve_host(config.bind[0])
+                derived = bind_from_interface(config, (bind_ip, config.bind[1]))
+            except ConfigError as e:
+                for line in e.errors:
+                    print(line, file=sys.stderr)
+                return 2
+            except OSError as e:
+                print(f"serfd: bind: {e}", file=sys.stderr)
+                return 2
+            resolved += f"# interface {config.interface} gives bind {derived[0]}\n"
         sys.stdout.write(config_to_toml(config) + "\n" + resolved
                          + derived_paths_comment(config, Path(args.config_dir).absolute()))
         return 0
@@ -143,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     from serfd.agent.systemd import Notifier
     from serfd.agent.tags import TagsFileError
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level,
+                  syslog_facility=config.syslog_facility if config.enable_syslog else None)
     agent = Agent(config, config_dir=Path(args.config_dir).absolute(),
                   notifier=Notifier.from_env())
     try:

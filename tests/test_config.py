@@ -121,7 +121,7 @@ def test_sample_lists_every_key_commented() -> None:
     for line in SAMPLE.read_text(encoding="utf-8").splitlines():
         assert not line or line.startswith("#") or line in (
             "[gossip]", "[tags]", "[rpc]", "[handlers]", "[handler_limits]",
-            "[telemetry]"), line
+            "[telemetry]", "[mdns]"), line
 
 
 def test_sample_uncommented_values_are_the_defaults(tmp_path: Path) -> None:
@@ -131,7 +131,8 @@ def test_sample_uncommented_values_are_the_defaults(tmp_path: Path) -> None:
     # Keys without a fixed default show an example value instead.
     examples = {"node_name", "advertise", "rpc_tcp", "rpc_auth_key", "tags", "snapshot_path",
                 "encrypt_key", "keyring_file", "rpc_socket_group", "handlers_dir",
-                "statsd_addr", "statsite_addr", "telemetry_prometheus_bind"}
+                "statsd_addr", "statsite_addr", "telemetry_prometheus_bind",
+                "discover", "interface", "mdns_interface"}
     # The [gossip] timings are unset by default (the profile's): they show lan's values.
     timings = {f"gossip_{key}" for key in TIMING_KEYS}
     defaults = Config()

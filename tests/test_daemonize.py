@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -121,3 +122,30 @@ def test_stale_pidfile_is_replaced(tmp_path: Path, content: str) -> None:
     assert p.read_text() == f"{os.getpid()}\n"
     release_pidfile(p)
     assert not p.exists()
+
+
+def test_daemonize_with_syslog_but_no_dev_log_warns_and_runs(tmp_path: Path) -> None:
+    if Path("/dev/log").exists():
+        pytest.skip("this host has a syslog socket at /dev/log; the test needs one without "
+                    "(tests/test_syslog.py covers delivery to a socket)")
+    d = tmp_path / "serfd.d"
+    write_base(d, tmp_path, free_port())
+    (d / "30-syslog.toml").write_text('enable_syslog = true\nsyslog_facility = "daemon"\n')
+    pidfile, logfile = tmp_path / "serfd.pid", tmp_path / "serfd.log"
+    r = serfd("--config-dir", str(d), "--daemonize", "--pidfile", str(pidfile),
+              "--log-file", str(logfile))
+    assert r.returncode == 0, r.stderr
+    pid = int(pidfile.read_text())
+    try:
+        text = logfile.read_text()
+        assert ("syslog: cannot connect to /dev/log: No such file or directory; logging to "
+                "stderr only until it appears") in text
+        assert "RPC listening on unix:" in text
+        info = subprocess.run([sys.executable, "-m", "serfctl", "--socket",
+                               str(tmp_path / "serfd.sock"), "info", "--format", "json"],
+                              capture_output=True, text=True, timeout=30, check=True)
+        dropped = int(json.loads(info.stdout)["serfd"]["dropped_syslog_unreachable"])
+        assert dropped >= 1  # the lines since the start, counted (serfctl info)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: gone(pid), 20.0, 0.05, desc=f"pid {pid} gone")

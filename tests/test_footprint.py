@@ -14,7 +14,8 @@ from tests.support import free_port, write_base
 
 UNNEEDED = ("ssl", "_ssl", "_hashlib", "hmac", "secrets", "cryptography", "shutil",
             "tempfile", "bz2", "lzma", "difflib", "tomli_w", "fractions", "decimal",
-            "platform", "prometheus_client")
+            "platform", "prometheus_client",
+            "zeroconf", "ifaddr")  # the last two: only with discover/interface
 
 # ``python -m serfd`` as it runs, stopped once it is started: what is loaded by then.
 SCRIPT = textwrap.dedent("""

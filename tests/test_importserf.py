@@ -80,6 +80,8 @@ def test_fixture_imports_to_a_dropin_load_config_accepts(tmp_path: Path) -> None
     # Serf's agent reads disable_coordinates without applying it; serfd applies it
     assert cfg.disable_coordinates is True
     assert "# note: disable_coordinates: Serf 0.9.4's agent" in imported.toml
+    assert cfg.enable_syslog is True and cfg.syslog_facility == "LOCAL3"
+    assert cfg.discover == "web-cluster" and cfg.interface == "eth0"
     # both files' handlers, in order; a second script for member-join gets its own route
     routes = list(cfg.handlers.items())
     assert routes == [
@@ -94,8 +96,7 @@ def test_fixture_names_what_it_cannot_map() -> None:
     merged, _ = read_serf_config([FIXTURE])
     imported = import_serf_config(merged)
     assert {key for key, _ in imported.unmapped} == {
-        "discover", "interface", "disable_name_resolution", "enable_syslog",
-        "syslog_facility"}
+        "disable_name_resolution"}
     for key, reason in imported.unmapped:
         assert f"# not imported: {key}: {reason}" in imported.toml
 
@@ -207,7 +208,7 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 def test_cli_exit_codes_and_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--import-serf-config", str(FIXTURE)]) == EXIT_UNMAPPED
     out, err = capsys.readouterr()
-    assert "serfd: not imported: discover:" in err
+    assert "serfd: not imported: statsd_addr:" in err
     assert f"# from: {FIXTURE / '10-base.json'}, {FIXTURE / '20-site.json'}\n" in out
     _load_dropin(tmp_path, out)
 

@@ -20,6 +20,8 @@ on a fake clock:
   (``snapshot``: parser and writer thread), clocks restored at start, members to rejoin;
 * ``telemetry``: :class:`~serfd.agent.telemetry.Telemetry`, the metric sinks behind
   ``Agent.metrics`` (in memory for SIGUSR1, statsd, statsite, the Prometheus endpoint);
+* ``discovery``: :class:`~serfd.agent.discovery.Discovery`, Serf's mDNS discovery
+  (``discover``): advertise, poll, join what is found in bounded batches;
 * ``rpc_adapter`` + ``rpc_server``: the AgentAPI over these services, and Serf's msgpack
   RPC on the Unix socket and the optional TCP listener.
 

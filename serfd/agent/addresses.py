@@ -25,7 +25,9 @@ from serfd.agent.config import Config, ConfigError, is_host_name
 
 __all__ = [
     "Lookup",
+    "bind_from_interface",
     "has_host_names",
+    "interface_ips",
     "resolve_gossip_addresses",
     "resolve_host",
     "resolve_sink_addresses",
@@ -127,3 +129,43 @@ def resolve_sink_addresses(
     if errors:
         raise ConfigError(errors)
     return out
+
+
+def interface_ips(name: str) -> list[str]:
+    """The addresses of a network interface, IPv4 first (as Go's Interface.Addrs lists
+    them); OSError when there is no such interface."""
+    socket.if_nametoindex(name)  # OSError: no such device
+    import ifaddr  # zeroconf's dependency; only with `interface`
+
+    for adapter in ifaddr.get_adapters():
+        if adapter.name == name:
+            v4 = [str(ip.ip) for ip in adapter.ips if isinstance(ip.ip, str)]
+            v6 = [str(ip.ip[0]) for ip in adapter.ips if isinstance(ip.ip, tuple)]
+            return v4 + v6
+    return []
+
+
+def bind_from_interface(cfg: Config, bind: tuple[str, int],
+                        ips: Callable[[str], list[str]] = interface_ips) -> tuple[str, int]:
+    """Serf's ``interface``: with bind on 0.0.0.0, the interface's first address that is
+    not link-local; otherwise the interface must have the bind address. ConfigError
+    (``FILE: interface: reason``) when neither works."""
+    name = cfg.interface
+    if name is None:
+        return bind
+    where = cfg.sources.get("interface", "serfd")
+    try:
+        addrs = ips(name)
+    except OSError as e:
+        raise ConfigError([f'{where}: interface: "{name}": {e.strerror or e}']) from None
+    if not addrs:
+        raise ConfigError([f'{where}: interface: "{name}" has no addresses'])
+    host, port = bind
+    if host == "0.0.0.0":
+        for ip in addrs:
+            if not ipaddress.ip_address(ip).is_link_local:
+                return ip, port
+        raise ConfigError([f'{where}: interface: no usable address on "{name}"'])
+    if host not in addrs:
+        raise ConfigError([f'{where}: interface: "{name}" has no address {host} (bind)'])
+    return bind

@@ -53,6 +53,7 @@ from typing import Any
 
 from serfd import __version__
 from serfd.agent.addresses import (
+    bind_from_interface,
     has_host_names,
     resolve_gossip_addresses,
     resolve_sink_addresses,
@@ -60,12 +61,13 @@ from serfd.agent.addresses import (
 )
 from serfd.agent.clock import Clock, LoopClock
 from serfd.agent.config import Config, ConfigError, load_config
+from serfd.agent.discovery import Discovery
 from serfd.agent.events import EventsService
 from serfd.agent.gossip import GossipDriver
 from serfd.agent.handlers import handler_stats
 from serfd.agent.joins import Joiner, parse_join_addr
 from serfd.agent.keys import KeyService
-from serfd.agent.logsetup import set_level
+from serfd.agent.logsetup import SyslogHandler, set_level
 from serfd.agent.looplag import LoopLag
 from serfd.agent.recorder import SnapshotRecorder
 from serfd.agent.reload import plan_reload
@@ -168,6 +170,7 @@ class Agent:
         self.tags: TagService  # [tags] with the runtime changes over it, and their file
         self.api: RPCAdapter  # what RPC commands call (serfd.agent.rpc_adapter)
         self.rpc: RPCServer
+        self.discovery: Discovery | None = None  # mDNS (Serf's discover), when configured
         # Gossip encryption (serfd.wire.keyring): the keyring, shared with the memberlist core
         # and mutated in place by key rotation, and the file that persists it.
         self.keyring: Keyring | None = None
@@ -251,6 +254,14 @@ class Agent:
                      self.config.bind[0], self.bind_addr[0],
                      self.config.advertise[0] if self.config.advertise else "(unset)",
                      self.advertise_addr[0] if self.advertise_addr else "(derived from bind)")
+        if self.config.interface is not None:  # Serf's -iface: the bind address from it
+            try:
+                self.bind_addr = bind_from_interface(self.config, self.bind_addr)
+            except ConfigError as e:
+                for line in e.errors:
+                    log.error("cannot start: %s", line)
+                raise SystemExit("serfd: " + "\nserfd: ".join(e.errors)) from None
+            log.info("interface %s: binding %s", self.config.interface, self.bind_addr[0])
         sinks = {"statsd_addr": self.config.statsd_addr,
                  "statsite_addr": self.config.statsite_addr}
         if sink_host_names(self.config):  # the same way, at the same moment
@@ -330,8 +341,42 @@ class Agent:
         adv = self._advertise()
         log.info("serfd %s: node %s bound to %s:%d, advertising %s:%d", __version__,
                  self.config.node_name, host, port, adv[0], adv[1])
+        if cfg.discover is not None:
+            self.discovery = self._make_discovery(cfg.discover, adv)
+            try:
+                await self.discovery.start()
+            except Exception as e:  # zeroconf's own errors too: the start stops, loudly
+                log.exception("cannot start mDNS discovery: %s", e)
+                raise SystemExit(f"serfd: cannot start mDNS discovery: {e}") from None
         self._started = True
         self._pump()
+
+    def _make_discovery(self, discover: str, adv: tuple[str, int]) -> Discovery:
+        """Serf's AgentMDNS over python-zeroconf, on mdns.interface, else interface."""
+        from serfd.agent.addresses import interface_ips
+        from serfd.agent.discovery import ZeroconfBackend
+
+        cfg = self.config
+        iface = cfg.mdns_interface or cfg.interface
+        interfaces: list[str | int] | None = None
+        if iface is not None:
+            try:
+                ips = interface_ips(iface)
+                index = socket.if_nametoindex(iface)
+            except OSError as e:
+                raise SystemExit(f"serfd: mDNS interface {iface}: {e.strerror or e}") from None
+            interfaces = []
+            if not cfg.mdns_disable_ipv4:
+                interfaces += [ip for ip in ips if ":" not in ip]
+            if not cfg.mdns_disable_ipv6:
+                interfaces.append(index)
+            log.info("mDNS on interface %s", iface)
+        backend = ZeroconfBackend(discover=discover, node=cfg.node_name, advertise=adv,
+                                  interfaces=interfaces,
+                                  ipv4=not cfg.mdns_disable_ipv4, ipv6=not cfg.mdns_disable_ipv6)
+        return Discovery(backend, self.joins, clock=self.clock, discover=discover,
+                         own_addr=adv, replay=lambda: self.config.replay_on_join,
+                         counters=self.counters, spawn=self._spawn, loop=self._loop)
 
     async def run(self) -> int:
         """Start, join, serve until a signal or RPC leave; returns the exit code."""
@@ -404,6 +449,11 @@ class Agent:
             self._stop.set()
 
     async def _shutdown(self) -> None:
+        if self.discovery is not None:
+            try:
+                await self.discovery.stop()
+            except Exception:  # shutting down anyway
+                log.exception("stopping mDNS discovery failed")
         if hasattr(self, "events"):  # (start() may have stopped short)
             self.events.stop()
         if self.gossip is not None:
@@ -487,8 +537,9 @@ class Agent:
 
         core = self.serf.counters_view()
         drops: dict[str, int] = {}
+        syslog = [h.dropped for h in logging.getLogger().handlers if isinstance(h, SyslogHandler)]
         for src in (self.counters, self.events.counters, self.recorder.counters, core.dropped,
-                    self.rpc.counters, self.notifier.counters):
+                    self.rpc.counters, self.notifier.counters, *syslog):
             for k, v in src.items():
                 drops[k] = drops.get(k, 0) + v
         tasks = len(self._tasks) + (self.gossip.task_count() if self.gossip else 0)
@@ -511,7 +562,8 @@ class Agent:
                       "tags_file": str(self.tags.path or ""),
                       "telemetry": self.telemetry.describe(),
                       **{k: str(v) for k, v in sorted(core.activity.items())},
-                      **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())}},
+                      **{f"dropped_{k}": str(v) for k, v in sorted(drops.items())},
+                      **(self.discovery.stats() if self.discovery is not None else {})},
         }
 
     def status_line(self) -> str:

@@ -83,6 +83,11 @@ TIMING_KEYS = (
     "tcp_timeout",
 )
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
+# The facilities Serf accepts for syslog_facility (go-syslog's facilityPriority, which
+# upper-cases the name first).
+SYSLOG_FACILITIES = ("KERN", "USER", "MAIL", "DAEMON", "AUTH", "SYSLOG", "LPR", "NEWS",
+                     "UUCP", "CRON", "AUTHPRIV", "FTP", "LOCAL0", "LOCAL1", "LOCAL2",
+                     "LOCAL3", "LOCAL4", "LOCAL5", "LOCAL6", "LOCAL7")
 
 
 class ConfigError(Exception):
@@ -109,7 +114,19 @@ class Config:
     retry_interval: float = 30.0
     retry_max_attempts: int = 0  # 0 = retry forever
     log_level: str = "info"
+    # Serf's syslog tee: records also go to /dev/log with this facility (logsetup).
+    enable_syslog: bool = False
+    syslog_facility: str = "LOCAL0"  # Serf's default
     leave_on_terminate: bool = True
+    # mDNS discovery (Serf's discover, serfd.agent.discovery): advertise this node as
+    # _serf_NAME._tcp.local. and join the others; None: off.
+    discover: str | None = None
+    # Serf's interface: the bind address comes from it (its first address when bind is
+    # 0.0.0.0), and mDNS uses it unless mdns.interface says another (Serf 0.10).
+    interface: str | None = None
+    mdns_interface: str | None = None
+    mdns_disable_ipv4: bool = False
+    mdns_disable_ipv6: bool = False
     # Serf's agent options: the configured joins (start, retry, reload) replay the
     # cluster's recent user events; SIGINT stops without leaving (peers see failed).
     replay_on_join: bool = False
@@ -271,6 +288,35 @@ def _duration(
         return seconds
 
     return parse
+
+
+DISCOVER_MAX = 57  # "_serf_" + NAME must fit in one 63-byte DNS label
+
+
+def _discover(value: object) -> str:
+    s = _nonempty_string(value)
+    if len(s.encode()) > DISCOVER_MAX:
+        raise ValueError(f"too long ({len(s.encode())} bytes, max {DISCOVER_MAX}: "
+                         f"_serf_NAME is one DNS label)")
+    if any(c == "." or not c.isprintable() or c.isspace() for c in s):
+        raise ValueError(f"{_q(s)}: no dots, spaces or control characters (it is part of "
+                         "a DNS label)")
+    return s
+
+
+def _interface(value: object) -> str:
+    s = _nonempty_string(value)
+    if len(s.encode()) > 15 or any(c in "/:" or c.isspace() for c in s) or s in (".", ".."):
+        raise ValueError(f"{_q(s)} is not a network interface name")
+    return s  # its existence is checked at start (serfd.agent.addresses)
+
+
+def _syslog_facility(value: object) -> str:
+    s = _nonempty_string(value)
+    if s.upper() not in SYSLOG_FACILITIES:
+        raise ValueError(f"{_q(s)} is not a syslog facility: one of "
+                         f"{', '.join(SYSLOG_FACILITIES)}")
+    return s.upper()
 
 
 def _node_name(value: object) -> str:
@@ -515,6 +561,13 @@ _KEYS: dict[str, _Key] = {
     "retry_interval": _Key("retry_interval", _duration(1.0, "1s"), _render_duration),
     "retry_max_attempts": _Key("retry_max_attempts", _integer(0, None)),
     "log_level": _Key("log_level", _choice(LOG_LEVELS)),
+    "discover": _Key("discover", _discover),
+    "interface": _Key("interface", _interface),
+    "mdns.interface": _Key("mdns_interface", _interface),
+    "mdns.disable_ipv4": _Key("mdns_disable_ipv4", _boolean),
+    "mdns.disable_ipv6": _Key("mdns_disable_ipv6", _boolean),
+    "enable_syslog": _Key("enable_syslog", _boolean),
+    "syslog_facility": _Key("syslog_facility", _syslog_facility),
     "leave_on_terminate": _Key("leave_on_terminate", _boolean),
     "replay_on_join": _Key("replay_on_join", _boolean),
     "skip_leave_on_interrupt": _Key("skip_leave_on_interrupt", _boolean),
@@ -584,14 +637,15 @@ _KEYS: dict[str, _Key] = {
     "telemetry.disable_hostname": _Key("telemetry_disable_hostname", _boolean),
 }
 
-_TABLES = ("gossip", "rpc", "tags", "handlers", "handler_limits", "telemetry")
+_TABLES = ("gossip", "rpc", "tags", "handlers", "handler_limits", "telemetry", "mdns")
 _FREE_TABLES = ("tags", "handlers")  # tables whose keys are the user's own names
 
 #: Every dotted key serfd knows (tags/handlers hold free-form `tags.NAME` keys besides these).
 KNOWN_KEYS: tuple[str, ...] = (*_KEYS, "tags", "handlers")
 
 # What an unknown key may have been meant as: any key, or a table name.
-_SUGGESTIONS: list[str] = [*KNOWN_KEYS, "gossip", "rpc", "handler_limits", "telemetry"]
+_SUGGESTIONS: list[str] = [*KNOWN_KEYS, "gossip", "rpc", "handler_limits", "telemetry",
+                            "mdns"]
 
 
 def _handler(route: str, value: object) -> str | tuple[str, ...]:
@@ -726,6 +780,19 @@ def _check_timings(values: Mapping[str, Any], sources: Mapping[str, str]) -> lis
     )]
 
 
+def _check_mdns(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
+    """Serf 0.10's checks of the mdns block, on the merged values."""
+    errors: list[str] = []
+    if values.get("mdns_interface") is not None and values.get("discover") is None:
+        errors.append(f"{sources['mdns.interface']}: mdns.interface: set without discover "
+                      "(mDNS discovery is off)")
+    if values.get("mdns_disable_ipv4") and values.get("mdns_disable_ipv6"):
+        later = max(("mdns.disable_ipv4", "mdns.disable_ipv6"),
+                    key=lambda k: sources[k])
+        errors.append(f"{sources[later]}: {later}: both IPv4 and IPv6 are disabled for mDNS")
+    return errors
+
+
 def load_config(config_dir: Path) -> Config:
     """Read `config_dir/*.toml` in lexical order into a validated Config (or ConfigError)."""
     config_dir = Path(config_dir)
@@ -787,6 +854,7 @@ def load_config(config_dir: Path) -> Config:
             "address: set rpc.auth_key so remote RPC clients must authenticate"
         )
     errors.extend(_check_timings(values, sources))
+    errors.extend(_check_mdns(values, sources))
     if errors:
         raise ConfigError(errors)
 
@@ -813,6 +881,7 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
     rpc: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     telemetry: dict[str, Any] = {}
+    mdns: dict[str, Any] = {}
     for dotted, spec in _KEYS.items():
         value = getattr(cfg, spec.field)
         if value is None and spec.unset is None:
@@ -828,6 +897,8 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
             limits[dotted[15:]] = rendered
         elif dotted.startswith("telemetry."):
             telemetry[dotted[10:]] = rendered
+        elif dotted.startswith("mdns."):
+            mdns[dotted[5:]] = rendered
         else:
             top[dotted] = rendered
     top["gossip"] = gossip
@@ -836,6 +907,7 @@ def config_to_toml(cfg: Config, *, redact_secrets: bool = False) -> str:
     top["handlers"] = {k: v if isinstance(v, str) else list(v) for k, v in cfg.handlers.items()}
     top["handler_limits"] = limits
     top["telemetry"] = telemetry
+    top["mdns"] = mdns
     files = sorted(set(cfg.sources.values()))
     header = "# serfd effective configuration\n"
     if files:

@@ -170,7 +170,8 @@ def _run_agent(config: Config, config_dir: Path, pidfile: Path | None, ready_fd:
 
     os.environ.pop("JOURNAL_STREAM", None)  # our stderr is the log file now
     notifier = Notifier.from_env(ready_fd=ready_fd)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level,
+                  syslog_facility=config.syslog_facility if config.enable_syslog else None)
     try:
         if pidfile is not None:
             claim_pidfile(pidfile)

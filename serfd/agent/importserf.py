@@ -79,14 +79,14 @@ SERF_KEYS: dict[str, tuple[type, str]] = {
     "snapshot_path": (str, "snapshot_path"),
     "leave_on_terminate": (bool, "leave_on_terminate"),
     "skip_leave_on_interrupt": (bool, "skip_leave_on_interrupt"),
-    "discover": (str, "-"),
-    "interface": (str, "-"),
+    "discover": (str, "discover"),
+    "interface": (str, "interface"),
     "reconnect_interval": (str, "reconnect_interval"),
     "reconnect_timeout": (str, "reconnect_timeout"),
     "tombstone_timeout": (str, "tombstone_timeout"),
     "disable_name_resolution": (bool, "-"),
-    "enable_syslog": (bool, "-"),
-    "syslog_facility": (str, "-"),
+    "enable_syslog": (bool, "enable_syslog"),
+    "syslog_facility": (str, "syslog_facility"),
     "retry_join": (list, "join"),
     "retry_max_attempts": (int, "retry_max_attempts"),
     "retry_interval": (str, "retry_interval"),
@@ -100,11 +100,7 @@ SERF_KEYS: dict[str, tuple[type, str]] = {
 # Why an unmappable key is not mapped (only reported when it asks for something serfd
 # does not do: `true`, or a non-empty string).
 _REASONS: dict[str, str] = {
-    "discover": "serfd has no mDNS discovery: list the peers in join",
-    "interface": "serfd binds an address, not an interface: set bind to its address",
     "disable_name_resolution": "serfd always resolves node name conflicts, as Serf's default",
-    "enable_syslog": "serfd logs to stderr (the journal under systemd), not to syslog",
-    "syslog_facility": "serfd logs to stderr (the journal under systemd), not to syslog",
 }
 
 # Keys Serf merges by concatenation, and the one it takes from the last file as is.

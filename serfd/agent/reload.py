@@ -109,6 +109,13 @@ RESTART_FIELDS = frozenset({
     "statsite_addr",
     "telemetry_prometheus_bind",
     "telemetry_disable_hostname",
+    "discover",  # the mDNS responder and its polls are set up at start
+    "interface",  # the bind address is derived from it at start
+    "mdns_interface",
+    "mdns_disable_ipv4",
+    "mdns_disable_ipv6",
+    "enable_syslog",  # the syslog handler is set up with the logging, at start
+    "syslog_facility",
 })
 
 # Not configuration: where each value came from (never compared).
