@@ -616,7 +616,8 @@ class PrometheusEndpoint:
         self._drops = drops
         self._before_scrape = before_scrape
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(sink)  # type: ignore[arg-type]
+        # 0.16 (Debian 12) has no type hints; newer releases want a Collector subclass.
+        self.registry.register(sink)  # type: ignore[arg-type,unused-ignore]
         ProcessCollector(registry=self.registry)
         self._server: asyncio.base_events.Server | None = None
         self._active = 0
