@@ -424,7 +424,12 @@ def fix_nsec_writer(zeroconf: Any) -> bool:
     module docstring); True when it did."""
     nsec = zeroconf.DNSNsec
     probe = _WriteProbe()
-    nsec("x.local.", 47, 1, 120, "x.local.", [28]).write(probe)
+    try:
+        nsec("x.local.", 47, 1, 120, "x.local.", [28]).write(probe)
+    except TypeError:
+        # A compiled zeroconf (Cython, later releases) takes only its own DNSOutgoing;
+        # those releases carry the upstream fix already.
+        return False
     if probe.calls[1:3] != ["short", "short"]:
         return False  # already RFC 4034's octets
     nsec.write = _write_nsec
@@ -450,6 +455,13 @@ def _answer_by_unicast_only(zc: Any) -> None:
     but one unicast reply instead of multicast (and, for a legacy query, the unicast one
     with the question and id echoed)."""
     handlers = importlib.import_module("zeroconf._handlers")
+    if not hasattr(handlers, "construct_outgoing_unicast_answers"):
+        # Later (compiled) releases answer from their own code paths; the unicast-only
+        # rule is 0.47's (Debian 12's), the version serfd is tested with.
+        log.warning("mDNS: zeroconf %s answers by multicast too: serf agents with another "
+                    "discover name on this link may join this node (tested: 0.47.3)",
+                    importlib.import_module("zeroconf").__version__)
+        return
 
     def handle_assembled_query(packets: Any, addr: str, port: int, transport: Any,
                                v6_flow_scope: Any = ()) -> None:
