@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from serfd.agent.logsetup import setup_logging
     from serfd.agent.systemd import Notifier
     from serfd.agent.tags import TagsFileError
+    from serfd.wire.keyring import KeyringFileError
 
     setup_logging(config.log_level,
                   syslog_facility=config.syslog_facility if config.enable_syslog else None)
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                   notifier=Notifier.from_env())
     try:
         return asyncio.run(agent.run())
-    except TagsFileError:
+    except (TagsFileError, KeyringFileError):
         return 2  # logged by the agent; like a broken config, a restart will not fix it
     except OSError as e:
         print(f"serfd: {e}", file=sys.stderr)

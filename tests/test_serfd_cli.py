@@ -77,6 +77,23 @@ def test_an_unknown_socket_group_exits_2_before_binding(tmp_path: Path) -> None:
         assert not (tmp_path / "state").exists()
 
 
+def test_a_broken_keyring_file_exits_2_before_binding(tmp_path: Path) -> None:
+    # The keyring file is state the operator must fix (or remove): a restart cannot, so
+    # serfd exits 2 like a broken config, and the unit does not restart it in a loop.
+    d = tmp_path / "serfd.d"
+    d.mkdir()
+    keyring = tmp_path / "keyring"
+    keyring.write_text("[not a keyring")
+    (d / "10-base.toml").write_text(base_config(tmp_path).replace(
+        "[rpc]\n", f'keyring_file = "{keyring}"\n[rpc]\n'))
+    r = run_serfd(d)
+    assert r.returncode == 2, r.stderr
+    assert "cannot set up encryption" in r.stderr and str(keyring) in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "serfd.sock").exists()
+    assert keyring.read_text() == "[not a keyring"  # left for the operator
+
+
 def test_several_errors_reported_at_once(tmp_path: Path) -> None:
     d = tmp_path / "serfd.d"
     d.mkdir()

@@ -279,8 +279,10 @@ class Agent:
             self.keyring, self.keyring_path = keyring_from_config(
                 self.config.encrypt_key, self.config.keyring_file, self.config.state_dir, log)
         except KeyringFileError as e:
+            # Raised on: like a broken config or tags file, a restart cannot fix it
+            # (serfd exits 2, which the unit does not restart).
             log.error("cannot set up encryption: %s", e)
-            raise SystemExit(f"serfd: cannot set up encryption: {e}") from None
+            raise
         if self.keyring is not None:
             log.info("gossip encryption on (%d keys; verify incoming %s, outgoing %s)",
                      len(self.keyring.keys), self.config.gossip_verify_incoming,
