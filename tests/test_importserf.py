@@ -208,7 +208,7 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 def test_cli_exit_codes_and_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--import-serf-config", str(FIXTURE)]) == EXIT_UNMAPPED
     out, err = capsys.readouterr()
-    assert "serfd: not imported: statsd_addr:" in err
+    assert "serfd: not imported: disable_name_resolution:" in err
     assert f"# from: {FIXTURE / '10-base.json'}, {FIXTURE / '20-site.json'}\n" in out
     _load_dropin(tmp_path, out)
 
