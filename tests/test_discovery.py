@@ -476,10 +476,28 @@ def test_backend_with_an_interface_ignores_the_others() -> None:
     b, heard = backend({})
     b.accept = {2}
 
-    def pktinfo(index: int) -> list[tuple[int, int, bytes]]:
-        return [(socket.IPPROTO_IP, discovery.IP_PKTINFO, struct.pack("=i", index) + bytes(8))]
-
     sock = FakeSocket([(serf_response(), pktinfo(3), 0, ("10.0.0.1", 5353)),
                        (serf_response(), pktinfo(2), 0, ("10.0.0.2", 5353))])
     b._readable(sock, True)  # type: ignore[arg-type]
     assert len(heard) == 1 and sock.incoming == []
+
+
+def pktinfo(index: int, to: str = "224.0.0.251") -> list[tuple[int, int, bytes]]:
+    if ":" in to:
+        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                 socket.inet_pton(socket.AF_INET6, to) + struct.pack("=I", index))]
+    return [(socket.IPPROTO_IP, discovery.IP_PKTINFO,
+             struct.pack("=i", index) + socket.inet_aton(to) + socket.inet_aton(to))]
+
+
+def test_backend_answers_only_what_was_sent_to_the_group() -> None:
+    # As hashicorp/mdns's listener bound to the group: a query sent to port 5353 by
+    # unicast (possibly from off the link) gets no answer.
+    b, _ = backend({})
+    q = mdns_wire.message(ident=7, questions=[mdns_wire.question(STYPE, 12)])
+    sock = FakeSocket([(q, pktinfo(2, "10.0.0.7"), 0, ("192.0.2.1", 40000)),
+                       (q, pktinfo(2, "2001:db8::7"), 0, ("2001:db8::1", 40000, 0, 0)),
+                       (q, pktinfo(2, "ff02::fb"), 0, ("fe80::1", 40000, 0, 2)),
+                       (q, pktinfo(2), 0, ("10.0.0.9", 40000))])
+    b._readable(sock, True)  # type: ignore[arg-type]
+    assert [a for _, a in sock.sent] == [("fe80::1", 40000, 0, 2), ("10.0.0.9", 40000)]

@@ -46,6 +46,9 @@ answers exactly as hashicorp/mdns does, from its own sockets (:class:`Zone` says
   ff02::fb on the ``[mdns] interface`` (else ``interface``; else every interface with
   an address of that family, at most :data:`MAX_INTERFACES`); with an interface set,
   what arrives on another one is ignored (``IP_PKTINFO``);
+* only what was sent to the group is taken on that socket (as hashicorp/mdns, whose
+  listener is bound to the group: a unicast datagram to port 5353, which could come
+  from off the link, gets no answer);
 * a query (opcode 0, rcode 0, not truncated) is answered from that socket (source port
   5353) by unicast to the asker's address and port, never by multicast; hashicorp/mdns's
   records and layout: all in the Answer section, TTL 120, class IN without the
@@ -145,12 +148,12 @@ def entries(records: Iterable[Record], stype: str) -> list[tuple[str, int]]:
     stype = stype.lower()
     suffix = "." + stype
     recs = list(records)
-    instances: list[str] = []
+    instances: dict[str, None] = {}  # ordered; sets and dicts keep this linear
     for r in recs:
         name = r.target if r.kind == "PTR" and r.name == stype else r.name
         if (r.kind in ("PTR", "SRV") and name.endswith(suffix) and len(name) > len(suffix)
                 and name not in instances):
-            instances.append(name)
+            instances[name] = None
     srv = {r.name: r for r in recs if r.kind == "SRV"}
     v4: dict[str, str] = {}
     v6: dict[str, str] = {}
@@ -158,7 +161,7 @@ def entries(records: Iterable[Record], stype: str) -> list[tuple[str, int]]:
         table = v4 if r.kind == "A" else v6 if r.kind == "AAAA" else None
         if table is not None:
             table.setdefault(r.name, r.address)
-    out: list[tuple[str, int]] = []
+    out: dict[tuple[str, int], None] = {}
     for inst in instances:
         s = srv.get(inst)
         if s is None or not 0 < s.port < 65536:
@@ -172,9 +175,8 @@ def entries(records: Iterable[Record], stype: str) -> list[tuple[str, int]]:
             continue
         if ip.is_link_local or ip.is_unspecified or ip.is_multicast:
             continue  # no scope to join a link-local address with
-        if (str(ip), s.port) not in out:
-            out.append((str(ip), s.port))
-    return out
+        out[(str(ip), s.port)] = None
+    return list(out)
 
 
 class Backend(Protocol):
@@ -473,9 +475,10 @@ class MulticastBackend:
             except OSError as e:  # e.g. an ICMP error queued on the socket
                 log.debug("mDNS: receive failed: %s", e)
                 return
-            if responder and self.accept is not None and \
-                    _arrived_on(ancillary) not in self.accept:
-                continue  # another interface than the one mDNS is set to
+            if responder:
+                index, to = _arrival(ancillary)
+                if to not in _GROUPS or (self.accept is not None and index not in self.accept):
+                    continue  # unicast to 5353, or another interface than mDNS's
             self._datagram(sock, data, flags, src, responder)
 
     def _datagram(self, sock: socket.socket, data: bytes, flags: int, src: Any,
@@ -522,14 +525,20 @@ def _join(sock: socket.socket, family: int, index: int) -> None:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(MDNS_V4, index))
 
 
-def _arrived_on(ancillary: list[tuple[int, int, bytes]]) -> int:
-    """The interface index a datagram arrived on (0 when unknown)."""
+_GROUPS = {socket.inet_pton(socket.AF_INET, MDNS_V4), socket.inet_pton(socket.AF_INET6, MDNS_V6)}
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, bytes]:
+    """The interface index a datagram arrived on and the address it was sent to (its IP
+    header's destination), from IP_PKTINFO / IPV6_PKTINFO; (0, b"") when unknown."""
     for level, kind, data in ancillary:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 4:
-            return int(struct.unpack_from("=i", data)[0])
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            # struct in_pktinfo: ifindex, local address, header destination address
+            return int(struct.unpack_from("=i", data)[0]), data[8:12]
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
-            return int(struct.unpack_from("=I", data, 16)[0])
-    return 0
+            # struct in6_pktinfo: destination address, ifindex
+            return int(struct.unpack_from("=I", data, 16)[0]), data[:16]
+    return 0, b""
 
 
 def _interfaces(families: list[int]) -> dict[int, list[int]]:
