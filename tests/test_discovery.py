@@ -1,22 +1,29 @@
-"""serfd.agent.discovery alone: Serf's names, how a response is read, and what Discovery
-joins, when and how much (a fake backend, a fake joiner, a FakeClock; no sockets)."""
+"""serfd.agent.discovery alone: Serf's names, how a response is read, what Discovery joins,
+when and how much (a fake backend, a fake joiner, a FakeClock), and what the backend answers
+and hands over for each datagram (a fake socket; no network)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from serfd.agent import discovery
+from serfd.agent import discovery, mdns_wire
 from serfd.agent.discovery import (
     MAX_BATCH,
     MAX_SEEN,
     Discovery,
+    MulticastBackend,
     Record,
+    Zone,
     entries,
-    fix_nsec_writer,
     instance_name,
     service_type,
     txt_record,
@@ -247,44 +254,250 @@ def test_seen_addresses_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert MAX_SEEN == 4096
 
 
-def test_backend_thread_hands_records_to_the_loop() -> None:
-    async def body(clock: FakeClock, backend: FakeBackend, joiner: FakeJoiner,
-                   d: Discovery, counters: dict[str, int]) -> None:
-        import threading
+# ---- the wire: what hashicorp/mdns sends is read, what serfd sends is hashicorp/mdns's ----
 
-        assert backend.on_records is not None
-        t = threading.Thread(target=backend.on_records, args=(serf_answer("a", "10.0.0.1"),))
-        t.start()
-        t.join()
-        await clock.settle()  # call_soon_threadsafe ran on the loop
-        await clock.advance(0.2)
-        assert joiner.calls and joiner.calls[0][1] == ["10.0.0.1:7946"]
-
-    run(body)
+def _labels(name: str) -> bytes:
+    return b"".join(bytes([len(x)]) + x.encode() for x in name.strip(".").split(".")) + b"\0"
 
 
-class _Out:
-    """Collects what a record's write() emits, as DNSOutgoing would."""
+def serf_response() -> bytes:
+    """A response as hashicorp/mdns (miekg/dns, compressed) writes it for a PTR question:
+    PTR, SRV (target: the host name), A, TXT, names compressed with pointers."""
+    out = bytearray(struct.pack("!6H", 0, 0x8400, 0, 4, 0, 0))
+    stype_at = len(out)
+    out += _labels(STYPE) + struct.pack("!HHIH", 12, 1, 120, 5)
+    inst_at = len(out)
+    out += b"\x02s1" + struct.pack("!H", 0xC000 | stype_at)
+    rdata = struct.pack("!HHH", 10, 1, 7946)
+    out += struct.pack("!H", 0xC000 | inst_at) + struct.pack("!HHIH", 33, 1, 120,
+                                                               len(rdata) + 5)
+    host_at = len(out) + len(rdata)
+    out += rdata + b"\x03BOX\x00"
+    out += struct.pack("!H", 0xC000 | host_at) + struct.pack("!HHIH", 1, 1, 120, 4)
+    out += bytes([10, 0, 0, 1])
+    txt = b"Serf 'web' cluster"
+    out += struct.pack("!H", 0xC000 | inst_at) + struct.pack("!HHIH", 16, 1, 120, len(txt) + 1)
+    out += bytes([len(txt)]) + txt
+    return bytes(out)
 
-    def __init__(self) -> None:
-        self.data = b""
 
-    def write_name(self, name: str) -> None:
-        self.data += b"<" + name.encode() + b">"
+def test_decode_reads_a_compressed_serf_response() -> None:
+    msg = mdns_wire.decode(serf_response())
+    inst = "s1." + STYPE
+    assert msg.flags == 0x8400 and msg.questions == ()
+    assert msg.records == (Record(STYPE, "PTR", target=inst),
+                           Record(inst, "SRV", target="box.", port=7946),  # lowercased
+                           Record("box.", "A", address="10.0.0.1"),
+                           Record(inst, "TXT"))
+    assert entries(msg.records, STYPE) == [("10.0.0.1", 7946)]
 
-    def write_short(self, value: int) -> None:
-        self.data += value.to_bytes(2, "big")
 
-    def write_string(self, value: bytes) -> None:
-        self.data += value
+def _bad(data: bytes) -> bytes:
+    return struct.pack("!6H", 0, 0x8400, 0, 1, 0, 0) + data
 
 
-def test_nsec_is_written_with_octet_window_and_length() -> None:
+@pytest.mark.parametrize("data", [
+    b"\x00\x00\x84",  # shorter than a header
+    _bad(b"\x05ab"),  # label past the end
+    _bad(b"\xc0\x0c"),  # a pointer to itself: a loop
+    _bad(b"\xc0\x20" + bytes(20)),  # a pointer forwards
+    _bad(b"\x40abc\x00"),  # label type 1 (extended)
+    _bad((b"\x3f" + b"a" * 63) * 4 + b"\x00" + struct.pack("!HHIH", 1, 1, 1, 0)),  # > 255
+    _bad(b"\x00" + struct.pack("!HHIH", 1, 1, 120, 5) + bytes(5)),  # A of 5 bytes
+    _bad(b"\x00" + struct.pack("!HHIH", 1, 1, 120, 4) + bytes(3)),  # data past the end
+    _bad(b"\x00" + struct.pack("!HHIH", 33, 1, 120, 3) + bytes(3)),  # SRV too short
+    _bad(b"\x00" + struct.pack("!HHIH", 12, 1, 120, 2) + b"\x01a\x00"),  # PTR overruns
+])
+def test_decode_refuses_garbage(data: bytes) -> None:
+    with pytest.raises(mdns_wire.BadPacket):
+        mdns_wire.decode(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)),
+                                        max_size=6))
+def test_decode_takes_anything(data: bytes | list[tuple[int, int]]) -> None:
+    # random bytes, or Serf's response with a few bytes changed: a message or BadPacket
+    if isinstance(data, list):
+        mutated = bytearray(serf_response())
+        for at, value in data:
+            mutated[at % len(mutated)] = value
+        data = bytes(mutated)
+    with contextlib.suppress(mdns_wire.BadPacket):
+        mdns_wire.decode(data)
+
+
+def query(name: str, qtype: int, *, ident: int = 0x1234, unicast: bool = False,
+          flags: int = 0) -> mdns_wire.Message:
+    return mdns_wire.decode(mdns_wire.message(
+        ident=ident, flags=flags, questions=[mdns_wire.question(name, qtype, unicast=unicast)]))
+
+
+def zone(ip: str = "10.0.0.7") -> Zone:
+    return Zone(discover="web", node="N1", advertise=(ip, 7946))
+
+
+def test_zone_answers_a_ptr_question_as_hashicorp_mdns() -> None:
+    inst = instance_name("N1", "web")
+    # Serf's client asks from an ephemeral port: the id and question come back
+    out = zone().respond(query(STYPE, 12), 40000)
+    assert out is not None
+    ident, flags, qd, an, ns, ar = struct.unpack_from("!6H", out)
+    assert (ident, flags, qd, an, ns, ar) == (0x1234, 0x8400, 1, 4, 0, 0)
+    msg = mdns_wire.decode(out)
+    assert msg.questions == (mdns_wire.Question(STYPE, 12, False),)
+    # hashicorp/mdns's order: PTR, SRV, address, TXT; the SRV's target is the instance
+    assert msg.records == (Record(STYPE, "PTR", target=inst.lower()),
+                           Record(inst.lower(), "SRV", target=inst.lower(), port=7946),
+                           Record(inst.lower(), "A", address="10.0.0.7"),
+                           Record(inst.lower(), "TXT"))
+    # every record class IN without cache-flush, TTL 120; the TXT is Serf's one string
+    for rtype in (12, 33, 1, 16):
+        assert struct.pack("!HHI", rtype, 1, 120) in out
+    assert out.endswith(b"\x12Serf 'web' cluster")
+    # PTR (12) and SRV (33) fields: priority 10, weight 1, the port
+    assert struct.pack("!HHH", 10, 1, 7946) in out
+
+
+def test_zone_ids_and_questions() -> None:
+    z = zone("2001:db8::7")
+    # from port 5353, QM: id 0, no question echoed; QU: the query's id
+    out = z.respond(query(STYPE, 12), 5353)
+    assert out is not None and struct.unpack_from("!HHH", out) == (0, 0x8400, 0)
+    out = z.respond(query(STYPE, 12, unicast=True), 5353)
+    assert out is not None and struct.unpack_from("!HHH", out) == (0x1234, 0x8400, 0)
+    assert mdns_wire.decode(out).records[2] == Record(instance_name("n1", "web"), "AAAA",
+                                                      address="2001:db8::7")
+
+
+@pytest.mark.parametrize(("name", "qtype", "kinds"), [
+    (STYPE, 255, ["PTR", "SRV", "A", "TXT"]),
+    ("n1." + STYPE, 255, ["SRV", "A", "TXT"]),  # names compare without case
+    ("N1." + STYPE, 33, ["SRV", "A"]),
+    ("N1." + STYPE, 16, ["TXT"]),
+    ("N1." + STYPE, 1, ["A"]),
+    ("N1." + STYPE, 28, []),  # no IPv6 address: nothing (no NSEC either)
+    ("N1." + STYPE, 12, []),  # Serf's client's follow-up question: hashicorp/mdns answers none
+    ("_services._dns-sd._udp.local.", 12, ["PTR"]),
+    ("_serf_db._tcp.local.", 12, []),  # another cluster's service
+    ("other.local.", 1, []),
+])
+def test_zone_answers_what_hashicorp_mdns_answers(name: str, qtype: int,
+                                                  kinds: list[str]) -> None:
+    out = zone().respond(query(name, qtype), 40000)
+    assert ([r.kind for r in mdns_wire.decode(out).records] if out else []) == kinds
+
+
+@pytest.mark.parametrize("flags", [0x8000, 0x0800, 0x0001, 0x0200])  # QR, opcode, rcode, TC
+def test_zone_answers_only_plain_queries(flags: int) -> None:
+    assert zone().respond(query(STYPE, 12, flags=flags), 40000) is None
+
+
+def test_zone_response_is_read_by_zeroconf_too() -> None:
+    # An independent reader (python-zeroconf, whichever release is installed).
     zeroconf = pytest.importorskip("zeroconf")
-    fix_nsec_writer(zeroconf)
-    out = _Out()
-    # zeroconf's "no AAAA at this name" record (type 28 = AAAA: bit 28 of window 0)
-    zeroconf.DNSNsec("x.local.", 47, 1, 120, "x.local.", [28]).write(out)
-    # RFC 4034 4.1.2: next name, window 0, bitmap length 4, then bits 0..31
-    assert out.data == b"<x.local.>" + bytes([0, 4, 0, 0, 0, 0x08])
-    assert fix_nsec_writer(zeroconf) is False  # fixed once; a fixed zeroconf is left alone
+    out = zone().respond(query(STYPE, 12), 5353)
+    assert out is not None
+    incoming = zeroconf.DNSIncoming(out)
+    answers = incoming.answers() if callable(incoming.answers) else incoming.answers
+    assert incoming.valid and [type(a).__name__ for a in answers] == [
+        "DNSPointer", "DNSService", "DNSAddress", "DNSText"]
+    assert {a.ttl for a in answers} == {120} and not any(a.unique for a in answers)
+    assert answers[1].port == 7946 and answers[3].text == b"\x12Serf 'web' cluster"
+
+
+def test_a_node_name_mdns_cannot_carry() -> None:
+    with pytest.raises(ValueError, match="63 bytes"):
+        Zone(discover="web", node="x" * 64, advertise=("10.0.0.7", 7946))
+
+
+# ---- the backend: each datagram, on a fake socket ----
+
+class FakeSocket:
+    def __init__(self, incoming: list[tuple[bytes, list[tuple[int, int, bytes]], int,
+                                            tuple[str, int]]] | None = None) -> None:
+        self.incoming = list(incoming or [])
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        self.sent.append((data, addr))
+        return len(data)
+
+    def recvmsg(self, size: int, ancsize: int) -> tuple[bytes, list[tuple[int, int, bytes]],
+                                                          int, tuple[str, int]]:
+        if not self.incoming:
+            raise BlockingIOError
+        return self.incoming.pop(0)
+
+
+def backend(counters: dict[str, int], interface: str | None = None
+            ) -> tuple[MulticastBackend, list[list[Record]]]:
+    b = MulticastBackend(discover="web", node="n1", advertise=("10.0.0.7", 7946),
+                         interface=interface, clock=FakeClock(), counters=counters)
+    b.zone = Zone(discover="web", node="n1", advertise=("10.0.0.7", 7946))
+    heard: list[list[Record]] = []
+    b.on_records = heard.append
+    return b, heard
+
+
+def test_backend_answers_queries_by_unicast_on_the_5353_socket() -> None:
+    b, heard = backend({})
+    sock = FakeSocket()
+    data = mdns_wire.message(ident=7, questions=[mdns_wire.question(STYPE, 12)])
+    b._datagram(sock, data, 0, ("10.0.0.9", 40000), True)  # type: ignore[arg-type]
+    assert [(mdns_wire.decode(d).id, a) for d, a in sock.sent] == [(7, ("10.0.0.9", 40000))]
+    other = FakeSocket()  # the querier's ephemeral socket answers nothing
+    b._datagram(other, data, 0, ("10.0.0.9", 40000), False)  # type: ignore[arg-type]
+    assert other.sent == [] and heard == []
+
+
+def test_backend_hands_over_responses_about_our_service_only() -> None:
+    b, heard = backend({})
+    sock = FakeSocket()
+    b._datagram(sock, serf_response(), 0, ("10.0.0.1", 5353), False)  # type: ignore[arg-type]
+    other = serf_response().replace(b"_serf_web", b"_serf_xyz")
+    b._datagram(sock, other, 0, ("10.0.0.2", 5353), True)  # type: ignore[arg-type]
+    assert len(heard) == 1 and entries(heard[0], STYPE) == [("10.0.0.1", 7946)]
+    assert sock.sent == []  # a response is never answered
+
+
+def test_backend_counts_garbage(caplog: pytest.LogCaptureFixture) -> None:
+    counters: dict[str, int] = {}
+    b, heard = backend(counters)
+    sock = FakeSocket()
+    b._datagram(sock, b"\x00" * 5, 0, ("10.0.0.9", 5353), True)  # type: ignore[arg-type]
+    b._datagram(sock, serf_response(), socket.MSG_TRUNC,  # type: ignore[arg-type]
+                ("10.0.0.9", 5353), True)
+    assert counters == {"mdns_bad_packet": 2} and heard == [] and sock.sent == []
+    assert "mDNS: dropped a datagram from 10.0.0.9:5353" in caplog.text
+
+
+def test_backend_with_an_interface_ignores_the_others() -> None:
+    b, heard = backend({})
+    b.accept = {2}
+
+    sock = FakeSocket([(serf_response(), pktinfo(3), 0, ("10.0.0.1", 5353)),
+                       (serf_response(), pktinfo(2), 0, ("10.0.0.2", 5353))])
+    b._readable(sock, True)  # type: ignore[arg-type]
+    assert len(heard) == 1 and sock.incoming == []
+
+
+def pktinfo(index: int, to: str = "224.0.0.251") -> list[tuple[int, int, bytes]]:
+    if ":" in to:
+        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                 socket.inet_pton(socket.AF_INET6, to) + struct.pack("=I", index))]
+    return [(socket.IPPROTO_IP, discovery.IP_PKTINFO,
+             struct.pack("=i", index) + socket.inet_aton(to) + socket.inet_aton(to))]
+
+
+def test_backend_answers_only_what_was_sent_to_the_group() -> None:
+    # As hashicorp/mdns's listener bound to the group: a query sent to port 5353 by
+    # unicast (possibly from off the link) gets no answer.
+    b, _ = backend({})
+    q = mdns_wire.message(ident=7, questions=[mdns_wire.question(STYPE, 12)])
+    sock = FakeSocket([(q, pktinfo(2, "10.0.0.7"), 0, ("192.0.2.1", 40000)),
+                       (q, pktinfo(2, "2001:db8::7"), 0, ("2001:db8::1", 40000, 0, 0)),
+                       (q, pktinfo(2, "ff02::fb"), 0, ("fe80::1", 40000, 0, 2)),
+                       (q, pktinfo(2), 0, ("10.0.0.9", 40000))])
+    b._readable(sock, True)  # type: ignore[arg-type]
+    assert [a for _, a in sock.sent] == [("fe80::1", 40000, 0, 2), ("10.0.0.9", 40000)]

@@ -21,7 +21,8 @@ on a fake clock:
 * ``telemetry``: :class:`~serfd.agent.telemetry.Telemetry`, the metric sinks behind
   ``Agent.metrics`` (in memory for SIGUSR1, statsd, statsite, the Prometheus endpoint);
 * ``discovery``: :class:`~serfd.agent.discovery.Discovery`, Serf's mDNS discovery
-  (``discover``): advertise, poll, join what is found in bounded batches;
+  (``discover``): advertise, poll, join what is found in bounded batches, over its own
+  UDP sockets (unicast answers only, as hashicorp/mdns; ``mdns_wire``: the DNS messages);
 * ``rpc_adapter`` + ``rpc_server``: the AgentAPI over these services, and Serf's msgpack
   RPC on the Unix socket and the optional TCP listener.
 

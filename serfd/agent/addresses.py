@@ -135,7 +135,7 @@ def interface_ips(name: str) -> list[str]:
     """The addresses of a network interface, IPv4 first (as Go's Interface.Addrs lists
     them); OSError when there is no such interface."""
     socket.if_nametoindex(name)  # OSError: no such device
-    import ifaddr  # zeroconf's dependency; only with `interface`
+    import ifaddr  # only with `interface` or discover
 
     for adapter in ifaddr.get_adapters():
         if adapter.name == name:

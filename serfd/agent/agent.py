@@ -347,38 +347,32 @@ class Agent:
             self.discovery = self._make_discovery(cfg.discover, adv)
             try:
                 await self.discovery.start()
-            except Exception as e:  # zeroconf's own errors too: the start stops, loudly
+            except OSError as e:  # no mDNS socket could be opened: the start stops, loudly
                 log.exception("cannot start mDNS discovery: %s", e)
                 raise SystemExit(f"serfd: cannot start mDNS discovery: {e}") from None
         self._started = True
         self._pump()
 
     def _make_discovery(self, discover: str, adv: tuple[str, int]) -> Discovery:
-        """Serf's AgentMDNS over python-zeroconf, on mdns.interface, else interface."""
-        from serfd.agent.addresses import interface_ips
-        from serfd.agent.discovery import ZeroconfBackend
+        """Serf's AgentMDNS over serfd's own mDNS sockets, on mdns.interface, else
+        interface (else every interface)."""
+        from serfd.agent.discovery import MulticastBackend
 
         cfg = self.config
         iface = cfg.mdns_interface or cfg.interface
-        interfaces: list[str | int] | None = None
         if iface is not None:
             try:
-                ips = interface_ips(iface)
-                index = socket.if_nametoindex(iface)
+                socket.if_nametoindex(iface)
             except OSError as e:
                 raise SystemExit(f"serfd: mDNS interface {iface}: {e.strerror or e}") from None
-            interfaces = []
-            if not cfg.mdns_disable_ipv4:
-                interfaces += [ip for ip in ips if ":" not in ip]
-            if not cfg.mdns_disable_ipv6:
-                interfaces.append(index)
             log.info("mDNS on interface %s", iface)
-        backend = ZeroconfBackend(discover=discover, node=cfg.node_name, advertise=adv,
-                                  interfaces=interfaces,
-                                  ipv4=not cfg.mdns_disable_ipv4, ipv6=not cfg.mdns_disable_ipv6)
+        backend = MulticastBackend(discover=discover, node=cfg.node_name, advertise=adv,
+                                   interface=iface, clock=self.clock, counters=self.counters,
+                                   ipv4=not cfg.mdns_disable_ipv4,
+                                   ipv6=not cfg.mdns_disable_ipv6)
         return Discovery(backend, self.joins, clock=self.clock, discover=discover,
                          own_addr=adv, replay=lambda: self.config.replay_on_join,
-                         counters=self.counters, spawn=self._spawn, loop=self._loop)
+                         counters=self.counters, spawn=self._spawn)
 
     async def run(self) -> int:
         """Start, join, serve until a signal or RPC leave; returns the exit code."""

@@ -10,10 +10,10 @@ seen, in batches: a new address (re)starts a 100 ms quiet period, at whose end t
 batch is joined. :class:`Discovery` does the same, so serf and serfd agents with the
 same NAME find each other:
 
-* the backend (:class:`ZeroconfBackend`, python-zeroconf on its own thread and event
-  loop; a fake in unit tests) answers queries for our instance, sends one PTR query
-  per poll, and hands every response's records to :meth:`Discovery.on_records`
-  through ``call_soon_threadsafe``;
+* the backend (:class:`MulticastBackend`: serfd's own UDP sockets on the agent's loop;
+  a fake in unit tests) answers queries about our instance, sends one PTR query per
+  poll, and hands the records of every response about our service type to
+  :meth:`Discovery.on_records`;
 * :func:`entries` reads one response as Serf's client does (PTR -> instance, its SRV
   -> target and port, the target's A/AAAA -> address), keeping only instances of our
   service type;
@@ -30,51 +30,69 @@ what is cut is counted (``dropped_mdns_*`` in ``serfctl info``) and logged
 rate-limited. Like Serf, an address once tried is not tried again by discovery (the
 core's reconnect takes over a member it knew).
 
-Serf's responder (hashicorp/mdns) never multicasts: it answers every question by
-unicast to the address and port that asked, and announces nothing. Its client reads
-*every* response it hears on 224.0.0.251/ff02::fb during its one-second query window,
-whatever the service, and joins each complete SRV + A/AAAA: a serfd node that
-multicast its records (as RFC 6762 and zeroconf do: announcements, answers, goodbyes)
-would be joined by the serf agents of *another* cluster that happen to be asking at
-that moment. So the backend answers the way Serf does: zeroconf chooses the records
-(:func:`_answer_by_unicast_only` replaces its multicast/unicast dispatch with one
-unicast reply to the asker: the legacy form, question and id echoed, for Serf's
-queries from an ephemeral port), the service is put in zeroconf's registry without
-the announcements (and taken out before closing, so no goodbye), and serfd nodes find
-each other by asking, at start and every 60 s, as serf agents do.
+The responder: unicast only, as hashicorp/mdns
+----------------------------------------------
+Serf's responder never multicasts: it answers every question by unicast to the
+address and port that asked, and announces nothing. Its client reads *every* response
+it hears on 224.0.0.251/ff02::fb during its one-second query window, whatever the
+service, and joins each complete SRV + A/AAAA: a serfd node that multicast its records
+(as RFC 6762 responders do: announcements, answers, goodbyes) would be joined by the
+serf agents of *another* cluster that happen to be asking at that moment. So serfd
+answers exactly as hashicorp/mdns does, from its own sockets (:class:`Zone` says what,
+:class:`MulticastBackend` where):
 
-python-zeroconf 0.47.3 (Debian 12) would not register the service anyway: it refuses
-a service type with an underscore in it (RFC 6763 names; ``_serf_NAME`` has one).
-hashicorp/mdns does not probe names either, and node names are unique in a cluster.
+* one socket per family bound to port 5353 (``SO_REUSEADDR``/``SO_REUSEPORT``: it
+  shares the port with avahi, a serf agent or another serfd), joined to 224.0.0.251 /
+  ff02::fb on the ``[mdns] interface`` (else ``interface``; else every interface with
+  an address of that family, at most :data:`MAX_INTERFACES`); with an interface set,
+  what arrives on another one is ignored (``IP_PKTINFO``);
+* only what was sent to the group is taken on that socket (as hashicorp/mdns, whose
+  listener is bound to the group: a unicast datagram to port 5353, which could come
+  from off the link, gets no answer);
+* a query (opcode 0, rcode 0, not truncated) is answered from that socket (source port
+  5353) by unicast to the asker's address and port, never by multicast; hashicorp/mdns's
+  records and layout: all in the Answer section, TTL 120, class IN without the
+  cache-flush bit, for a PTR question on the service PTR, SRV (priority 10, weight 1),
+  A or AAAA, TXT, in that order (Serf's client ties an address to a service only
+  through an SRV seen earlier in the same response, and counts an entry complete only
+  with its TXT); the instance's own ANY/SRV/TXT/A/AAAA questions and the
+  ``_services._dns-sd._udp`` enumeration get hashicorp/mdns's subsets. The id is the
+  query's for a QU question or a query from a port other than 5353, 0 otherwise; a
+  query from another port (RFC 6762 6.7's legacy resolver, which Serf's client is)
+  also gets its questions echoed, which Serf's client ignores;
+* nothing is announced, nothing is sent at stop.
 
-The SRV record's target (the "host" of the service) is the instance name itself, so
-its A/AAAA record carries the instance name too. Serf's client ties an A record to a
-service only through an SRV seen *earlier in the same response* (it aliases the
-target to the instance), and zeroconf orders the additional records of an answer as a
-Python set, differently in every process; with target == instance, the order no longer
-matters (Serf itself uses the machine's host name, and orders its records SRV, A, TXT).
+The SRV record's target (the "host" of the service) is the instance name itself (Serf
+uses the machine's host name), so two serfd nodes on one host never share an address
+record's name.
 
-zeroconf 0.47.3 also writes an NSEC record's window and bitmap length as 16-bit
-fields instead of one octet each (RFC 4034 4.1.2; fixed upstream in
-python-zeroconf#1326). zeroconf adds such an NSEC ("no AAAA here") to every answer
-for an IPv4-only service, and hashicorp/mdns (miekg/dns) then refuses the whole
-response, so a serf agent would never see a serfd node. :func:`fix_nsec_writer`
-detects the old writer and replaces it with one that writes the octets; a fixed
-zeroconf is left alone.
+The poller, as Serf's client: a QM question for PTR ``_serf_NAME._tcp.local.``, at
+start and every 60 s, multicast from an ephemeral socket per family (on each chosen
+interface); responders answer to that port (hashicorp/mdns and RFC 6762's legacy
+unicast alike). Every response heard, on that socket or multicast on port 5353, whose
+records name our service type goes to :meth:`Discovery.on_records`.
+
+The DNS messages are read and written by :mod:`serfd.agent.mdns_wire` (serfd's own;
+python-zeroconf is not used: its packet API differs between Debian 12's 0.47.3 and the
+later, compiled releases, and 0.47.3 writes NSEC records hashicorp/mdns refuses).
+Garbage (malformed or oversized datagrams) is counted as ``dropped_mdns_bad_packet``
+and logged rate-limited; at most :data:`MAX_PACKET` bytes are read per datagram and
+:data:`READS_PER_WAKEUP` datagrams per socket per wakeup of the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import ipaddress
 import logging
+import socket
+import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from serfd.agent import mdns_wire as wire
 from serfd.agent.clock import Clock, Timer
+from serfd.agent.mdns_wire import MAX_PACKET, BadPacket, Message, Record
 from serfd.base.ratelog import DropLog
 
 __all__ = [
@@ -82,10 +100,10 @@ __all__ = [
     "MAX_SEEN",
     "Backend",
     "Discovery",
+    "MulticastBackend",
     "Record",
-    "ZeroconfBackend",
+    "Zone",
     "entries",
-    "fix_nsec_writer",
     "instance_name",
     "service_type",
     "txt_record",
@@ -99,9 +117,14 @@ MAX_BATCH = 32  # addresses per join (Serf's hosts channel holds 32 entries)
 MAX_BATCH_DELAY = 1.0  # a batch is joined this long after its first address at the latest
 MAX_SEEN = 4096  # addresses remembered as tried
 MDNS_PORT = 5353
-DNS_FLAGS_QUERY = 0x0000  # a standard query (RFC 1035 4.1.1)
-DNS_TYPE_PTR = 12
-DNS_CLASS_IN = 1
+MDNS_V4 = "224.0.0.251"
+MDNS_V6 = "ff02::fb"
+TTL = 120  # hashicorp/mdns's defaultTTL, every record
+SERVICES = "_services._dns-sd._udp.local."  # DNS-SD's service type enumeration
+MAX_QUESTIONS = 16  # questions of one query looked at
+MAX_INTERFACES = 16  # per family, when no interface is set (IGMP allows 20 groups a socket)
+READS_PER_WAKEUP = 64  # datagrams read from one socket before the loop runs others
+IP_PKTINFO = 8  # Linux's <linux/in.h> (the socket module has it from Python 3.13 only)
 
 
 def service_type(discover: str) -> str:
@@ -119,29 +142,18 @@ def txt_record(discover: str) -> str:
     return f"Serf '{discover}' cluster"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One resource record of a response, as the backend hands it over (names lowercase)."""
-
-    name: str
-    kind: str  # "PTR", "SRV", "A" or "AAAA"
-    target: str = ""  # PTR: the instance; SRV: the host name
-    port: int = 0  # SRV
-    address: str = ""  # A / AAAA
-
-
 def entries(records: Iterable[Record], stype: str) -> list[tuple[str, int]]:
     """The (address, port) of each complete instance of ``stype`` in one response, in the
     order the instances appear (Serf's client: PTR, SRV and the target's A/AAAA)."""
     stype = stype.lower()
     suffix = "." + stype
     recs = list(records)
-    instances: list[str] = []
+    instances: dict[str, None] = {}  # ordered; sets and dicts keep this linear
     for r in recs:
         name = r.target if r.kind == "PTR" and r.name == stype else r.name
         if (r.kind in ("PTR", "SRV") and name.endswith(suffix) and len(name) > len(suffix)
                 and name not in instances):
-            instances.append(name)
+            instances[name] = None
     srv = {r.name: r for r in recs if r.kind == "SRV"}
     v4: dict[str, str] = {}
     v6: dict[str, str] = {}
@@ -149,7 +161,7 @@ def entries(records: Iterable[Record], stype: str) -> list[tuple[str, int]]:
         table = v4 if r.kind == "A" else v6 if r.kind == "AAAA" else None
         if table is not None:
             table.setdefault(r.name, r.address)
-    out: list[tuple[str, int]] = []
+    out: dict[tuple[str, int], None] = {}
     for inst in instances:
         s = srv.get(inst)
         if s is None or not 0 < s.port < 65536:
@@ -163,23 +175,23 @@ def entries(records: Iterable[Record], stype: str) -> list[tuple[str, int]]:
             continue
         if ip.is_link_local or ip.is_unspecified or ip.is_multicast:
             continue  # no scope to join a link-local address with
-        if (str(ip), s.port) not in out:
-            out.append((str(ip), s.port))
-    return out
+        out[(str(ip), s.port)] = None
+    return list(out)
 
 
 class Backend(Protocol):
-    """The mDNS responder and querier (zeroconf, or a fake)."""
+    """The mDNS responder and querier (:class:`MulticastBackend`, or a fake)."""
 
     def start(self, on_records: Callable[[list[Record]], None]) -> None:
-        """Bind and advertise (blocking; run off the loop). ``on_records`` is called, on
-        the backend's own thread, with the records of each response heard."""
+        """Open the sockets and answer from now on (on the loop; OSError when no socket
+        could be opened). ``on_records`` is called, on the loop, with the records of
+        each response about our service heard."""
 
     def query(self) -> None:
-        """Ask once for the service type (thread-safe, does not block)."""
+        """Ask once for the service type (does not block)."""
 
     def close(self) -> None:
-        """Say goodbye and stop (blocking; run off the loop)."""
+        """Stop answering and close the sockets (sends nothing)."""
 
 
 class JoinTarget(Protocol):
@@ -191,8 +203,7 @@ class Discovery:
 
     def __init__(self, backend: Backend, joiner: JoinTarget, *, clock: Clock, discover: str,
                  own_addr: tuple[str, int], replay: Callable[[], bool],
-                 counters: dict[str, int], spawn: Callable[[Any], None],
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 counters: dict[str, int], spawn: Callable[[Any], None]) -> None:
         self.backend = backend
         self.joiner = joiner
         self.clock = clock
@@ -200,7 +211,6 @@ class Discovery:
         self.own_addr = own_addr
         self.replay = replay
         self.spawn = spawn
-        self.loop = loop
         self.drops = DropLog(log, counters)
         self.pending: list[tuple[str, int]] = []
         self.seen: set[tuple[str, int]] = set()
@@ -212,28 +222,19 @@ class Discovery:
         self._joining = False  # one batch join at a time
 
     async def start(self) -> None:
-        """Start the backend (off the loop) and the poll loop."""
-        loop = self.loop if self.loop is not None else asyncio.get_running_loop()
-        self.loop = loop
-        await loop.run_in_executor(None, self.backend.start, self._from_backend)
+        """Start the backend and the poll loop."""
+        self.backend.start(self.on_records)
         self._running = True
         self.spawn(self._poll())
         log.info("mDNS: advertising and looking for %s", self.stype)
 
     async def stop(self) -> None:
-        """Stop polling and joining; the backend says goodbye (off the loop)."""
+        """Stop polling and joining, close the backend (no goodbye, as Serf)."""
         self._running = False
         if self._quiet is not None:
             self._quiet.cancel()
             self._quiet = None
-        assert self.loop is not None
-        await self.loop.run_in_executor(None, self.backend.close)
-
-    def _from_backend(self, records: list[Record]) -> None:
-        # On the backend's thread: hand over to the agent's loop.
-        assert self.loop is not None
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.on_records, records)
+        self.backend.close()
 
     async def _poll(self) -> None:
         while self._running:
@@ -301,179 +302,261 @@ class Discovery:
                 "mdns_seen": str(len(self.seen)), "mdns_joined": str(self.joined)}
 
 
-class ZeroconfBackend:
-    """python-zeroconf (imported here only: an agent without ``discover`` never loads it)."""
+class Zone:
+    """hashicorp/mdns's MDNSService for this node: the records answering each question
+    (see the module docstring), already in wire form. ValueError when a name cannot be
+    written (a label of the node name longer than 63 bytes)."""
+
+    def __init__(self, *, discover: str, node: str, advertise: tuple[str, int]) -> None:
+        stype = service_type(discover)
+        inst = instance_name(node, discover)
+        ptr = wire.ptr_record(stype, TTL, inst)
+        srv = wire.srv_record(inst, TTL, advertise[1], inst)
+        addr = wire.address_record(inst, TTL, advertise[0])
+        txt = wire.txt_record(inst, TTL, [txt_record(discover)])
+        enum = wire.ptr_record(SERVICES, TTL, stype)
+        addr_type = wire.TYPE_AAAA if ":" in advertise[0] else wire.TYPE_A
+        stype, inst = stype.lower(), inst.lower()
+        self.records: dict[tuple[str, int], list[bytes]] = {
+            (SERVICES, wire.TYPE_PTR): [enum], (SERVICES, wire.TYPE_ANY): [enum],
+            (stype, wire.TYPE_PTR): [ptr, srv, addr, txt],
+            (stype, wire.TYPE_ANY): [ptr, srv, addr, txt],
+            (inst, wire.TYPE_ANY): [srv, addr, txt],
+            (inst, wire.TYPE_SRV): [srv, addr],
+            (inst, wire.TYPE_TXT): [txt],
+            (inst, addr_type): [addr],
+        }
+
+    def respond(self, query: Message, port: int) -> bytes | None:
+        """The unicast response to a query that came from ``port``, or None."""
+        if query.flags & (wire.FLAG_RESPONSE | wire.MASK_OPCODE | wire.MASK_RCODE
+                          | wire.FLAG_TRUNCATED):
+            return None  # RFC 6762 18.3, 18.11; truncated: as hashicorp/mdns
+        answers: list[bytes] = []
+        asked: list[wire.Question] = []
+        for q in query.questions[:MAX_QUESTIONS]:
+            recs = self.records.get((q.name, q.qtype))
+            if recs:
+                asked.append(q)
+                answers += [r for r in recs if r not in answers]
+        if not answers:
+            return None
+        legacy = port != MDNS_PORT
+        ident = query.id if legacy or any(q.unicast for q in asked) else 0
+        questions = [wire.question(q.name, q.qtype) for q in asked] if legacy else []
+        return wire.message(ident=ident, flags=wire.FLAG_RESPONSE | wire.FLAG_AUTHORITATIVE,
+                            questions=questions, answers=answers)
+
+
+class MulticastBackend:
+    """serfd's mDNS sockets on the agent's loop: the unicast-only responder and the
+    poller (see the module docstring)."""
 
     def __init__(self, *, discover: str, node: str, advertise: tuple[str, int],
-                 interfaces: list[str | int] | None,
+                 interface: str | None, clock: Clock, counters: dict[str, int],
                  ipv4: bool = True, ipv6: bool = True) -> None:
-        self.stype = service_type(discover)
-        self.instance = instance_name(node, discover)
-        self.txt = txt_record(discover)
+        self.discover = discover
+        self.node = node
+        self.stype = service_type(discover).lower()
         self.advertise = advertise
-        self.interfaces = interfaces
-        self.ipv4 = ipv4
-        self.ipv6 = ipv6
-        self.zc: Any = None
-        self.info: Any = None
+        self.interface = interface
+        self.clock = clock
+        self.drops = DropLog(log, counters)
+        self.families: list[int] = [
+            f for f, on in ((socket.AF_INET, ipv4), (socket.AF_INET6, ipv6)) if on]
+        self.zone: Zone | None = None
+        self.query_packet = wire.message(questions=[wire.question(self.stype, wire.TYPE_PTR)])
+        self.on_records: Callable[[list[Record]], None] = lambda _records: None
+        self.accept: set[int] | None = None  # interfaces heard on port 5353 (None: all)
+        self.sends: dict[int, list[int]] = {}  # family -> interfaces queries go out on
+        self.sockets: list[socket.socket] = []
+        self.queriers: dict[int, socket.socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, on_records: Callable[[list[Record]], None]) -> None:
-        zeroconf = _zeroconf()
-        if fix_nsec_writer(zeroconf):
-            log.debug("mDNS: zeroconf %s writes NSEC bitmaps with 16-bit fields: fixed",
-                      zeroconf.__version__)
-        versions = zeroconf.IPVersion
-        version = (versions.All if self.ipv4 and self.ipv6
-                   else versions.V4Only if self.ipv4 else versions.V6Only)
-        interfaces = (zeroconf.InterfaceChoice.All if self.interfaces is None
-                      else self.interfaces)
-        # Called from an executor thread (no running loop): zeroconf runs its own loop
-        # on its own thread.
-        zc = zeroconf.Zeroconf(interfaces=interfaces, ip_version=version)
-        self.zc = zc
-        txt = self.txt.encode()
-        self.info = zeroconf.ServiceInfo(
-            self.stype, self.instance, port=self.advertise[1],
-            properties=bytes([len(txt)]) + txt,  # one TXT string, as Serf's
-            server=self.instance, parsed_addresses=[self.advertise[0]])
+        self.on_records = on_records
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.zone = Zone(discover=self.discover, node=self.node, advertise=self.advertise)
+        except ValueError as e:
+            log.error("mDNS: this node cannot be advertised (%s); looking for peers only", e)
+        if self.interface is not None:
+            index = socket.if_nametoindex(self.interface)
+            self.accept = {index}
+            chosen = {family: [index] for family in self.families}
+        else:
+            chosen = _interfaces(self.families)
+        errors: list[str] = []
+        for family in self.families:
+            try:
+                self._open(family, chosen.get(family, []))
+            except OSError as e:
+                name = "IPv4" if family == socket.AF_INET else "IPv6"
+                errors.append(f"{name}: {e.strerror or e}")
+                log.warning("mDNS over %s unavailable: %s", name, e.strerror or e)
+        if not self.queriers:
+            self.close()
+            raise OSError(f"no mDNS socket could be opened ({'; '.join(errors)})")
 
-        stype = self.stype.lower()
-
-        def update_records(_self: Any, _zc: Any, _now: float, records: Any) -> None:
-            # On zeroconf's thread: every record of one response (new or known).
-            out: list[Record] = []
-            for update in records:
-                rec = update.new
-                name = rec.name.lower()
-                if isinstance(rec, zeroconf.DNSPointer) and name == stype:
-                    out.append(Record(name, "PTR", target=rec.alias.lower()))
-                elif isinstance(rec, zeroconf.DNSService):
-                    out.append(Record(name, "SRV", target=rec.server.lower(), port=rec.port))
-                elif isinstance(rec, zeroconf.DNSAddress):
-                    try:
-                        addr = str(ipaddress.ip_address(rec.address))
-                    except ValueError:
-                        continue
-                    out.append(Record(name, "A" if ":" not in addr else "AAAA",
-                                      address=addr))
-            # Only responses about our service cross to the agent's loop.
-            if any(r.kind == "PTR" or (r.kind == "SRV" and r.name.endswith("." + stype))
-                   for r in out):
-                on_records(out)
-
-        listener = type("SerfListener", (zeroconf.RecordUpdateListener,),
-                        {"async_update_records": update_records})
-        zc.add_listener(listener(), None)
-        _answer_by_unicast_only(zc)
-        # zeroconf's register_service insists on RFC 6763 service names, which Serf's
-        # type is not (see the module docstring), and would announce the service by
-        # multicast: put it in the registry, which is what zeroconf answers from.
-        asyncio.run_coroutine_threadsafe(_registry(zc, self.info, add=True),
-                                         zc.loop).result(10)
+    def _open(self, family: int, indexes: list[int]) -> None:
+        if not indexes:
+            raise OSError("no interface with an address of this family")
+        v6 = family == socket.AF_INET6
+        resp = socket.socket(family, socket.SOCK_DGRAM)
+        query = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            resp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                resp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if v6:
+                for s in (resp, query):
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+                resp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                resp.bind(("::", MDNS_PORT))
+                query.bind(("::", 0))
+            else:
+                for s in (resp, query):
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+                resp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                resp.bind(("0.0.0.0", MDNS_PORT))
+                query.bind(("0.0.0.0", 0))
+            joined = []
+            for index in indexes:
+                try:
+                    _join(resp, family, index)
+                except OSError as e:
+                    log.debug("mDNS: cannot join the group on interface %d: %s", index, e)
+                else:
+                    joined.append(index)
+            if not joined:
+                raise OSError(f"cannot join {MDNS_V6 if v6 else MDNS_V4} on any interface")
+            for s in (resp, query):
+                s.setblocking(False)
+        except OSError:
+            resp.close()
+            query.close()
+            raise
+        assert self._loop is not None
+        self.sockets += [resp, query]
+        self.queriers[family] = query
+        self.sends[family] = joined
+        self._loop.add_reader(resp.fileno(), self._readable, resp, True)
+        self._loop.add_reader(query.fileno(), self._readable, query, False)
 
     def query(self) -> None:
-        zeroconf = _zeroconf()
-        out = zeroconf.DNSOutgoing(DNS_FLAGS_QUERY)
-        # QM, as hashicorp/mdns asks (no unicast-response bit)
-        out.add_question(zeroconf.DNSQuestion(self.stype, DNS_TYPE_PTR, DNS_CLASS_IN))
-        self.zc.send(out)
+        for family, sock in self.queriers.items():
+            for index in self.sends[family]:
+                try:
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+                        sock.sendto(self.query_packet, (MDNS_V6, MDNS_PORT, 0, index))
+                    else:
+                        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                                        _mreqn("0.0.0.0", index))
+                        sock.sendto(self.query_packet, (MDNS_V4, MDNS_PORT))
+                except OSError as e:
+                    log.debug("mDNS: query on interface %d not sent: %s", index, e)
 
     def close(self) -> None:
-        if self.zc is None:
+        for sock in self.sockets:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self.sockets = []
+        self.queriers = {}
+
+    def _readable(self, sock: socket.socket, responder: bool) -> None:
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, ancillary, flags, src = sock.recvmsg(MAX_PACKET, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. an ICMP error queued on the socket
+                log.debug("mDNS: receive failed: %s", e)
+                return
+            if responder:
+                index, to = _arrival(ancillary)
+                if to not in _GROUPS or (self.accept is not None and index not in self.accept):
+                    continue  # unicast to 5353, or another interface than mDNS's
+            self._datagram(sock, data, flags, src, responder)
+
+    def _datagram(self, sock: socket.socket, data: bytes, flags: int, src: Any,
+                  responder: bool) -> None:
+        now = self.clock.now()
+        try:
+            if flags & socket.MSG_TRUNC:
+                raise BadPacket(f"larger than {MAX_PACKET} bytes")
+            msg = wire.decode(data)
+        except BadPacket as e:
+            self.drops.drop("mdns_bad_packet", now, "mDNS: dropped a datagram from %s:%d: %s",
+                            src[0], src[1], e)
             return
-        # Out of the registry first: no goodbye is multicast (see the module docstring;
-        # hashicorp/mdns sends none either), then the sockets and the thread.
-        with contextlib.suppress(TimeoutError, RuntimeError):  # a loop already stopped
-            asyncio.run_coroutine_threadsafe(_registry(self.zc, self.info, add=False),
-                                             self.zc.loop).result(5)
-        self.zc.close()
+        if msg.flags & wire.FLAG_RESPONSE:
+            suffix = "." + self.stype
+            if any((r.kind == "PTR" and r.name == self.stype)
+                   or (r.kind == "SRV" and r.name.endswith(suffix)) for r in msg.records):
+                self.on_records(list(msg.records))
+            return
+        if not responder or self.zone is None:
+            return
+        out = self.zone.respond(msg, src[1])
+        if out is None:
+            return
+        try:
+            sock.sendto(out, src)  # unicast to the asker (for IPv6 with its scope)
+        except OSError as e:
+            log.debug("mDNS: answer to %s:%d not sent: %s", src[0], src[1], e)
 
 
-class _WriteProbe:
-    """Records how a record's ``write`` encodes itself (for :func:`fix_nsec_writer`)."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def write_name(self, _name: str) -> None:
-        self.calls.append("name")
-
-    def write_short(self, _value: int) -> None:
-        self.calls.append("short")
-
-    def write_string(self, _value: bytes) -> None:
-        self.calls.append("string")
+_ANCILLARY = socket.CMSG_SPACE(32)  # room for in_pktinfo or in6_pktinfo
 
 
-def _write_nsec(self: Any, out: Any) -> None:
-    # RFC 4034 4.1.2: the next name, then per window: window number and bitmap length,
-    # one octet each, and the bitmap (mDNS uses window 0 only, RFC 6762 6.1).
-    bitmap = bytearray(32)
-    used = 0
-    for rdtype in self.rdtypes:
-        if 0 < rdtype < 256:
-            bitmap[rdtype // 8] |= 0x80 >> (rdtype % 8)
-            used = max(used, rdtype // 8 + 1)
-    out.write_name(self.next_name)
-    if used:
-        out.write_string(bytes([0, used]) + bytes(bitmap[:used]))
+def _mreqn(address: str, index: int) -> bytes:
+    # struct ip_mreqn: group (or interface) address, interface address, interface index
+    return socket.inet_aton(address) + socket.inet_aton("0.0.0.0") + struct.pack("=i", index)
 
 
-def fix_nsec_writer(zeroconf: Any) -> bool:
-    """Replace zeroconf's NSEC writer when it writes 16-bit window/length fields (see the
-    module docstring); True when it did."""
-    nsec = zeroconf.DNSNsec
-    probe = _WriteProbe()
-    try:
-        nsec("x.local.", 47, 1, 120, "x.local.", [28]).write(probe)
-    except TypeError:
-        # A compiled zeroconf (Cython, later releases) takes only its own DNSOutgoing;
-        # those releases carry the upstream fix already.
-        return False
-    if probe.calls[1:3] != ["short", "short"]:
-        return False  # already RFC 4034's octets
-    nsec.write = _write_nsec
-    return True
-
-
-def _zeroconf() -> Any:
-    """The zeroconf module, untyped here: its API is used as Debian 12's 0.47.3 has it."""
-    return importlib.import_module("zeroconf")
-
-
-async def _registry(zc: Any, info: Any, *, add: bool) -> None:
-    # On zeroconf's loop, as its registry wants.
-    if add:
-        zc.registry.async_add(info)
+def _join(sock: socket.socket, family: int, index: int) -> None:
+    if family == socket.AF_INET6:
+        mreq = socket.inet_pton(socket.AF_INET6, MDNS_V6) + struct.pack("=I", index)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
     else:
-        zc.registry.async_remove(info)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(MDNS_V4, index))
 
 
-def _answer_by_unicast_only(zc: Any) -> None:
-    """Make this Zeroconf answer every question by unicast to whoever asked (see the
-    module docstring): zeroconf's own choice of records (known answers, additionals),
-    but one unicast reply instead of multicast (and, for a legacy query, the unicast one
-    with the question and id echoed)."""
-    handlers = importlib.import_module("zeroconf._handlers")
-    if not hasattr(handlers, "construct_outgoing_unicast_answers"):
-        # Later (compiled) releases answer from their own code paths; the unicast-only
-        # rule is 0.47's (Debian 12's), the version serfd is tested with.
-        log.warning("mDNS: zeroconf %s answers by multicast too: serf agents with another "
-                    "discover name on this link may join this node (tested: 0.47.3)",
-                    importlib.import_module("zeroconf").__version__)
-        return
+_GROUPS = {socket.inet_pton(socket.AF_INET, MDNS_V4), socket.inet_pton(socket.AF_INET6, MDNS_V6)}
 
-    def handle_assembled_query(packets: Any, addr: str, port: int, transport: Any,
-                               v6_flow_scope: Any = ()) -> None:
-        legacy = port != MDNS_PORT
-        answers = zc.query_handler.async_response(packets, legacy)
-        merged = {**answers.mcast_aggregate_last_second, **answers.mcast_aggregate,
-                  **answers.mcast_now, **answers.ucast}
-        if not merged:
-            return
-        first = packets[0]
-        out = handlers.construct_outgoing_unicast_answers(merged, legacy, first.questions,
-                                                           first.id if legacy else 0)
-        zc.async_send(out, addr, port, v6_flow_scope, transport)
 
-    zc.handle_assembled_query = handle_assembled_query
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, bytes]:
+    """The interface index a datagram arrived on and the address it was sent to (its IP
+    header's destination), from IP_PKTINFO / IPV6_PKTINFO; (0, b"") when unknown."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            # struct in_pktinfo: ifindex, local address, header destination address
+            return int(struct.unpack_from("=i", data)[0]), data[8:12]
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
+            # struct in6_pktinfo: destination address, ifindex
+            return int(struct.unpack_from("=I", data, 16)[0]), data[:16]
+    return 0, b""
+
+
+def _interfaces(families: list[int]) -> dict[int, list[int]]:
+    """Every interface with an address of each family (at most MAX_INTERFACES each)."""
+    import ifaddr  # only with discover
+
+    out: dict[int, list[int]] = {f: [] for f in families}
+    for adapter in ifaddr.get_adapters():
+        try:
+            index = socket.if_nametoindex(adapter.name)
+        except OSError:
+            continue
+        for family in families:
+            want = str if family == socket.AF_INET else tuple
+            if any(isinstance(ip.ip, want) for ip in adapter.ips) and index not in out[family]:
+                if len(out[family]) < MAX_INTERFACES:
+                    out[family].append(index)
+                else:
+                    log.info("mDNS: more than %d interfaces; not on %s (set [mdns] interface)",
+                             MAX_INTERFACES, adapter.name)
+    return out

@@ -141,6 +141,7 @@ def multicast_listener(net: Net, tmp: Path, i: int) -> Path:
 
 
 def serf_agent(net: Net, tmp: Path, i: int, discover: str) -> tuple[str, str]:
+    """(namespace, node name) of a serf agent on SUBNET.i+1:7946."""
     ns, ip = net.node(i)
     name = f"serf{i}"
     net.spawn(ns, ["serf", "agent", "-node", name, "-bind", f"{ip}:7946",
@@ -150,13 +151,15 @@ def serf_agent(net: Net, tmp: Path, i: int, discover: str) -> tuple[str, str]:
 
 
 def serfd_node(net: Net, tmp: Path, i: int, discover: str, *, by_interface: bool,
-               extra: str = "") -> Path:
-    ns, ip = net.node(i)
+               extra: str = "", beside: tuple[str, str] | None = None,
+               port: int = 7946) -> Path:
+    # beside: (namespace, address) of another node, to share its host (and port 5353)
+    ns, ip = beside if beside is not None else net.node(i)
     name = f"serfd{i}"
     home = tmp / name
     (home / "conf").mkdir(parents=True)
     # by_interface: no bind, Serf's `interface` gives it (and the mDNS interface).
-    where = 'interface = "eth0"' if by_interface else f'bind = "{ip}:7946"'
+    where = 'interface = "eth0"' if by_interface else f'bind = "{ip}:{port}"'
     (home / "conf" / "50-test.toml").write_text(
         f'node_name = "{name}"\n{where}\ndiscover = "{discover}"\nlog_level = "debug"\n'
         f'state_dir = "{home / "state"}"\n\n[rpc]\nsocket = "{home / "sock"}"\n{extra}')
@@ -275,3 +278,17 @@ def test_other_discover_name_stays_apart(net: Net, tmp_path: Path) -> None:
     serfds = (f"{SUBNET}.3", f"{SUBNET}.4")
     assert [ip for ip, _, kind in lines if kind == "query" and ip in serfds]
     assert [(ip, kind) for ip, _, kind in lines if kind == "response" and ip in serfds] == []
+
+
+def test_serfd_beside_a_serf_agent_on_one_host(net: Net, tmp_path: Path) -> None:
+    # Both responders bind UDP 5353 on the same host (SO_REUSEADDR, as avahi would too),
+    # and each finds the other through its own query, looped back on the host.
+    ns, _ = serf_agent(net, tmp_path, 0, "web")
+    wait_until(lambda: serf_ready(ns), timeout=CONVERGE_TIMEOUT, interval=0.2,
+               desc="the serf agent answers RPC")
+    sock = serfd_node(net, tmp_path, 1, "web", by_interface=False,
+                      beside=(ns, f"{SUBNET}.1"), port=7947)
+    want = {"serf0": "alive", "serfd1": "alive"}
+    wait_until(lambda: serfd_statuses(sock) == want, timeout=CONVERGE_TIMEOUT, interval=0.5,
+               desc="the serfd node found the serf agent beside it")
+    assert serf_statuses(ns) == want
