@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from serfd.base.duration import format_duration_ns
 from serfd.core.coordinate import (
     MAX_RTT_NS,
     Client,
@@ -18,7 +19,6 @@ from serfd.core.coordinate import (
     CoordinateError,
     DimensionalityConflictError,
     duration_seconds,
-    format_go_duration,
     to_duration,
 )
 
@@ -184,7 +184,7 @@ def test_go_durations() -> None:
     assert to_duration(-1.5e-9) == -1  # truncated towards zero
     assert to_duration(math.inf) == -(1 << 63)
     assert duration_seconds(-1_500_000_000) == -1.5
-    assert [format_go_duration(n) for n in (0, 11, -35_000_000_000, MAX_RTT_NS, 1_500_000,
+    assert [format_duration_ns(n) for n in (0, 11, -35_000_000_000, MAX_RTT_NS, 1_500_000,
                                             -(1 << 63))] == [
         "0s", "11ns", "-35s", "10s", "1.5ms", "-2562047h47m16.854775808s"]
 

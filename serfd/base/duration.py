@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["format_duration", "format_duration_ns", "parse_duration"]
 
 
 def _q(text: str) -> str:
@@ -90,9 +90,15 @@ def format_duration(seconds: float) -> str:
     """Format seconds the way Go's time.Duration.String() does ("1m30s", "500ms")."""
     if seconds < 0:
         raise ValueError(f"negative duration {seconds!r}")
-    ns = round(seconds * 1e9)
+    return format_duration_ns(round(seconds * 1e9))
+
+
+def format_duration_ns(ns: int) -> str:
+    """Go's ``Duration.String()`` of ``ns`` nanoseconds, negative included ("-35s")."""
     if ns == 0:
         return "0s"
+    if ns < 0:
+        return "-" + format_duration_ns(-ns)
     if ns < 1_000:
         return f"{ns}ns"
     if ns < 1_000_000:

@@ -43,6 +43,7 @@ from typing import Any
 
 import msgpack
 
+from serfd.base.duration import format_duration_ns
 from serfd.wire.codec import DecodeError, pack_gossip
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
     "decode_coordinate",
     "duration_seconds",
     "encode_ack_payload",
-    "format_go_duration",
     "to_duration",
 ]
 
@@ -108,36 +108,6 @@ def duration_seconds(ns: int) -> float:
     sign = -1 if ns < 0 else 1
     whole, frac = divmod(abs(ns), 1_000_000_000)
     return sign * float(whole) + sign * float(frac) / 1e9
-
-
-def format_go_duration(ns: int) -> str:
-    """Go's ``Duration.String()`` for any int64, negative included ("-35s", "1.5ms")."""
-    if ns == 0:
-        return "0s"
-    neg = ns < 0
-    u = -ns if neg else ns
-    sign = "-" if neg else ""
-    if u < 1_000:
-        return f"{sign}{u}ns"
-    if u < 1_000_000:
-        return sign + _scaled(u, 3) + "\u00b5s"
-    if u < 1_000_000_000:
-        return sign + _scaled(u, 6) + "ms"
-    hours, rest = divmod(u, 3600 * 1_000_000_000)
-    minutes, rest = divmod(rest, 60 * 1_000_000_000)
-    text = _scaled(rest, 9) + "s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{sign}{minutes}m{text}"
-    return sign + text
-
-
-def _scaled(value: int, digits: int) -> str:
-    whole, frac = divmod(value, 10**digits)
-    if frac == 0:
-        return str(whole)
-    return f"{whole}.{frac:0{digits}d}".rstrip("0")
 
 
 @dataclass(slots=True)
@@ -300,8 +270,8 @@ class Client:
         self._check(other)
         if rtt_ns < 0 or rtt_ns > MAX_RTT_NS:
             raise CoordinateError(
-                f"round trip time not in valid range, duration {format_go_duration(rtt_ns)} "
-                f"is not a positive value less than {format_go_duration(MAX_RTT_NS)} ")
+                f"round trip time not in valid range, duration {format_duration_ns(rtt_ns)} "
+                f"is not a positive value less than {format_duration_ns(MAX_RTT_NS)} ")
         rtt = self.latency_filter(node, duration_seconds(rtt_ns))
         self._update_vivaldi(other, rtt)
         self._update_adjustment(other, rtt)
