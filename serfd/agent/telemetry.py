@@ -37,6 +37,7 @@ at most once per 10 s per reason (:class:`~serfd.base.ratelog.DropLog`).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import math
@@ -318,7 +319,7 @@ def pack_lines(lines: Iterable[bytes], max_len: int = STATSD_MAX_PACKET) -> list
     return packets
 
 
-class _LineSink:
+class _LineSink(abc.ABC):
     """What statsd and statsite share: lines formatted into a bounded queue, flushed
     FLUSH_INTERVAL after the queue stops being empty."""
 
@@ -362,8 +363,9 @@ class _LineSink:
         if lines:
             self._send(lines)
 
+    @abc.abstractmethod
     def _send(self, lines: list[bytes]) -> None:
-        raise NotImplementedError
+        """Hand ``lines`` to the collector (each subclass's transport)."""
 
     def close(self) -> None:
         self.flush()
